@@ -1,0 +1,52 @@
+"""The engine Protocol: the only thing the runtime knows about an engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from nimble.models.spec import ModelSpec
+from nimble.types import EmbedRequest, EmbedResult, EngineInfo, GenerateRequest, GenerationChunk
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine-level settings taken from `Settings` at the edge."""
+
+    threads: int | None = None
+    context_length: int | None = None
+    max_running: int = 4
+    engine_log: bool = False
+    fake_token_delay: float = 0.0
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """One loaded model. Requests arrive already validated (ranges, context length)."""
+
+    spec: ModelSpec
+
+    async def start(self) -> None:
+        """Load the model. Raises ModelLoadError naming the file and the cause."""
+
+    async def stop(self) -> None:
+        """Free everything. Safe to call twice."""
+
+    async def warmup(self) -> None:
+        """Run one real generation (or embedding): readiness depends on it."""
+
+    def info(self) -> EngineInfo:
+        """Engine name and version, context window, files with sha256 (after start)."""
+
+    async def count_prompt_tokens(self, request: GenerateRequest) -> int:
+        """Tokens of the prompt as the engine will see it (chat template applied)."""
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream chunks; closing the iterator early aborts the generation in the engine."""
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        """Embed the inputs (one vector each, L2-normalised where the model expects it)."""
+
+    async def health(self) -> bool:
+        """True while the engine can serve."""

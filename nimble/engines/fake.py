@@ -1,0 +1,146 @@
+"""A deterministic engine with no weights: the same request always gives the same output.
+
+It honours the sampling parameters that matter for API behaviour (max_tokens, stop, n,
+seed, logprobs) so that the API and runtime can be tested without a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+from collections.abc import AsyncIterator
+
+from nimble import __version__
+from nimble.engines.base import EngineConfig
+from nimble.models.spec import ModelSpec
+from nimble.types import (
+    EmbedRequest,
+    EmbedResult,
+    EngineInfo,
+    GenerateRequest,
+    GenerationChunk,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+
+_WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
+    "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
+).split()
+_EMBED_DIM = 16
+
+
+def _digest(*parts: object) -> bytes:
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+
+
+class FakeEngine:
+    def __init__(self, spec: ModelSpec, config: EngineConfig):
+        self.spec = spec
+        self._config = config
+        self._context = config.context_length or spec.context_length or 2048
+        self.started = False
+        self.aborted = 0
+        self.running = 0
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+
+    async def warmup(self) -> None:
+        request = GenerateRequest(request_id="warmup", prompt="warm up")
+        async for _ in self.generate(request):
+            pass
+
+    def info(self) -> EngineInfo:
+        return EngineInfo(
+            engine="fake",
+            engine_version=__version__,
+            tasks=self.spec.tasks,
+            context_length=self._context,
+            supports_logprobs=True,
+        )
+
+    def _prompt_text(self, request: GenerateRequest) -> str:
+        if request.messages is not None:
+            return "\n".join(f"{m.role}: {m.content}" for m in request.messages)
+        return request.prompt or ""
+
+    async def count_prompt_tokens(self, request: GenerateRequest) -> int:
+        # one token per whitespace-separated word, plus 3 per chat message for the template
+        text = self._prompt_text(request)
+        extra = 3 * len(request.messages) if request.messages is not None else 0
+        return len(text.split()) + extra
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
+        params = request.params
+        prompt = self._prompt_text(request)
+        prompt_tokens = await self.count_prompt_tokens(request)
+        budget = params.max_tokens or (self._context - prompt_tokens)
+        completion_tokens = 0
+        self.running += 1
+        finished = False
+        try:
+            for index in range(params.n):
+                seed = _digest(prompt, params.seed, index)
+                natural_length = 8 + seed[0] % 8
+                text = ""
+                finish: str = "length"
+                for step in range(budget):
+                    if step >= natural_length:
+                        finish = "stop"
+                        break
+                    if self._config.fake_token_delay:
+                        await asyncio.sleep(self._config.fake_token_delay)
+                    word = _WORDS[_digest(seed, step)[0] % len(_WORDS)]
+                    piece = word if step == 0 else " " + word
+                    completion_tokens += 1
+                    stop_at = _first_stop(text + piece, params.stop)
+                    if stop_at is not None:
+                        cut = (text + piece)[:stop_at][len(text) :]
+                        if cut:
+                            yield GenerationChunk(index=index, text=cut)
+                        finish = "stop"
+                        break
+                    text += piece
+                    yield GenerationChunk(
+                        index=index, text=piece, logprobs=_logprobs(piece, params.top_logprobs)
+                    )
+                yield GenerationChunk(index=index, finish_reason=finish)  # type: ignore[arg-type]
+            finished = True
+            yield GenerationChunk(usage=Usage(prompt_tokens, completion_tokens))
+        finally:
+            self.running -= 1
+            if not finished:
+                self.aborted += 1
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        vectors = []
+        for text in request.inputs:
+            raw = [b - 127.5 for b in _digest(text)[:_EMBED_DIM]]
+            norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+            vectors.append(tuple(v / norm for v in raw))
+        tokens = sum(len(text.split()) + 2 for text in request.inputs)
+        return EmbedResult(vectors=tuple(vectors), prompt_tokens=tokens)
+
+    async def health(self) -> bool:
+        return self.started
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    positions = [text.find(stop) for stop in stops if stop and stop in text]
+    return min(positions) if positions else None
+
+
+def _logprobs(piece: str, top: int | None) -> tuple[TokenLogprob, ...]:
+    if top is None:
+        return ()
+    alternatives = tuple(
+        TopLogprob(token=piece if rank == 0 else f"<alt{rank}>", logprob=-0.1 - rank)
+        for rank in range(top)
+    )
+    return (TokenLogprob(token=piece, logprob=-0.1, bytes=tuple(piece.encode()), top=alternatives),)

@@ -1,0 +1,24 @@
+"""A resolved model: which engine runs it, for which tasks, from which local files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nimble.types import Task
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything an engine needs to load a model, resolved to local paths."""
+
+    id: str
+    engine: str
+    tasks: frozenset[Task]
+    weights: Path
+    source: str
+    # tokenizer file for engines that tokenize in Python (ONNX); None when the weights carry it
+    tokenizer: Path | None = None
+    # trained context window (None: ask the engine)
+    context_length: int | None = None
+    options: dict[str, str] = field(default_factory=dict)
