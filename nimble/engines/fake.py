@@ -20,6 +20,7 @@ from nimble.types import (
     EngineInfo,
     GenerateRequest,
     GenerationChunk,
+    SamplingParams,
     TokenLogprob,
     TopLogprob,
     Usage,
@@ -52,7 +53,7 @@ class FakeEngine:
         self.started = False
 
     async def warmup(self) -> None:
-        request = GenerateRequest(request_id="warmup", prompt="warm up")
+        request = GenerateRequest("warmup", SamplingParams(max_tokens=1), prompt="warm up")
         async for _ in self.generate(request):
             pass
 

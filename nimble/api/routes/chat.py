@@ -1,0 +1,90 @@
+"""`POST /v1/chat/completions`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from nimble.api.deps import ERROR_RESPONSES, RequestIdDep, RuntimeDep, now, sse_doc
+from nimble.api.logprobs import chat_logprobs
+from nimble.api.schemas.chat import ChatCompletionRequest, ChatCompletionResponse
+from nimble.api.streaming import prime, sse_response, until_disconnect
+from nimble.runtime.aggregate import collect
+from nimble.types import GenerateRequest, GenerationChunk
+
+router = APIRouter()
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletionResponse,
+    responses={**ERROR_RESPONSES, **sse_doc("ChatCompletionChunk")},
+    summary="Create a chat completion (OpenAI compatible)",
+)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, runtime: RuntimeDep, request_id: RequestIdDep
+) -> Any:
+    body.refuse_unsupported_chat()
+    generate = GenerateRequest(
+        request_id=request_id,
+        params=body.sampling(body.max_new_tokens(), body.wanted_top_logprobs()),
+        messages=body.chat_messages(),
+    )
+    stream = runtime.generate(body.model, generate)
+    head = {"id": f"chatcmpl-{request_id}", "created": now(), "model": body.model}
+    if body.stream:
+        primed = await prime(request, stream)
+        return sse_response(_chunks(primed, head, body.include_usage()), request_id)
+    result = await until_disconnect(request, collect(stream, body.n))
+    return {
+        **head,
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": choice.index,
+                "message": {"role": "assistant", "content": choice.text},
+                "logprobs": chat_logprobs(choice.logprobs) if body.logprobs else None,
+                "finish_reason": choice.finish_reason,
+            }
+            for choice in result.choices
+        ],
+        "usage": _usage(result.usage),
+    }
+
+
+async def _chunks(
+    stream: AsyncIterator[GenerationChunk], head: dict[str, Any], include_usage: bool
+) -> AsyncIterator[dict[str, Any]]:
+    head = {**head, "object": "chat.completion.chunk"}
+    if include_usage:
+        head["usage"] = None
+    started: set[int] = set()
+    async for chunk in stream:
+        if chunk.usage is not None:
+            if include_usage:
+                yield {**head, "choices": [], "usage": _usage(chunk.usage)}
+            continue
+        if chunk.index not in started:
+            started.add(chunk.index)
+            yield {**head, "choices": [_choice(chunk.index, {"role": "assistant", "content": ""})]}
+        if chunk.text:
+            choice = _choice(chunk.index, {"content": chunk.text})
+            if chunk.logprobs:
+                choice["logprobs"] = chat_logprobs(chunk.logprobs)
+            yield {**head, "choices": [choice]}
+        if chunk.finish_reason is not None:
+            yield {**head, "choices": [_choice(chunk.index, {}, chunk.finish_reason)]}
+
+
+def _choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+def _usage(usage: Any) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }

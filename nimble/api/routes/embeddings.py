@@ -1,0 +1,51 @@
+"""`POST /v1/embeddings`."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+
+from nimble.api.deps import ERROR_RESPONSES, RequestIdDep, RuntimeDep
+from nimble.api.schemas.embeddings import EmbeddingRequest, EmbeddingResponse
+from nimble.api.streaming import until_disconnect
+from nimble.errors import UnsupportedParameter
+from nimble.types import EmbedRequest
+
+router = APIRouter()
+
+
+@router.post(
+    "/v1/embeddings",
+    response_model=EmbeddingResponse,
+    responses=ERROR_RESPONSES,
+    summary="Create embeddings (OpenAI compatible)",
+)
+async def embeddings(
+    body: EmbeddingRequest, request: Request, runtime: RuntimeDep, request_id: RequestIdDep
+) -> Any:
+    if body.dimensions is not None:
+        raise UnsupportedParameter(
+            "dimensions is not supported by this model", param="dimensions"
+        )
+    result = await until_disconnect(
+        request, runtime.embed(body.model, EmbedRequest(request_id, body.inputs()))
+    )
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
+            for i, v in enumerate(result.vectors)
+        ],
+        "model": body.model,
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    }
+
+
+def _encode(vector: tuple[float, ...], encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        # OpenAI's base64 format: little-endian float32 bytes
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return list(vector)

@@ -1,0 +1,1 @@
+"""Pydantic request/response models of the OpenAI-compatible HTTP surface."""

@@ -1,0 +1,64 @@
+"""`POST /v1/completions` request and response shapes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from nimble.api.schemas.common import FinishReason, SamplingFields, UsageOut
+from nimble.errors import UnsupportedParameter
+
+
+class CompletionRequest(SamplingFields):
+    """OpenAI (legacy) completion request. Unknown fields are refused."""
+
+    prompt: str | list[str] = Field(description="A prompt, or a list of prompts.")
+    max_tokens: int | None = Field(default=16, ge=1)
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _check_prompt(self) -> CompletionRequest:
+        prompts = self.prompts()
+        if not prompts:
+            raise ValueError("prompt: must not be empty")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of: only best_of equal to n is supported")
+        return self
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def refuse_unsupported_completion(self) -> None:
+        if self.echo:
+            raise UnsupportedParameter("echo is not supported yet", param="echo")
+        self.refuse_unsupported({"suffix": self.suffix})
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: FinishReason | None
+
+
+class CompletionResponse(BaseModel):
+    """A completion, or (with `stream`) one SSE event of it, with `object` text_completion."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[CompletionChoice]
+    usage: UsageOut | None = None

@@ -1,0 +1,53 @@
+"""Shapes of /v1/models, health, version and metadata."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "nimble"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class HealthResponse(BaseModel):
+    object: Literal["health.response"] = "health.response"
+    status: str
+    message: str
+
+
+class VersionResponse(BaseModel):
+    release: str
+    api_version: str = "v1"
+
+
+class ModelFileOut(BaseModel):
+    path: str
+    sha256: str
+    size_bytes: int
+
+
+class ModelMetadata(BaseModel):
+    id: str
+    tasks: list[str]
+    engine: str
+    engine_version: str
+    context_length: int
+    source: str
+    files: list[ModelFileOut]
+    details: dict[str, str]
+
+
+class MetadataResponse(BaseModel):
+    version: str
+    state: str
+    models: list[ModelMetadata]

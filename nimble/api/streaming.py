@@ -1,0 +1,73 @@
+"""SSE encoding and client-disconnect handling shared by the generation routes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from nimble.api.errors import sse_error_event
+from nimble.types import GenerationChunk
+
+T = TypeVar("T")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it as soon as the client goes away (non-streaming requests).
+
+    Cancellation propagates into the runtime's stream, which aborts the engine's generation
+    and frees the admission slot.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await task
+    finally:
+        watcher.cancel()
+
+
+async def prime(
+    request: Request, stream: AsyncIterator[GenerationChunk]
+) -> AsyncIterator[GenerationChunk]:
+    """Pull the first chunk before answering, so that refusals (404, 400, 429) raised by the
+    runtime still become plain HTTP errors; then hand back a stream that starts with it."""
+    first = await until_disconnect(request, anext(stream))  # type: ignore[arg-type]
+
+    async def chained() -> AsyncIterator[GenerationChunk]:
+        try:
+            yield first
+            async for chunk in stream:
+                yield chunk
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    return chained()
+
+
+def sse_response(events: AsyncIterator[dict[str, Any]], request_id: str) -> StreamingResponse:
+    async def body() -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                yield f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
+        except Exception as exc:  # an error after the stream began: one final error event
+            yield f"data: {json.dumps(sse_error_event(exc, request_id))}\n\n"
+            return
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -1,0 +1,1 @@
+"""Logging (text or JSON lines), request context; metrics and tracing come later."""
