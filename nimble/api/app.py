@@ -65,8 +65,9 @@ async def _load(runtime: Runtime, on_loaded: LoadCallback | None) -> None:
     try:
         await runtime.start()
     except Exception as exc:
-        log.error("model loading failed: %s", exc)
-        if on_loaded is not None:
+        if on_loaded is None:
+            log.error("model loading failed: %s", exc)
+        else:
             on_loaded(exc)
         return
     if on_loaded is not None:

@@ -1,0 +1,53 @@
+"""`nimble` entry point (typer + rich)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+
+from nimble import __version__
+from nimble.cli.options import given, with_settings_options
+from nimble.config.doc import settings_table
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="nimble: an OpenAI-compatible inference microservice on the best engine for the "
+    "hardware.",
+)
+
+
+@app.command()
+def version() -> None:
+    """Print nimble's version."""
+    typer.echo(__version__)
+
+
+@app.command("settings-doc")
+def settings_doc() -> None:
+    """Print the settings table (Markdown): flags, env variables, defaults."""
+    typer.echo(settings_table())
+
+
+@app.command("serve")
+@with_settings_options
+def serve(**values: Any) -> None:
+    """Serve models behind an OpenAI-compatible API.
+
+    Every option is also a NIMBLE_* environment variable or a key of the --config YAML file
+    (CLI > env > YAML > defaults). With no options: the default chat and embedding models on
+    127.0.0.1:8000.
+    """
+    from nimble.cli.serve import serve as run  # imported late: keeps `nimble --help` fast
+
+    sys.exit(run(given(values)))
+
+
+def main() -> None:
+    app(prog_name="nimble")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Typer options generated from `Settings`: every setting is a flag and a NIMBLE_* variable."""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import typer
+
+from nimble.config import Settings
+from nimble.config.doc import format_default
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(scalar type, is_multiple) of a field annotation (Optional, tuple[...], Annotated)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _base_type(get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in get_args(annotation) if a is not type(None)]
+        return _base_type(inner[0])
+    if origin is tuple:
+        return get_args(annotation)[0], True
+    return annotation, False
+
+
+def _cli_type(scalar: Any) -> Any:
+    if get_origin(scalar) is Literal or scalar in (int, float, str, bool):
+        return scalar
+    return str
+
+
+def settings_parameters() -> list[inspect.Parameter]:
+    """One keyword parameter per settings field, defaults None so that env and YAML apply."""
+    params = []
+    for name, field in Settings.model_fields.items():
+        scalar, multiple = _base_type(field.annotation)
+        help_text = (
+            f"{field.description} [env: NIMBLE_{name.upper()}; "
+            f"default: {format_default(field.default)}]"
+        )
+        flag = "--" + name.replace("_", "-")
+        decls = [f"{flag}/--no-{name.replace('_', '-')}"] if scalar is bool else [flag]
+        cli_type = _cli_type(scalar)
+        annotation = list[cli_type] | None if multiple else cli_type | None  # type: ignore[valid-type]
+        option = typer.Option(*decls, help=help_text, show_default=False)
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[annotation, option],
+            )
+        )
+    return params
+
+
+def with_settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Give `func(**values)` a signature with one option per setting (typer reads it)."""
+    func.__signature__ = inspect.Signature(settings_parameters())  # type: ignore[attr-defined]
+    return func
+
+
+def given(values: dict[str, Any]) -> dict[str, Any]:
+    """Drop options the user did not give (None, or an empty list for repeatable flags)."""
+    return {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in values.items()
+        if v is not None and v != []
+    }

@@ -1,0 +1,124 @@
+"""`nimble serve`: settings → models → runtime → app → uvicorn, with a graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from nimble.api import create_app
+from nimble.config import Settings, load_settings
+from nimble.engines import EngineConfig
+from nimble.errors import ConfigError, ModelLoadError
+from nimble.models import ModelSpec, resolve_model
+from nimble.observability.logging import configure_logging
+from nimble.runtime import Runtime, RuntimeConfig
+
+log = logging.getLogger("nimble.serve")
+
+
+class NimbleServer(uvicorn.Server):
+    """uvicorn with nimble's shutdown: the first SIGTERM/SIGINT drains (readiness 503, new
+    requests 503, in-flight requests finish up to the drain timeout), then the process exits 0.
+    A second signal exits at once."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime, drain_timeout: float):
+        super().__init__(config)
+        self.runtime = runtime
+        self.drain_timeout = drain_timeout
+        self.exit_code = 0
+        self._draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining or self._loop is None:
+            self.should_exit = True
+            self.force_exit = self._draining
+            return
+        self._draining = True
+        self.runtime.begin_drain()
+        log.info("signal %s: draining (up to %.0fs)", signal.Signals(sig).name, self.drain_timeout)
+        loop = self._loop
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._drain()))
+
+    async def _drain(self) -> None:
+        idle = await self.runtime.wait_idle(self.drain_timeout)
+        if idle:
+            log.info("drained: no request in flight; exiting")
+        else:
+            log.warning("drain timeout: %d requests still in flight; exiting", self.runtime.inflight)
+        self.should_exit = True
+
+    def on_loaded(self, error: BaseException | None) -> None:
+        if error is not None:
+            print(f"nimble: cannot serve: {error}", file=sys.stderr, flush=True)
+            self.exit_code = 1
+            self.should_exit = True
+            return
+        # engines may install their own signal handlers while loading (llama.cpp does):
+        # take SIGTERM and SIGINT back so that the drain above still applies
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.handle_exit)
+        log.info("ready: %s", ", ".join(self.runtime.models))
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    names = list(settings.served_model_name)
+    specs: list[ModelSpec] = []
+    for i, ref in enumerate(settings.model):
+        name = names[i] if i < len(names) else None
+        specs.append(resolve_model(ref, name=name, engine=settings.engine))
+    engine_config = EngineConfig(
+        threads=settings.threads,
+        context_length=settings.context_length,
+        max_running=settings.max_running,
+        engine_log=settings.engine_log,
+        fake_token_delay=settings.fake_token_delay,
+    )
+    return Runtime(
+        specs,
+        RuntimeConfig(
+            engine=engine_config,
+            max_running=settings.max_running,
+            max_waiting=settings.max_waiting,
+            max_n=settings.max_n,
+        ),
+    )
+
+
+def serve(values: dict[str, Any]) -> int:
+    try:
+        settings = load_settings(**values)
+    except ConfigError as exc:
+        print(f"nimble: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.jsonl_logging)
+    try:
+        runtime = build_runtime(settings)
+    except ModelLoadError as exc:
+        print(f"nimble: cannot serve: {exc}", file=sys.stderr)
+        return 1
+    config = uvicorn.Config(
+        "nimble:placeholder",  # replaced below; uvicorn needs an app reference at init
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=1,
+    )
+    server = NimbleServer(config, runtime, settings.drain_timeout)
+    config.app = create_app(
+        runtime, max_body_bytes=settings.max_body_bytes, on_loaded=server.on_loaded
+    )
+    server.run()
+    return server.exit_code
