@@ -19,10 +19,6 @@ log = logging.getLogger("nimble.access")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
         if key.lower() == name:
@@ -59,14 +55,18 @@ class RequestContextMiddleware:
 
         try:
             length = _header(scope, b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-                await self._too_large(send_with_id)
-                return
-            try:
-                await self.app(scope, self._limited(receive), send_with_id)
-            except _BodyTooLarge:
-                if status["code"] == 0:
+            if length is not None and length.isdigit():
+                if int(length) > self.max_body_bytes:
                     await self._too_large(send_with_id)
+                    return
+            elif scope.get("method") in ("POST", "PUT", "PATCH"):
+                # no declared length (chunked): read up to the limit before the app sees it
+                buffered = await self._buffer(receive)
+                if buffered is None:
+                    await self._too_large(send_with_id)
+                    return
+                receive = buffered
+            await self.app(scope, receive, send_with_id)
         finally:
             log.info(
                 "%s %s %s %.1fms",
@@ -78,19 +78,30 @@ class RequestContextMiddleware:
             )
             request_id_var.reset(token)
 
-    def _limited(self, receive: Receive) -> Receive:
-        seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
+    async def _buffer(self, receive: Receive) -> Receive | None:
+        """The whole body as one message, or None when it is over the limit."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body_bytes:
-                    raise _BodyTooLarge
-            return message
+            if message["type"] != "http.request":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return None
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        return limited_receive
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        return replay
 
     async def _too_large(self, send: Send) -> None:
         body: dict[str, Any] = error_payload(

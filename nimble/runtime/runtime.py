@@ -171,7 +171,7 @@ class Runtime:
             where = "messages" if request.messages is not None else "prompt"
             detail = (
                 f"you requested {prompt_tokens + wanted} tokens ({prompt_tokens} in the "
-                f"{where}, {wanted} in the completion)"
+                f"{where}, {wanted} in the completion: max_tokens)"
                 if wanted
                 else f"your {where} has {prompt_tokens} tokens"
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from nimble.errors import UnsupportedParameter
 from nimble.types import SamplingParams
@@ -57,13 +57,21 @@ class SamplingFields(Strict):
     # accepted for OpenAI compatibility, refused when they ask for something unsupported
     logit_bias: dict[str, float] | None = None
 
-    @model_validator(mode="after")
-    def _check_common(self) -> SamplingFields:
-        if isinstance(self.stop, list) and len(self.stop) > 4:
-            raise ValueError("stop: at most 4 stop sequences")
-        if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options: only allowed when stream is true")
-        return self
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
+
+    @field_validator("stream_options")
+    @classmethod
+    def _check_stream_options(
+        cls, value: StreamOptions | None, info: ValidationInfo
+    ) -> StreamOptions | None:
+        if value is not None and not info.data.get("stream"):
+            raise ValueError("only allowed when stream is true")
+        return value
 
     def stop_tuple(self) -> tuple[str, ...]:
         if self.stop is None:

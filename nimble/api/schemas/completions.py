@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from nimble.api.schemas.common import FinishReason, SamplingFields, UsageOut
 from nimble.errors import UnsupportedParameter
@@ -20,14 +20,19 @@ class CompletionRequest(SamplingFields):
     suffix: str | None = None
     best_of: int | None = Field(default=None, ge=1)
 
-    @model_validator(mode="after")
-    def _check_prompt(self) -> CompletionRequest:
-        prompts = self.prompts()
-        if not prompts:
-            raise ValueError("prompt: must not be empty")
-        if self.best_of is not None and self.best_of != self.n:
-            raise ValueError("best_of: only best_of equal to n is supported")
-        return self
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("must not be an empty list")
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _check_best_of(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value != info.data.get("n", 1):
+            raise ValueError("only best_of equal to n is supported")
+        return value
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)

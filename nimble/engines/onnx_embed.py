@@ -1,0 +1,238 @@
+"""Sentence embeddings from an ONNX export (all-MiniLM-L6-v2 and alike), without torch.
+
+The pipeline is sentence-transformers' Transformer -> Pooling(mean) -> Normalize: the
+tokenizer truncates to the context length, the model gives token embeddings, which are
+averaged over the attention mask and L2-normalised. A model whose ONNX graph already
+returns a pooled `sentence_embedding` is used as it is (and normalised).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+from tokenizers import Encoding, Tokenizer
+
+from nimble.engines.base import EngineConfig
+from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
+from nimble.models.spec import ModelSpec
+from nimble.types import EmbedRequest, EmbedResult, EngineInfo, GenerateRequest, GenerationChunk
+from nimble.types import ModelFile
+
+_T = TypeVar("_T")
+_BATCH = 32  # sequences per session run; inputs are sorted by length to keep padding small
+_BERT_POSITIONS = 512  # limit when neither the spec nor the folder says otherwise
+_TOKEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
+_POOLED_OUTPUTS = ("sentence_embedding",)
+_KNOWN_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
+
+
+class OnnxEmbeddingEngine:
+    def __init__(self, spec: ModelSpec, config: EngineConfig):
+        self.spec = spec
+        self._config = config
+        self._max_length = _max_length(spec, config)
+        self._executor: ThreadPoolExecutor | None = None
+        self._session: ort.InferenceSession | None = None
+        self._tokenizer: Tokenizer | None = None  # truncating, for embed()
+        self._counter: Tokenizer | None = None  # not truncating, for count_tokens()
+        self._inputs: frozenset[str] = frozenset()
+        self._output = ""
+        self._pooled = False
+        self._dimensions = 0
+        self._files: tuple[ModelFile, ...] = ()
+
+    # ----- lifecycle -----
+    async def start(self) -> None:
+        tokenizer_path = self.spec.tokenizer
+        if tokenizer_path is None:
+            raise ModelLoadError(f"{self.spec.weights}: the onnx engine needs a tokenizer.json")
+        for path in (self.spec.weights, tokenizer_path):
+            if not path.is_file():
+                raise ModelLoadError(f"{path}: cannot load model {self.spec.id!r}: no such file")
+        self._tokenizer = _load_tokenizer(tokenizer_path, self._max_length)
+        self._counter = _load_tokenizer(tokenizer_path, None)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nimble-onnx")
+        self._session, digest = await self._in_worker(self._load_weights)
+        self._inspect_model(self._session)
+        stat = self.spec.weights.stat()
+        self._files = (ModelFile(str(self.spec.weights), digest, stat.st_size),)
+
+    def _load_weights(self) -> tuple[ort.InferenceSession, str]:
+        path = self.spec.weights
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._config.threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: ORT warns on stderr otherwise
+        try:
+            session = ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own pybind types, all plain Exceptions
+            raise ModelLoadError(f"{path}: not a loadable ONNX model: {exc}") from exc
+        return session, _sha256(path)
+
+    def _inspect_model(self, session: ort.InferenceSession) -> None:
+        names = {node.name for node in session.get_inputs()}
+        unknown = names - _KNOWN_INPUTS
+        if unknown or "input_ids" not in names:
+            _bad_model(self.spec.weights, f"unexpected inputs {sorted(names)}")
+        outputs = {node.name: node.shape for node in session.get_outputs()}
+        token_output = next((name for name in _TOKEN_OUTPUTS if name in outputs), None)
+        pooled_output = next((name for name in _POOLED_OUTPUTS if name in outputs), None)
+        chosen = token_output or pooled_output
+        if chosen is None:
+            _bad_model(self.spec.weights, f"no embedding output among {sorted(outputs)}")
+        self._inputs, self._output, self._pooled = frozenset(names), chosen, token_output is None
+        last = outputs[chosen][-1]
+        self._dimensions = last if isinstance(last, int) else 0
+
+    async def stop(self) -> None:
+        executor, self._executor = self._executor, None
+        self._session = None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    async def warmup(self) -> None:
+        result = await self.embed(EmbedRequest(request_id="warmup", inputs=("warm up",)))
+        self._dimensions = len(result.vectors[0])
+
+    async def health(self) -> bool:
+        return self._session is not None and self._executor is not None
+
+    def info(self) -> EngineInfo:
+        return EngineInfo(
+            engine="onnx",
+            engine_version=f"onnxruntime {ort.__version__}",
+            tasks=self.spec.tasks,
+            context_length=self._max_length,
+            supports_logprobs=False,
+            files=self._files,
+            extra={
+                "dimensions": str(self._dimensions),
+                "pooling": "model" if self._pooled else "mean",
+                "normalized": "true",
+            },
+        )
+
+    # ----- requests -----
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text with special tokens, before truncation (may exceed the limit)."""
+        if self._counter is None:
+            raise Unavailable(f"model {self.spec.id!r} is not loaded")
+        return [len(encoding.ids) for encoding in self._counter.encode_batch(list(texts))]
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        texts = list(request.inputs)
+        vectors, tokens = await self._in_worker(lambda: self._embed_sync(texts))
+        return EmbedResult(vectors=tuple(map(tuple, vectors.tolist())), prompt_tokens=tokens)
+
+    def _embed_sync(self, texts: list[str]) -> tuple[NDArray[np.float32], int]:
+        session, tokenizer = self._session, self._tokenizer
+        if session is None or tokenizer is None:
+            raise Unavailable(f"model {self.spec.id!r} is not loaded")
+        if not texts:
+            return np.zeros((0, self._dimensions), dtype=np.float32), 0
+        encodings = tokenizer.encode_batch(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        batches = [order[start : start + _BATCH] for start in range(0, len(order), _BATCH)]
+        pooled = np.concatenate([self._run(session, [encodings[i] for i in b]) for b in batches])
+        vectors = np.empty_like(pooled)
+        vectors[order] = pooled  # back to the request's order
+        return _l2_normalise(vectors), sum(len(encoding.ids) for encoding in encodings)
+
+    def _run(self, session: ort.InferenceSession, batch: list[Encoding]) -> NDArray[np.float32]:
+        ids, mask = _pad(batch)
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        (hidden,) = session.run(
+            [self._output], {k: v for k, v in feed.items() if k in self._inputs}
+        )
+        hidden = np.asarray(hidden, dtype=np.float32)
+        return hidden if self._pooled else _mean_pool(hidden, mask)
+
+    async def count_prompt_tokens(self, request: GenerateRequest) -> int:
+        self._no_generation()
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
+        self._no_generation()
+        yield GenerationChunk()  # pragma: no cover - makes this an async generator
+
+    def _no_generation(self) -> NoReturn:
+        raise InvalidRequest(
+            f"model {self.spec.id} does not support chat/completions", param="model"
+        )
+
+    async def _in_worker(self, work: Callable[[], _T]) -> _T:
+        if self._executor is None:
+            raise Unavailable(f"model {self.spec.id!r} is not loaded")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+
+def _max_length(spec: ModelSpec, config: EngineConfig) -> int:
+    """The model's limit (spec, else the folder's sentence-transformers config), which the
+    global --context-length may lower but never raise past the position embeddings."""
+    limit = spec.context_length or _folder_max_length(spec.tokenizer) or _BERT_POSITIONS
+    return min(limit, config.context_length) if config.context_length else limit
+
+
+def _folder_max_length(tokenizer: Path | None) -> int | None:
+    config = tokenizer.parent / "sentence_bert_config.json" if tokenizer else None
+    if config is None or not config.is_file():
+        return None
+    value: Any = json.loads(config.read_text()).get("max_seq_length")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _load_tokenizer(path: Path, max_length: int | None) -> Tokenizer:
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a plain Exception
+        raise ModelLoadError(f"{path}: not a loadable tokenizer.json: {exc}") from exc
+    tokenizer.no_padding()  # padding is done per batch in _pad
+    if max_length is None:
+        tokenizer.no_truncation()
+    else:
+        tokenizer.enable_truncation(max_length)
+    return tokenizer
+
+
+def _pad(batch: list[Encoding]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    width = max(len(encoding.ids) for encoding in batch)
+    ids = np.zeros((len(batch), width), dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    for row, encoding in enumerate(batch):
+        ids[row, : len(encoding.ids)] = encoding.ids
+        mask[row, : len(encoding.ids)] = 1
+    return ids, mask
+
+
+def _mean_pool(hidden: NDArray[np.float32], mask: NDArray[np.int64]) -> NDArray[np.float32]:
+    weights = mask[..., None].astype(np.float32)
+    summed = (hidden * weights).sum(axis=1)
+    return summed / np.maximum(weights.sum(axis=1), 1e-9)
+
+
+def _l2_normalise(vectors: NDArray[np.float32]) -> NDArray[np.float32]:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _bad_model(path: Path, why: str) -> NoReturn:
+    raise ModelLoadError(f"{path}: not a sentence-embedding ONNX model: {why}")

@@ -1,0 +1,138 @@
+"""Bad input never gets a 500: each case answers a 4xx in the OpenAI error shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import FAKE_MODEL, assert_openai_error, chat_body, fake_service
+
+USER = [{"role": "user", "content": "hi"}]
+
+CHAT_CASES: list[tuple[str, dict[str, Any], int, str | None]] = [
+    ("empty messages", chat_body(messages=[]), 400, "messages"),
+    ("messages not a list", chat_body(messages="hi"), 400, "messages"),
+    ("unknown role", chat_body(messages=[{"role": "wizard", "content": "x"}]), 400,
+     "messages.0.role"),
+    ("user without content", chat_body(messages=[{"role": "user"}]), 400, "messages.0"),
+    ("negative max_tokens", chat_body(max_tokens=-5), 400, "max_tokens"),
+    ("zero max_tokens", chat_body(max_tokens=0), 400, "max_tokens"),
+    ("huge max_tokens", chat_body(max_tokens=10**9), 400, "max_tokens"),
+    ("max_tokens wrong type", chat_body(max_tokens="ten"), 400, "max_tokens"),
+    ("temperature too high", chat_body(temperature=2.5), 400, "temperature"),
+    ("temperature negative", chat_body(temperature=-0.1), 400, "temperature"),
+    ("top_p zero", chat_body(top_p=0), 400, "top_p"),
+    ("n zero", chat_body(n=0), 400, "n"),
+    ("n above limit", chat_body(n=50), 400, "n"),
+    ("five stops", chat_body(stop=["a", "b", "c", "d", "e"]), 400, "stop"),
+    ("top_logprobs without logprobs", chat_body(top_logprobs=2), 400, "top_logprobs"),
+    ("top_logprobs too many", chat_body(logprobs=True, top_logprobs=99), 400, "top_logprobs"),
+    ("unknown field", chat_body(frobnicate=True), 400, "frobnicate"),
+    ("unknown message field", chat_body(messages=[{"role": "user", "content": "x", "x": 1}]),
+     400, "messages.0.x"),
+    ("tools not yet", chat_body(tools=[{"type": "function", "function": {"name": "f"}}]), 400,
+     "tools"),
+    ("json mode not yet", chat_body(response_format={"type": "json_object"}), 400,
+     "response_format"),
+    ("logit_bias not yet", chat_body(logit_bias={"1": 5}), 400, "logit_bias"),
+    ("stream_options without stream", chat_body(stream_options={"include_usage": True}), 400,
+     "stream_options"),
+    ("missing model", {"messages": USER}, 400, "model"),
+    ("unknown model", chat_body(model="gpt-9"), 404, "model"),
+    ("image part", chat_body(messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "x"}}]}]), 400, "messages.0.content"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status", "param"), CHAT_CASES,
+                         ids=[c[0] for c in CHAT_CASES])
+async def test_chat_bad_input(
+    client: httpx.AsyncClient, case: str, body: dict[str, Any], status: int, param: str | None
+) -> None:
+    response = await client.post("/v1/chat/completions", json=body)
+    error = assert_openai_error(response, status, param)
+    if param:
+        assert param.split(".")[0] in error["message"]
+
+
+async def test_streaming_refusal_is_plain_http_error(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions", json=chat_body(model="x", stream=True))
+    assert_openai_error(response, 404, "model")
+
+
+async def test_malformed_json(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"}
+    )
+    error = assert_openai_error(response, 400, None)
+    assert "JSON" in error["message"]
+
+
+async def test_no_body(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions")
+    assert_openai_error(response, 400, None)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/completions", {"model": FAKE_MODEL, "prompt": []}, "prompt"),
+        ("/v1/completions", {"model": FAKE_MODEL, "prompt": "x", "echo": True}, "echo"),
+        ("/v1/completions", {"model": FAKE_MODEL, "prompt": "x", "max_tokens": -1}, "max_tokens"),
+        ("/v1/completions", {"model": FAKE_MODEL, "prompt": "x", "logprobs": 50}, "logprobs"),
+        ("/v1/embeddings", {"model": FAKE_MODEL, "input": []}, "input"),
+        ("/v1/embeddings", {"model": FAKE_MODEL, "input": ""}, "input"),
+        ("/v1/embeddings", {"model": FAKE_MODEL, "input": "x", "encoding_format": "hex"},
+         "encoding_format"),
+        ("/v1/embeddings", {"model": FAKE_MODEL, "input": "x", "dimensions": 8}, "dimensions"),
+        ("/v1/embeddings", {"model": FAKE_MODEL, "input": [1, 2]}, "input"),
+    ],
+)
+async def test_other_routes_bad_input(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any], param: str
+) -> None:
+    response = await client.post(path, json=body)
+    assert_openai_error(response, 400, param)
+
+
+async def test_task_mismatch_is_400() -> None:
+    async with fake_service() as (runtime, client):
+        model = runtime.models[FAKE_MODEL]
+        object.__setattr__(model.spec, "tasks", frozenset())
+        response = await client.post("/v1/embeddings", json={"model": FAKE_MODEL, "input": "x"})
+        assert_openai_error(response, 400, "model")
+
+
+async def test_unknown_path_and_method(client: httpx.AsyncClient) -> None:
+    assert_openai_error(await client.get("/v1/nothing"), 404, None)
+    assert_openai_error(await client.get("/"), 404, None)
+    assert_openai_error(await client.get("/v1/chat/completions"), 405, None)
+    assert_openai_error(await client.delete("/v1/models"), 405, None)
+
+
+async def test_body_too_large() -> None:
+    async with fake_service(max_body_bytes=2048) as (_, client):
+        big = chat_body(messages=[{"role": "user", "content": "x" * 5000}])
+        assert_openai_error(await client.post("/v1/chat/completions", json=big), 413, None)
+
+        async def chunked():  # no content-length: counted while reading
+            yield b'{"model": "fake-model", "messages": [{"role": "user", "content": "'
+            yield b"y" * 4096
+            yield b'"}]}'
+
+        response = await client.post(
+            "/v1/chat/completions", content=chunked(), headers={"content-type": "application/json"}
+        )
+        assert_openai_error(response, 413, None)
+
+
+async def test_context_length_exceeded_names_both_numbers(client: httpx.AsyncClient) -> None:
+    long_prompt = "word " * 3000  # fake engine: one token per word, window 2048
+    response = await client.post(
+        "/v1/chat/completions", json=chat_body(messages=[{"role": "user", "content": long_prompt}])
+    )
+    error = assert_openai_error(response, 400, "messages")
+    assert error["code"] == "context_length_exceeded"
+    assert "2048" in error["message"] and "3004" in error["message"]

@@ -1,0 +1,122 @@
+"""Runtime behaviour on the fake engine: admission, 429, abort frees the slot, drain."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from nimble.engines import EngineConfig
+from nimble.errors import ContextLengthExceeded, ModelLoadError, ModelNotFound, Overloaded
+from nimble.models import resolve_model
+from nimble.runtime import Runtime, RuntimeConfig
+from nimble.runtime.admission import Admission
+from nimble.types import GenerateRequest, SamplingParams
+from tests.conftest import assert_openai_error, chat_body, fake_service
+
+
+def _request(max_tokens: int = 50) -> GenerateRequest:
+    return GenerateRequest("r", SamplingParams(max_tokens=max_tokens), prompt="hello")
+
+
+async def _runtime(max_running: int = 1, max_waiting: int = 1, delay: float = 0.01) -> Runtime:
+    runtime = Runtime(
+        [resolve_model("fake")],
+        RuntimeConfig(
+            EngineConfig(fake_token_delay=delay), max_running=max_running, max_waiting=max_waiting
+        ),
+    )
+    await runtime.start()
+    return runtime
+
+
+async def test_admission_refuses_beyond_running_plus_waiting() -> None:
+    gate = Admission(max_running=1, max_waiting=1)
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with gate.slot():
+            entered.set()
+            await release.wait()
+
+    first = asyncio.create_task(hold())
+    await entered.wait()
+    second = asyncio.create_task(hold())
+    while gate.waiting == 0:
+        await asyncio.sleep(0)
+    with pytest.raises(Overloaded) as refused:
+        async with gate.slot():
+            pass
+    assert refused.value.retry_after >= 1
+    release.set()
+    await asyncio.gather(first, second)
+    assert gate.running == 0 and gate.waiting == 0
+
+
+async def test_closing_stream_aborts_engine_and_frees_slot() -> None:
+    runtime = await _runtime()
+    model = runtime.models["fake-model"]
+    stream = runtime.generate("fake-model", _request())
+    await anext(stream)  # type: ignore[arg-type]
+    assert model.admission.running == 1
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert model.admission.running == 0
+    assert model.engine.aborted == 1  # type: ignore[attr-defined]
+    assert runtime.inflight == 0
+
+
+async def test_cancelled_waiter_leaves_queue() -> None:
+    runtime = await _runtime()
+    model = runtime.models["fake-model"]
+    holder = runtime.generate("fake-model", _request())
+    await anext(holder)  # type: ignore[arg-type]
+    waiter = asyncio.create_task(anext(runtime.generate("fake-model", _request())))  # type: ignore[arg-type]
+    while model.admission.waiting == 0:
+        await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert model.admission.waiting == 0
+    await holder.aclose()  # type: ignore[attr-defined]
+
+
+async def test_429_over_http_with_retry_after() -> None:
+    async with fake_service(max_running=1, max_waiting=0, token_delay=0.05) as (runtime, client):
+        slow = asyncio.create_task(
+            client.post("/v1/chat/completions", json=chat_body(max_tokens=40))
+        )
+        while runtime.models["fake-model"].admission.running == 0:
+            await asyncio.sleep(0.001)
+        refused = await client.post("/v1/chat/completions", json=chat_body())
+        assert_openai_error(refused, 429, None)
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert (await slow).status_code == 200
+
+
+async def test_drain_waits_for_inflight() -> None:
+    runtime = await _runtime(delay=0.01)
+    stream = runtime.generate("fake-model", _request(max_tokens=5))
+    await anext(stream)  # type: ignore[arg-type]
+    runtime.begin_drain()
+    assert not await runtime.wait_idle(0.01)
+    async for _ in stream:
+        pass
+    assert await runtime.wait_idle(1)
+
+
+async def test_refusals_before_first_chunk() -> None:
+    runtime = await _runtime()
+    with pytest.raises(ModelNotFound):
+        await anext(runtime.generate("nope", _request()))  # type: ignore[arg-type]
+    with pytest.raises(ContextLengthExceeded):
+        await anext(runtime.generate("fake-model", _request(max_tokens=5000)))  # type: ignore[arg-type]
+    assert runtime.inflight == 0
+
+
+def test_unknown_engine_and_duplicate_names() -> None:
+    spec = resolve_model("fake", engine="warp-drive")
+    with pytest.raises(ModelLoadError, match="unknown engine 'warp-drive'"):
+        Runtime([spec], RuntimeConfig(EngineConfig()))
+    with pytest.raises(ModelLoadError, match="same name"):
+        Runtime([resolve_model("fake"), resolve_model("fake")], RuntimeConfig(EngineConfig()))

@@ -1,0 +1,60 @@
+"""Settings: precedence CLI > env > YAML > defaults, validation, the generated docs table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nimble.config import load_settings
+from nimble.config.doc import settings_table
+from nimble.config.settings import DEFAULT_MODELS
+from nimble.errors import ConfigError
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert settings.model == DEFAULT_MODELS
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+
+
+def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "nimble.yaml"
+    config.write_text("port: 7000\nmax_running: 2\nhost: 0.0.0.0\nmodel: [fake]\n")
+    monkeypatch.setenv("NIMBLE_CONFIG", str(config))
+    monkeypatch.setenv("NIMBLE_MAX_RUNNING", "3")
+    settings = load_settings(port=9000)
+    assert settings.port == 9000  # CLI
+    assert settings.max_running == 3  # env over YAML
+    assert settings.host == "0.0.0.0"  # YAML over default
+    assert settings.model == ("fake",)
+
+
+def test_env_list_is_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NIMBLE_MODEL", "a.gguf, b")
+    assert load_settings().model == ("a.gguf", "b")
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [({"port": -1}, "port"), ({"max_running": 0}, "max_running"), ({"log_level": "loud"}, "log")],
+)
+def test_invalid_values(values: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_settings(**values)
+
+
+def test_missing_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(config=tmp_path / "none.yaml")
+
+
+def test_settings_frozen() -> None:
+    settings = load_settings()
+    with pytest.raises(ValueError, match="frozen"):
+        settings.port = 1  # type: ignore[misc]
+
+
+def test_docs_table_is_current() -> None:
+    doc = Path(__file__).parents[2] / "docs" / "configuration.md"
+    assert settings_table() in doc.read_text(), "regenerate: nimble settings-doc"
