@@ -47,7 +47,7 @@ def error_payload(
 def status_for(exc: NimbleError) -> tuple[int, str]:
     for cls in type(exc).__mro__:
         if cls in _STATUS:
-            return _STATUS[cls]  # type: ignore[index]
+            return _STATUS[cls]
     return 500, "server_error"
 
 

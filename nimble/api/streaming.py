@@ -45,7 +45,7 @@ async def prime(
 ) -> AsyncIterator[GenerationChunk]:
     """Pull the first chunk before answering, so that refusals (404, 400, 429) raised by the
     runtime still become plain HTTP errors; then hand back a stream that starts with it."""
-    first = await until_disconnect(request, anext(stream))  # type: ignore[arg-type]
+    first = await until_disconnect(request, anext(stream))
 
     async def chained() -> AsyncIterator[GenerationChunk]:
         try:

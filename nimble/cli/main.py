@@ -14,8 +14,7 @@ from nimble.config.doc import settings_table
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
-    help="nimble: an OpenAI-compatible inference microservice on the best engine for the "
-    "hardware.",
+    help="nimble: an OpenAI-compatible inference microservice on the best engine for the hardware.",
 )
 
 

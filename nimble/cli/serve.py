@@ -55,7 +55,9 @@ class NimbleServer(uvicorn.Server):
         if idle:
             log.info("drained: no request in flight; exiting")
         else:
-            log.warning("drain timeout: %d requests still in flight; exiting", self.runtime.inflight)
+            log.warning(
+                "drain timeout: %d requests still in flight; exiting", self.runtime.inflight
+            )
         self.should_exit = True
 
     def on_loaded(self, error: BaseException | None) -> None:

@@ -53,7 +53,9 @@ def _from_folder(path: Path, name: str | None) -> ModelSpec:
     ggufs = sorted(path.glob("*.gguf"))
     if ggufs:
         return _from_gguf(ggufs[0], name or path.name)
-    onnx = next((p for p in (path / "model.onnx", path / "onnx" / "model.onnx") if p.is_file()), None)
+    onnx = next(
+        (p for p in (path / "model.onnx", path / "onnx" / "model.onnx") if p.is_file()), None
+    )
     tokenizer = path / "tokenizer.json"
     if onnx is not None and tokenizer.is_file():
         return ModelSpec(

@@ -114,9 +114,7 @@ class Runtime:
                 log.info("loading model %s (%s engine)", model.spec.id, model.spec.engine)
                 started = time.monotonic()
                 await model.load()
-                log.info(
-                    "model %s ready in %.1fs", model.spec.id, time.monotonic() - started
-                )
+                log.info("model %s ready in %.1fs", model.spec.id, time.monotonic() - started)
         except Exception as exc:
             self.state = ServiceState.FAILED
             self.failure = str(exc)

@@ -14,8 +14,12 @@ USER = [{"role": "user", "content": "hi"}]
 CHAT_CASES: list[tuple[str, dict[str, Any], int, str | None]] = [
     ("empty messages", chat_body(messages=[]), 400, "messages"),
     ("messages not a list", chat_body(messages="hi"), 400, "messages"),
-    ("unknown role", chat_body(messages=[{"role": "wizard", "content": "x"}]), 400,
-     "messages.0.role"),
+    (
+        "unknown role",
+        chat_body(messages=[{"role": "wizard", "content": "x"}]),
+        400,
+        "messages.0.role",
+    ),
     ("user without content", chat_body(messages=[{"role": "user"}]), 400, "messages.0"),
     ("negative max_tokens", chat_body(max_tokens=-5), 400, "max_tokens"),
     ("zero max_tokens", chat_body(max_tokens=0), 400, "max_tokens"),
@@ -30,24 +34,49 @@ CHAT_CASES: list[tuple[str, dict[str, Any], int, str | None]] = [
     ("top_logprobs without logprobs", chat_body(top_logprobs=2), 400, "top_logprobs"),
     ("top_logprobs too many", chat_body(logprobs=True, top_logprobs=99), 400, "top_logprobs"),
     ("unknown field", chat_body(frobnicate=True), 400, "frobnicate"),
-    ("unknown message field", chat_body(messages=[{"role": "user", "content": "x", "x": 1}]),
-     400, "messages.0.x"),
-    ("tools not yet", chat_body(tools=[{"type": "function", "function": {"name": "f"}}]), 400,
-     "tools"),
-    ("json mode not yet", chat_body(response_format={"type": "json_object"}), 400,
-     "response_format"),
+    (
+        "unknown message field",
+        chat_body(messages=[{"role": "user", "content": "x", "x": 1}]),
+        400,
+        "messages.0.x",
+    ),
+    (
+        "tools not yet",
+        chat_body(tools=[{"type": "function", "function": {"name": "f"}}]),
+        400,
+        "tools",
+    ),
+    (
+        "json mode not yet",
+        chat_body(response_format={"type": "json_object"}),
+        400,
+        "response_format",
+    ),
     ("logit_bias not yet", chat_body(logit_bias={"1": 5}), 400, "logit_bias"),
-    ("stream_options without stream", chat_body(stream_options={"include_usage": True}), 400,
-     "stream_options"),
+    (
+        "stream_options without stream",
+        chat_body(stream_options={"include_usage": True}),
+        400,
+        "stream_options",
+    ),
     ("missing model", {"messages": USER}, 400, "model"),
     ("unknown model", chat_body(model="gpt-9"), 404, "model"),
-    ("image part", chat_body(messages=[{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "x"}}]}]), 400, "messages.0.content"),
+    (
+        "image part",
+        chat_body(
+            messages=[
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+            ]
+        ),
+        400,
+        "messages.0.content",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "body", "status", "param"), CHAT_CASES,
-                         ids=[c[0] for c in CHAT_CASES])
+@pytest.mark.parametrize(
+    ("case", "body", "status", "param"), CHAT_CASES, ids=[c[0] for c in CHAT_CASES]
+)
 async def test_chat_bad_input(
     client: httpx.AsyncClient, case: str, body: dict[str, Any], status: int, param: str | None
 ) -> None:
@@ -84,8 +113,11 @@ async def test_no_body(client: httpx.AsyncClient) -> None:
         ("/v1/completions", {"model": FAKE_MODEL, "prompt": "x", "logprobs": 50}, "logprobs"),
         ("/v1/embeddings", {"model": FAKE_MODEL, "input": []}, "input"),
         ("/v1/embeddings", {"model": FAKE_MODEL, "input": ""}, "input"),
-        ("/v1/embeddings", {"model": FAKE_MODEL, "input": "x", "encoding_format": "hex"},
-         "encoding_format"),
+        (
+            "/v1/embeddings",
+            {"model": FAKE_MODEL, "input": "x", "encoding_format": "hex"},
+            "encoding_format",
+        ),
         ("/v1/embeddings", {"model": FAKE_MODEL, "input": "x", "dimensions": 8}, "dimensions"),
         ("/v1/embeddings", {"model": FAKE_MODEL, "input": [1, 2]}, "input"),
     ],

@@ -27,9 +27,7 @@ async def embeddings(
     body: EmbeddingRequest, request: Request, runtime: RuntimeDep, request_id: RequestIdDep
 ) -> Any:
     if body.dimensions is not None:
-        raise UnsupportedParameter(
-            "dimensions is not supported by this model", param="dimensions"
-        )
+        raise UnsupportedParameter("dimensions is not supported by this model", param="dimensions")
     result = await until_disconnect(
         request, runtime.embed(body.model, EmbedRequest(request_id, body.inputs()))
     )

@@ -107,9 +107,7 @@ class ChatCompletionRequest(SamplingFields):
         return (self.top_logprobs or 0) if self.logprobs else None
 
     def chat_messages(self) -> tuple[ChatMessage, ...]:
-        return tuple(
-            ChatMessage(role=m.role, content=m.text(), name=m.name) for m in self.messages
-        )
+        return tuple(ChatMessage(role=m.role, content=m.text(), name=m.name) for m in self.messages)
 
 
 class AssistantMessage(BaseModel):

@@ -1,0 +1,107 @@
+"""Start a real `nimble serve` process on a free port; poll (never sleep) until it is ready."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+CHAT_MODEL = "smollm2-135m-instruct"
+EMBED_MODEL = "all-minilm-l6-v2"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class NimbleProcess:
+    """A `nimble serve` subprocess with its log in a file."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nimble.cli.main", "serve", "--port", str(self.port), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_status(self, path: str, status: int, timeout: float = 120.0) -> None:
+        """Poll `path` until it answers `status` (fails if the process dies or time runs out)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"nimble exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.base_url + path, timeout=2).status_code == status:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)  # polling interval, not a wait for readiness
+        raise AssertionError(f"{path} never answered {status}:\n{self.log()}")
+
+    def wait_ready(self) -> NimbleProcess:
+        self.wait_status("/v1/health/ready", 200)
+        return self
+
+    def client(self, **kwargs: object) -> openai.OpenAI:
+        return openai.OpenAI(
+            api_key="unused",
+            base_url=self.base_url + "/v1",
+            max_retries=0,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def terminate(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def nimble_process(tmp_path: Path) -> Iterator[type[NimbleProcess]]:
+    """Factory for processes that the test starts; all are stopped at the end."""
+    started: list[NimbleProcess] = []
+    counter = iter(range(1000))
+
+    class Tracked(NimbleProcess):
+        def __init__(self, args: list[str], env: dict[str, str] | None = None):
+            super().__init__(args, tmp_path / f"nimble-{next(counter)}.log", env)
+            started.append(self)
+
+    yield Tracked  # type: ignore[misc]
+    for process in started:
+        process.terminate()
+
+
+@pytest.fixture(scope="module")
+def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NimbleProcess]:
+    """`nimble serve` with no model arguments: the two default models."""
+    process = NimbleProcess([], tmp_path_factory.mktemp("default") / "nimble.log")
+    try:
+        yield process.wait_ready()
+    finally:
+        process.terminate()

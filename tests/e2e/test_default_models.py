@@ -1,0 +1,197 @@
+"""The official `openai` SDK against a real `nimble serve` on the default models."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from tests.e2e.conftest import CHAT_MODEL, EMBED_MODEL, NimbleProcess
+
+pytestmark = [pytest.mark.e2e, pytest.mark.models]
+
+HELLO = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_models_list(default_server: NimbleProcess) -> None:
+    ids = [m.id for m in default_server.client().models.list().data]
+    assert ids == [CHAT_MODEL, EMBED_MODEL]
+
+
+def test_chat(default_server: NimbleProcess) -> None:
+    result = default_server.client().chat.completions.create(
+        model=CHAT_MODEL, messages=HELLO, max_tokens=24, temperature=0
+    )
+    text = result.choices[0].message.content or ""
+    assert "Paris" in text
+    assert result.choices[0].finish_reason in {"stop", "length"}
+    assert result.usage is not None and result.usage.prompt_tokens > 5
+    assert result.usage.completion_tokens <= 24
+
+
+def test_chat_streaming_with_usage(default_server: NimbleProcess) -> None:
+    stream = default_server.client().chat.completions.create(
+        model=CHAT_MODEL,
+        messages=HELLO,
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    assert len(pieces) >= 2
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finishes == ["stop"] or finishes == ["length"]
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None
+    assert 0 < usage.completion_tokens <= 16
+
+
+def test_completion_and_stop_sequence(default_server: NimbleProcess) -> None:
+    client = default_server.client()
+    free = client.completions.create(
+        model=CHAT_MODEL, prompt="1, 2, 3, 4, 5,", max_tokens=12, temperature=0
+    )
+    assert "6" in free.choices[0].text
+    stopped = client.completions.create(
+        model=CHAT_MODEL, prompt="1, 2, 3, 4, 5,", max_tokens=12, temperature=0, stop=["8"]
+    )
+    assert "8" not in stopped.choices[0].text
+    assert stopped.choices[0].finish_reason == "stop"
+    assert free.choices[0].text.startswith(stopped.choices[0].text)
+
+
+def test_seed_reproducible(default_server: NimbleProcess) -> None:
+    client = default_server.client()
+
+    def sample(seed: int) -> str:
+        r = client.chat.completions.create(
+            model=CHAT_MODEL,
+            messages=[{"role": "user", "content": "Invent a name for a cat."}],
+            max_tokens=20,
+            temperature=1.0,
+            seed=seed,
+        )
+        return r.choices[0].message.content or ""
+
+    first = sample(1234)
+    assert sample(1234) == first
+    assert any(sample(seed) != first for seed in (1, 2, 3))
+
+
+def test_n_and_logprobs(default_server: NimbleProcess) -> None:
+    r = default_server.client().chat.completions.create(
+        model=CHAT_MODEL,
+        messages=HELLO,
+        max_tokens=4,
+        n=2,
+        logprobs=True,
+        top_logprobs=3,
+        seed=5,
+        temperature=0.8,
+    )
+    assert [c.index for c in r.choices] == [0, 1]
+    content = r.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content and all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content)
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_embeddings_paraphrase_closer(default_server: NimbleProcess) -> None:
+    result = default_server.client().embeddings.create(
+        model=EMBED_MODEL,
+        input=[
+            "A man is playing a guitar.",
+            "Someone plays an acoustic guitar.",
+            "The stock market fell sharply today.",
+        ],
+        encoding_format="float",
+    )
+    a, b, c = (d.embedding for d in result.data)
+    assert len(a) == 384
+    assert _cosine(a, b) > _cosine(a, c) + 0.3
+    assert result.usage.prompt_tokens > 10
+
+
+def test_embeddings_base64(default_server: NimbleProcess) -> None:
+    raw = httpx.post(
+        default_server.base_url + "/v1/embeddings",
+        json={"model": EMBED_MODEL, "input": "hello world", "encoding_format": "base64"},
+    ).json()
+    vector = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
+    assert vector.shape == (384,)
+    assert raw["usage"]["prompt_tokens"] == 4  # [CLS] hello world [SEP]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "param"),
+    [
+        ({"model": "no-such-model", "messages": HELLO}, 404, "model"),
+        ({"model": CHAT_MODEL, "messages": []}, 400, "messages"),
+        (
+            {"model": CHAT_MODEL, "messages": [{"role": "robot", "content": "x"}]},
+            400,
+            "messages.0.role",
+        ),
+        ({"model": CHAT_MODEL, "messages": HELLO, "max_tokens": -1}, 400, "max_tokens"),
+        ({"model": CHAT_MODEL, "messages": HELLO, "max_tokens": 10**7}, 400, "max_tokens"),
+        ({"model": CHAT_MODEL, "messages": HELLO, "temperature": 9}, 400, "temperature"),
+        ({"model": EMBED_MODEL, "messages": HELLO}, 400, "model"),
+    ],
+)
+def test_errors_through_sdk(
+    default_server: NimbleProcess, kwargs: dict[str, object], status: int, param: str
+) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        default_server.client().chat.completions.create(**kwargs)  # type: ignore[call-overload]
+    assert caught.value.status_code == status
+    body = caught.value.body
+    assert isinstance(body, dict) and body["param"] == param  # the SDK unwraps "error"
+    assert body["message"] and body["type"]
+
+
+def test_context_length_exceeded(default_server: NimbleProcess) -> None:
+    long_text = "hello " * 9000
+    with pytest.raises(openai.BadRequestError) as caught:
+        default_server.client().chat.completions.create(
+            model=CHAT_MODEL, messages=[{"role": "user", "content": long_text}]
+        )
+    body = caught.value.body
+    assert isinstance(body, dict) and body["code"] == "context_length_exceeded"
+    assert "8192" in body["message"]
+
+
+def test_oversized_body_and_malformed_json(default_server: NimbleProcess) -> None:
+    big = httpx.post(
+        default_server.base_url + "/v1/chat/completions",
+        content=b"{" + b" " * (5 * 1024 * 1024) + b"}",
+        headers={"content-type": "application/json"},
+    )
+    assert big.status_code == 413 and big.json()["error"]["type"] == "invalid_request_error"
+    bad = httpx.post(
+        default_server.base_url + "/v1/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
+    assert bad.status_code == 400 and "JSON" in bad.json()["error"]["message"]
+
+
+def test_metadata_has_sha256(default_server: NimbleProcess) -> None:
+    meta = httpx.get(default_server.base_url + "/v1/metadata").json()
+    engines = {m["id"]: m for m in meta["models"]}
+    chat = engines[CHAT_MODEL]
+    assert chat["engine"] == "llamacpp" and chat["engine_version"]
+    (weights,) = chat["files"]
+    assert weights["path"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert len(weights["sha256"]) == 64
+    assert engines[EMBED_MODEL]["engine"] == "onnx"
