@@ -25,8 +25,14 @@ from tokenizers import Encoding, Tokenizer
 from nimble.engines.base import EngineConfig
 from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
 from nimble.models.spec import ModelSpec
-from nimble.types import EmbedRequest, EmbedResult, EngineInfo, GenerateRequest, GenerationChunk
-from nimble.types import ModelFile
+from nimble.types import (
+    EmbedRequest,
+    EmbedResult,
+    EngineInfo,
+    GenerateRequest,
+    GenerationChunk,
+    ModelFile,
+)
 
 _T = TypeVar("_T")
 _BATCH = 32  # sequences per session run; inputs are sorted by length to keep padding small
@@ -58,14 +64,18 @@ class OnnxEmbeddingEngine:
             raise ModelLoadError(f"{self.spec.weights}: the onnx engine needs a tokenizer.json")
         for path in (self.spec.weights, tokenizer_path):
             if not path.is_file():
-                raise ModelLoadError(f"{path}: cannot load model {self.spec.id!r}: no such file")
+                raise ModelLoadError(f"{path}: no such file (needed by model {self.spec.id!r})")
         self._tokenizer = _load_tokenizer(tokenizer_path, self._max_length)
         self._counter = _load_tokenizer(tokenizer_path, None)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nimble-onnx")
-        self._session, digest = await self._in_worker(self._load_weights)
-        self._inspect_model(self._session)
-        stat = self.spec.weights.stat()
-        self._files = (ModelFile(str(self.spec.weights), digest, stat.st_size),)
+        try:
+            session, digest = await self._in_worker(self._load_weights)
+            self._inspect_model(session)
+        except BaseException:
+            await self.stop()
+            raise
+        self._session = session
+        self._files = (ModelFile(str(self.spec.weights), digest, self.spec.weights.stat().st_size),)
 
     def _load_weights(self) -> tuple[ort.InferenceSession, str]:
         path = self.spec.weights
@@ -97,10 +107,10 @@ class OnnxEmbeddingEngine:
         self._dimensions = last if isinstance(last, int) else 0
 
     async def stop(self) -> None:
-        executor, self._executor = self._executor, None
-        self._session = None
+        # queued work now fails fast with Unavailable; the batch running finishes first
+        executor, self._executor, self._session = self._executor, None, None
         if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+            await asyncio.to_thread(executor.shutdown, wait=True)
 
     async def warmup(self) -> None:
         result = await self.embed(EmbedRequest(request_id="warmup", inputs=("warm up",)))
@@ -207,7 +217,7 @@ def _load_tokenizer(path: Path, max_length: int | None) -> Tokenizer:
 
 def _pad(batch: list[Encoding]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     width = max(len(encoding.ids) for encoding in batch)
-    ids = np.zeros((len(batch), width), dtype=np.int64)
+    ids = np.zeros((len(batch), width), dtype=np.int64)  # pad id is irrelevant: masked out
     mask = np.zeros((len(batch), width), dtype=np.int64)
     for row, encoding in enumerate(batch):
         ids[row, : len(encoding.ids)] = encoding.ids
@@ -218,12 +228,14 @@ def _pad(batch: list[Encoding]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
 def _mean_pool(hidden: NDArray[np.float32], mask: NDArray[np.int64]) -> NDArray[np.float32]:
     weights = mask[..., None].astype(np.float32)
     summed = (hidden * weights).sum(axis=1)
-    return summed / np.maximum(weights.sum(axis=1), 1e-9)
+    pooled: NDArray[np.float32] = summed / np.maximum(weights.sum(axis=1), 1e-9)
+    return pooled
 
 
 def _l2_normalise(vectors: NDArray[np.float32]) -> NDArray[np.float32]:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
+    unit: NDArray[np.float32] = vectors / np.maximum(norms, 1e-12)
+    return unit
 
 
 def _sha256(path: Path) -> str:
