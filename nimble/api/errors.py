@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nimble.errors import (
@@ -21,6 +21,10 @@ from nimble.errors import (
 )
 
 log = logging.getLogger("nimble.api")
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was ready; its work was cancelled."""
 
 # (status, OpenAI error type) per error class; the first match along the MRO wins
 _STATUS: dict[type[NimbleError], tuple[int, str]] = {
@@ -120,6 +124,11 @@ def install_error_handlers(app: FastAPI) -> None:
             error_payload(message, "invalid_request_error", param, "invalid_value"),
             status_code=400,
         )
+
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, exc: ClientGone) -> Response:
+        # nobody reads this answer; 499 (client closed request) marks it in the access log
+        return Response(status_code=499)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

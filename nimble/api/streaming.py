@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from nimble.api.errors import sse_error_event
+from nimble.api.errors import ClientGone, sse_error_event
 from nimble.types import GenerationChunk
 
 T = TypeVar("T")
@@ -25,17 +25,24 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     and frees the admission slot.
     """
     task = asyncio.ensure_future(work)
+    gone = False
 
     async def watch() -> None:
+        nonlocal gone
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
+                gone = True
                 task.cancel()
                 return
 
     watcher = asyncio.ensure_future(watch())
     try:
         return await task
+    except asyncio.CancelledError:
+        if gone:
+            raise ClientGone from None
+        raise
     finally:
         watcher.cancel()
 

@@ -13,7 +13,7 @@ from tests.e2e.conftest import CHAT_MODEL, EMBED_MODEL, NimbleProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.models]
 
-HELLO = [{"role": "user", "content": "What is the capital of France?"}]
+HELLO = [{"role": "user", "content": "Which city is the capital of France?"}]
 
 
 def test_models_list(default_server: NimbleProcess) -> None:
