@@ -38,15 +38,17 @@ def settings_parameters() -> list[inspect.Parameter]:
     params = []
     for name, field in Settings.model_fields.items():
         scalar, multiple = _base_type(field.annotation)
+        # parentheses, not brackets: rich would read "[env: ...]" as markup
         help_text = (
-            f"{field.description} [env: NIMBLE_{name.upper()}; "
-            f"default: {format_default(field.default)}]"
+            f"{field.description} (env: NIMBLE_{name.upper()}; "
+            f"default: {format_default(field.default)})"
         )
         flag = "--" + name.replace("_", "-")
         decls = [f"{flag}/--no-{name.replace('_', '-')}"] if scalar is bool else [flag]
         cli_type = _cli_type(scalar)
         annotation = list[cli_type] | None if multiple else cli_type | None  # type: ignore[valid-type]
-        option = typer.Option(*decls, help=help_text, show_default=False)
+        metavar = None if scalar is bool else name.upper()
+        option = typer.Option(*decls, help=help_text, show_default=False, metavar=metavar)
         params.append(
             inspect.Parameter(
                 name,
