@@ -1,0 +1,333 @@
+"""llama.cpp engine: GGUF models in-process through the prebuilt `xllamacpp` wheel.
+
+How it works
+- `xllamacpp.Server` runs llama.cpp's own server (continuous batching, one slot per running
+  sequence) inside this process. `handle_chat_completions` / `handle_completions` block
+  their calling thread (the GIL is released) and hand each OpenAI-format chunk to a
+  callback; a callback that returns True cancels the task in llama.cpp. Every generation
+  runs streamed on this engine's own thread pool and its chunks cross to the event loop
+  with `call_soon_threadsafe`, so closing the async iterator stops llama.cpp within a token.
+- The KV cache gives each slot its own full window (`n_ctx = context_length * max_running`,
+  not unified). A unified cache of `context_length` cells would let one request use the
+  whole window too, but concurrent long generations then overflow it together and llama.cpp
+  fails all of them ("Context size has been exceeded"). The price is memory: one window
+  per slot, as in Ollama's OLLAMA_NUM_PARALLEL.
+- A request with `n > 1` takes `n` slots; llama.cpp refuses `n` above `max_running`.
+- The Server also opens llama.cpp's HTTP listener on 127.0.0.1 (random port). It is locked
+  with a random API key that never leaves this object; the engine itself uses it only for
+  `/props`, `/health`, `/apply-template` and `/tokenize`. The web UI, `/slots` and
+  `/metrics` are switched off.
+
+Signals: llama.cpp's init installs its own SIGINT/SIGTERM handlers with `sigaction`
+(they stop its main loop, and a second signal calls `exit(1)`), replacing Python's for
+the whole process. Whoever owns the process must re-install its own handlers after
+`start()` returns; nothing here holds on to or re-installs llama.cpp's. If llama.cpp's
+loop is stopped that way, `health()` turns False.
+
+Logs: llama.cpp writes to stderr. Only its errors are shown (verbosity 1), unless
+`EngineConfig.engine_log` is set (verbosity 3: llama.cpp's info lines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+import os
+import secrets
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import xllamacpp
+
+from nimble.engines.base import EngineConfig
+from nimble.engines.llamacpp_gguf import GgufSummary, read_gguf_summary
+from nimble.engines.llamacpp_wire import ChunkMapper, Json, message_dicts, request_body
+from nimble.errors import EngineError, InvalidRequest, ModelLoadError, Unavailable
+from nimble.models.spec import ModelSpec
+from nimble.types import (
+    EmbedRequest,
+    EmbedResult,
+    EngineInfo,
+    GenerateRequest,
+    GenerationChunk,
+    ModelFile,
+    SamplingParams,
+)
+
+MAX_DEFAULT_CONTEXT = 8192  # without a configured window, the trained one is capped here
+_FALLBACK_CONTEXT = 4096  # for a GGUF file that does not say its trained window
+_EXTRA_THREADS = 4  # pool headroom: aborted generations finish their current token
+_VERBOSITY_ERRORS, _VERBOSITY_INFO = 1, 3
+_END = object()  # end of one generation's stream
+
+Handler = Callable[[Json, Callable[[Json], bool]], object]
+
+
+class LlamaCppEngine:
+    """One GGUF model served by llama.cpp in this process."""
+
+    def __init__(self, spec: ModelSpec, config: EngineConfig):
+        self.spec = spec
+        self._config = config
+        self._server: Any = None  # xllamacpp.Server
+        self._http: httpx.AsyncClient | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._running: set[threading.Event] = set()  # cancel flags of live generations
+        self._context_length = 0
+        self._files: tuple[ModelFile, ...] = ()
+        self._build = ""
+
+    # lifecycle
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        path = self.spec.weights
+        summary = await asyncio.to_thread(read_gguf_summary, path)
+        window = self._window(summary)
+        secret = secrets.token_urlsafe(32)
+        params = self._params(window, secret)
+        gathered = await asyncio.gather(
+            asyncio.to_thread(_load, params, path),
+            asyncio.to_thread(_sha256, path),
+            return_exceptions=True,
+        )
+        results: list[Any] = list(gathered)
+        del gathered
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
+            await asyncio.to_thread(_release, results, None)  # frees a server that did load
+            raise _load_failure(path, failure)
+        self._server, digest = results
+        self._pool = ThreadPoolExecutor(
+            self._config.max_running + _EXTRA_THREADS, thread_name_prefix="llamacpp"
+        )
+        self._http = httpx.AsyncClient(
+            base_url=self._server.listening_address,
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=60.0,
+            trust_env=False,  # never send this to a proxy
+        )
+        self._files = (ModelFile(str(path), digest, path.stat().st_size),)
+        await self._read_props(window)
+
+    async def stop(self) -> None:
+        server, pool, http = self._server, self._pool, self._http
+        self._server, self._pool, self._http = None, None, None
+        for cancel in self._running:
+            cancel.set()
+        if http is not None:
+            await http.aclose()
+        if server is not None:
+            box = [server]
+            del server
+            await asyncio.to_thread(_release, box, pool)
+
+    async def warmup(self) -> None:
+        request = GenerateRequest(
+            request_id="warmup", prompt="Hello", params=SamplingParams(max_tokens=1)
+        )
+        async for _ in self.generate(request):
+            pass
+
+    async def health(self) -> bool:
+        if self._server is None or self._http is None:
+            return False
+        try:
+            response = await self._http.get("/health", timeout=5.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    def info(self) -> EngineInfo:
+        extra = {"llama_cpp_build": self._build} if self._build else {}
+        return EngineInfo(
+            engine="llamacpp",
+            engine_version=xllamacpp.__version__,
+            tasks=self.spec.tasks,
+            context_length=self._context_length,
+            supports_logprobs=True,
+            files=self._files,
+            extra=extra,
+        )
+
+    # requests
+
+    async def count_prompt_tokens(self, request: GenerateRequest) -> int:
+        prompt = request.prompt or ""
+        if request.messages is not None:
+            rendered = await self._post(
+                "/apply-template", {"messages": message_dicts(request.messages)}
+            )
+            prompt = str(rendered["prompt"])
+        # the same flags llama.cpp's completion path tokenizes with (BOS if the model adds one)
+        body = {"content": prompt, "add_special": True, "parse_special": True}
+        tokens = await self._post("/tokenize", body)
+        return len(tokens["tokens"])
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
+        stream = _Stream(asyncio.get_running_loop())
+        mapper = ChunkMapper(request)
+        self._running.add(stream.cancel)
+        try:
+            self._submit(stream, request)
+            while (item := await stream.queue.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                for chunk in mapper.map(cast(Json, item)):
+                    yield chunk
+            if stream.cancel.is_set():  # stop() cut it short
+                raise Unavailable(f"model {self.spec.id} was stopped during the generation")
+            yield GenerationChunk(usage=mapper.usage())
+        finally:
+            stream.cancel.set()  # llama.cpp cancels the task at its next token
+            self._running.discard(stream.cancel)
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        raise InvalidRequest(f"model {self.spec.id} does not support embeddings", param="model")
+
+    # helpers
+
+    def _submit(self, stream: _Stream, request: GenerateRequest) -> None:
+        # no local reference to the server: stop() must be able to free it
+        if self._server is None or self._pool is None:
+            raise Unavailable(f"model {self.spec.id} is not loaded")
+        chat = request.messages is not None
+        server = self._server
+        handler = server.handle_chat_completions if chat else server.handle_completions
+        try:
+            self._pool.submit(stream.run, handler, request_body(request))
+        except RuntimeError as exc:  # the pool was shut down by stop()
+            raise Unavailable(f"model {self.spec.id} is stopping") from exc
+
+    def _window(self, summary: GgufSummary) -> int:
+        if self._config.context_length:
+            return self._config.context_length
+        trained = summary.context_length or self.spec.context_length or _FALLBACK_CONTEXT
+        return min(trained, MAX_DEFAULT_CONTEXT)
+
+    def _params(self, window: int, secret: str) -> Any:
+        slots = self._config.max_running
+        threads = self._config.threads or _cpu_count()
+        params = xllamacpp.CommonParams()
+        params.model.path = str(self.spec.weights)
+        params.n_parallel = slots
+        params.n_ctx = window * slots
+        params.kv_unified = False
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.hostnames = ["127.0.0.1"]
+        params.port = 0
+        params.api_keys = [secret]
+        params.ui = False
+        params.endpoint_slots = False
+        params.endpoint_metrics = False
+        params.verbosity = _VERBOSITY_INFO if self._config.engine_log else _VERBOSITY_ERRORS
+        return params
+
+    async def _read_props(self, window: int) -> None:
+        try:
+            props = await self._get_props()
+        except (EngineError, KeyError, TypeError, ValueError) as exc:
+            await self.stop()
+            raise ModelLoadError(f"{self.spec.weights}: llama.cpp loaded it but {exc}") from exc
+        self._context_length = min(window, int(props["default_generation_settings"]["n_ctx"]))
+        self._build = str(props.get("build_info", ""))
+
+    async def _get_props(self) -> Json:
+        http = self._client()
+        try:
+            response = await http.get("/props")
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise EngineError(f"llama.cpp did not answer GET /props: {exc}") from exc
+        props: Json = response.json()
+        return props
+
+    async def _post(self, route: str, body: Json) -> Json:
+        try:
+            response = await self._client().post(route, json=body)
+        except httpx.HTTPError as exc:
+            raise EngineError(f"llama.cpp did not answer POST {route}: {exc}") from exc
+        if response.status_code != 200:
+            raise EngineError(f"llama.cpp POST {route}: {response.status_code} {response.text}")
+        answer: Json = response.json()
+        return answer
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise Unavailable(f"model {self.spec.id} is not loaded")
+        return self._http
+
+
+class _Stream:
+    """One generation's bridge from the llama.cpp calling thread to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.cancel = threading.Event()
+
+    def run(self, handler: Handler, body: Json) -> None:
+        """Worker thread: blocks in llama.cpp until the generation ends or is cancelled."""
+        try:
+            handler(body, self._on_chunk)
+        except Exception as exc:  # xllamacpp raises only for misuse; keep the cause
+            self._put(EngineError(f"llama.cpp failed: {exc}"))
+        finally:
+            self._put(_END)
+
+    def _on_chunk(self, chunk: Json) -> bool:
+        """Called by llama.cpp per chunk; True cancels the task."""
+        return self.cancel.is_set() or not self._put(chunk)
+
+    def _put(self, item: object) -> bool:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self.cancel.set()
+            return False
+        return True
+
+
+def _load(params: Any, path: Path) -> Any:
+    try:
+        return xllamacpp.Server(params)
+    except RuntimeError as exc:
+        raise ModelLoadError(
+            f"{path}: llama.cpp could not load this GGUF file (incomplete or corrupt "
+            "tensors, unsupported architecture, or not enough memory; set engine_log to "
+            "see llama.cpp's reason)"
+        ) from exc
+
+
+def _load_failure(path: Path, exc: BaseException) -> ModelLoadError:
+    if isinstance(exc, ModelLoadError):
+        return exc
+    error = ModelLoadError(f"{path}: cannot read the model file: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def _release(box: list[Any], pool: ThreadPoolExecutor | None) -> None:
+    """Worker thread: wait for in-flight generations, then free llama.cpp (joins its loop)."""
+    if pool is not None:
+        pool.shutdown(wait=True)
+    box.clear()
+    gc.collect()
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def _cpu_count() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -1,0 +1,166 @@
+"""Translation between nimble's types and the OpenAI-style JSON of llama.cpp's server.
+
+Pure functions and one small stateful mapper, no llama.cpp import: what goes in
+(`request_body`), what comes out (`ChunkMapper`) and how its errors read (`error_from`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from nimble.errors import (
+    ContextLengthExceeded,
+    EngineError,
+    InvalidRequest,
+    NimbleError,
+    Unavailable,
+    UnsupportedParameter,
+)
+from nimble.types import (
+    ChatMessage,
+    GenerateRequest,
+    GenerationChunk,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+
+# llama.cpp seeds are uint32 and 0xFFFFFFFF means "pick a random seed": fold into the rest
+_SEED_MODULUS = 0xFFFFFFFF
+# what OpenAI reports for a token too unlikely to have a finite logprob
+_UNLIKELY = -9999.0
+_FIELD = re.compile(r"Field '(\w+)'")
+# llama.cpp error `type` -> nimble error; anything else is a server-side fault
+_ERRORS: dict[str, type[NimbleError]] = {
+    "invalid_request_error": InvalidRequest,
+    "exceed_context_size_error": ContextLengthExceeded,
+    "not_supported_error": UnsupportedParameter,
+    "unavailable_error": Unavailable,
+}
+
+Json = dict[str, Any]
+
+
+def message_dicts(messages: tuple[ChatMessage, ...]) -> list[dict[str, str]]:
+    """Chat messages as llama.cpp wants them; it applies the model's own chat template."""
+    out = []
+    for message in messages:
+        item = {"role": message.role, "content": message.content}
+        if message.name is not None:
+            item["name"] = message.name
+        out.append(item)
+    return out
+
+
+def request_body(request: GenerateRequest) -> Json:
+    """The JSON body for llama.cpp: always streamed, always with usage at the end."""
+    params = request.params
+    body: Json = {
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "n": params.n,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+    }
+    if request.messages is not None:
+        body["messages"] = message_dicts(request.messages)
+    else:
+        body["prompt"] = request.prompt or ""
+    optional = {"max_tokens": params.max_tokens, "temperature": params.temperature}
+    optional["top_p"] = params.top_p
+    body.update({key: value for key, value in optional.items() if value is not None})
+    if params.stop:
+        body["stop"] = list(params.stop)
+    if params.seed is not None:
+        body["seed"] = params.seed % _SEED_MODULUS
+    if params.top_logprobs is not None:
+        # llama.cpp sends no logprobs at all for 0 alternatives: ask for 1, drop it later
+        top = max(params.top_logprobs, 1)
+        chat = request.messages is not None
+        body.update({"logprobs": True, "top_logprobs": top} if chat else {"logprobs": top})
+    return body
+
+
+def error_from(payload: Json, param: str) -> NimbleError:
+    """Map an error object from llama.cpp (bare or under "error") to nimble's taxonomy."""
+    inner = payload.get("error")
+    error: Json = inner if isinstance(inner, dict) else payload
+    message = str(error.get("message") or "llama.cpp reported an error without a message")
+    kind = str(error.get("type", ""))
+    error_class = _ERRORS.get(kind)
+    if error_class is None:
+        return EngineError(f"llama.cpp: {message}")
+    if error_class is ContextLengthExceeded:
+        return ContextLengthExceeded(message, param=param)
+    field = _FIELD.search(message)
+    return error_class(message, param=field.group(1) if field else None)
+
+
+def is_error(payload: Json) -> bool:
+    return "error" in payload or ("code" in payload and "message" in payload)
+
+
+class ChunkMapper:
+    """Turns llama.cpp's stream into GenerationChunks and totals usage over all choices.
+
+    llama.cpp sends one usage object per choice (each with the same prompt count), so the
+    completion tokens are summed and the prompt counted once, as OpenAI does for `n > 1`.
+    """
+
+    def __init__(self, request: GenerateRequest):
+        self._top = request.params.top_logprobs
+        self._param = "messages" if request.messages is not None else "prompt"
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
+
+    def map(self, payload: Json) -> list[GenerationChunk]:
+        if is_error(payload):
+            raise error_from(payload, self._param)
+        usage = payload.get("usage")
+        if isinstance(usage, dict):
+            self._prompt_tokens = max(self._prompt_tokens, int(usage.get("prompt_tokens", 0)))
+            self._completion_tokens += int(usage.get("completion_tokens", 0))
+        chunks = (self._choice(choice) for choice in payload.get("choices") or ())
+        return [chunk for chunk in chunks if chunk is not None]
+
+    def usage(self) -> Usage:
+        return Usage(self._prompt_tokens, self._completion_tokens)
+
+    def _choice(self, choice: Json) -> GenerationChunk | None:
+        delta = choice.get("delta")
+        text = (delta.get("content") if isinstance(delta, dict) else choice.get("text")) or ""
+        finish = _finish_reason(choice.get("finish_reason"))
+        logprobs = self._logprobs(choice.get("logprobs"))
+        if not text and finish is None and not logprobs:
+            return None  # role announcements, timing-only chunks
+        index = int(choice.get("index", 0))
+        return GenerationChunk(index=index, text=text, finish_reason=finish, logprobs=logprobs)
+
+    def _logprobs(self, raw: object) -> tuple[TokenLogprob, ...]:
+        if self._top is None or not isinstance(raw, dict):
+            return ()
+        return tuple(self._token(entry) for entry in raw.get("content") or ())
+
+    def _token(self, entry: Json) -> TokenLogprob:
+        top = tuple(
+            TopLogprob(alt["token"], _logprob(alt), _bytes(alt))
+            for alt in (entry.get("top_logprobs") or ())[: self._top]
+        )
+        return TokenLogprob(entry["token"], _logprob(entry), _bytes(entry), top)
+
+
+def _finish_reason(raw: object) -> Literal["stop", "length"] | None:
+    if raw is None:
+        return None
+    return "length" if raw == "length" else "stop"
+
+
+def _logprob(entry: Json) -> float:
+    value = entry.get("logprob")
+    return _UNLIKELY if value is None else float(value)
+
+
+def _bytes(entry: Json) -> tuple[int, ...] | None:
+    raw = entry.get("bytes")
+    return tuple(raw) if isinstance(raw, list) else None
