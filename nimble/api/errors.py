@@ -26,6 +26,7 @@ log = logging.getLogger("nimble.api")
 class ClientGone(Exception):
     """The client disconnected before the answer was ready; its work was cancelled."""
 
+
 # (status, OpenAI error type) per error class; the first match along the MRO wins
 _STATUS: dict[type[NimbleError], tuple[int, str]] = {
     InvalidRequest: (400, "invalid_request_error"),

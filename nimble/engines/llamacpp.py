@@ -20,9 +20,10 @@ How it works
 
 Signals: llama.cpp's init installs its own SIGINT/SIGTERM handlers with `sigaction`
 (they stop its main loop, and a second signal calls `exit(1)`), replacing Python's for
-the whole process. Whoever owns the process must re-install its own handlers after
-`start()` returns; nothing here holds on to or re-installs llama.cpp's. If llama.cpp's
-loop is stopped that way, `health()` turns False.
+the whole process. They are installed before `start()` returns (llama.cpp does it just
+before it reports the model loaded), so the owner of the process can re-install its own
+handlers right after `start()` with no race; nothing here holds on to or re-installs
+llama.cpp's. If llama.cpp's loop is ever stopped that way, `health()` turns False.
 
 Logs: llama.cpp writes to stderr. Only its errors are shown (verbosity 1), unless
 `EngineConfig.engine_log` is set (verbosity 3: llama.cpp's info lines).
@@ -36,7 +37,7 @@ import hashlib
 import os
 import secrets
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
@@ -170,7 +171,7 @@ class LlamaCppEngine:
         tokens = await self._post("/tokenize", body)
         return len(tokens["tokens"])
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
         stream = _Stream(asyncio.get_running_loop())
         mapper = ChunkMapper(request)
         self._running.add(stream.cancel)
