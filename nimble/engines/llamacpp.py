@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import os
 import secrets
 import threading
@@ -49,6 +48,7 @@ from nimble.engines.base import EngineConfig
 from nimble.engines.llamacpp_gguf import GgufSummary, read_gguf_summary
 from nimble.engines.llamacpp_wire import ChunkMapper, Json, message_dicts, request_body
 from nimble.errors import EngineError, InvalidRequest, ModelLoadError, Unavailable
+from nimble.models.files import sha256_of
 from nimble.models.spec import ModelSpec
 from nimble.types import (
     EmbedRequest,
@@ -95,7 +95,7 @@ class LlamaCppEngine:
         params = self._params(window, secret)
         gathered = await asyncio.gather(
             asyncio.to_thread(_load, params, path),
-            asyncio.to_thread(_sha256, path),
+            asyncio.to_thread(sha256_of, path),
             return_exceptions=True,
         )
         results: list[Any] = list(gathered)
@@ -321,11 +321,6 @@ def _release(box: list[Any], pool: ThreadPoolExecutor | None) -> None:
         pool.shutdown(wait=True)
     box.clear()
     gc.collect()
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _cpu_count() -> int:

@@ -9,7 +9,6 @@ returns a pooled `sentence_embedding` is used as it is (and normalised).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -24,6 +23,7 @@ from tokenizers import Encoding, Tokenizer
 
 from nimble.engines.base import EngineConfig
 from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
+from nimble.models.files import sha256_of
 from nimble.models.spec import ModelSpec
 from nimble.types import (
     EmbedRequest,
@@ -89,7 +89,7 @@ class OnnxEmbeddingEngine:
             )
         except Exception as exc:  # ORT raises its own pybind types, all plain Exceptions
             raise ModelLoadError(f"{path}: not a loadable ONNX model: {exc}") from exc
-        return session, _sha256(path)
+        return session, sha256_of(path)
 
     def _inspect_model(self, session: ort.InferenceSession) -> None:
         names = {node.name for node in session.get_inputs()}
@@ -236,14 +236,6 @@ def _l2_normalise(vectors: NDArray[np.float32]) -> NDArray[np.float32]:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     unit: NDArray[np.float32] = vectors / np.maximum(norms, 1e-12)
     return unit
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _bad_model(path: Path, why: str) -> NoReturn:
