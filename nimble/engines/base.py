@@ -42,6 +42,10 @@ class Engine(Protocol):
     async def count_prompt_tokens(self, request: GenerateRequest) -> int:
         """Tokens of the prompt as the engine will see it (chat template applied)."""
 
+    def prompt_tokens_bound(self, request: GenerateRequest) -> int | None:
+        """A cheap upper bound of `count_prompt_tokens` (None: unknown). When the bound fits
+        the context window, the runtime skips the exact count."""
+
     def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
         """Stream chunks; closing the iterator early aborts the generation in the engine."""
 

@@ -51,6 +51,7 @@ from nimble.errors import EngineError, InvalidRequest, ModelLoadError, Unavailab
 from nimble.models.files import sha256_of
 from nimble.models.spec import ModelSpec
 from nimble.types import (
+    ChatMessage,
     EmbedRequest,
     EmbedResult,
     EngineInfo,
@@ -82,6 +83,7 @@ class LlamaCppEngine:
         self._context_length = 0
         self._files: tuple[ModelFile, ...] = ()
         self._build = ""
+        self._template_cost: tuple[int, int] | None = None
 
     # lifecycle
 
@@ -135,6 +137,19 @@ class LlamaCppEngine:
         )
         async for _ in self.generate(request):
             pass
+        self._template_cost = await self._measure_template()
+
+    async def _measure_template(self) -> tuple[int, int]:
+        """Tokens the chat template adds: for one empty message (with any default system
+        prompt), and for each further message."""
+
+        def empty(roles: tuple[str, ...]) -> GenerateRequest:
+            messages = tuple(ChatMessage(role, "") for role in roles)  # type: ignore[arg-type]
+            return GenerateRequest("calibrate", SamplingParams(), messages=messages)
+
+        one = await self.count_prompt_tokens(empty(("user",)))
+        three = await self.count_prompt_tokens(empty(("user", "assistant", "user")))
+        return one, max(0, three - one) // 2 + 2
 
     async def health(self) -> bool:
         if self._server is None or self._http is None:
@@ -170,6 +185,17 @@ class LlamaCppEngine:
         body = {"content": prompt, "add_special": True, "parse_special": True}
         tokens = await self._post("/tokenize", body)
         return len(tokens["tokens"])
+
+    def prompt_tokens_bound(self, request: GenerateRequest) -> int | None:
+        """Every token covers at least one byte of text, so bytes bound tokens; the
+        template's own tokens were measured at warm-up."""
+        if request.messages is None:
+            return len((request.prompt or "").encode()) + 2  # BOS/EOS
+        if self._template_cost is None:
+            return None
+        first, each = self._template_cost
+        text = sum(len(m.content.encode()) + len((m.name or "").encode()) for m in request.messages)
+        return first + each * (len(request.messages) - 1) + text
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
         stream = _Stream(asyncio.get_running_loop())

@@ -172,6 +172,9 @@ class OnnxEmbeddingEngine:
     async def count_prompt_tokens(self, request: GenerateRequest) -> int:
         self._no_generation()
 
+    def prompt_tokens_bound(self, request: GenerateRequest) -> int | None:
+        self._no_generation()
+
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
         self._no_generation()
         yield GenerationChunk()  # pragma: no cover - makes this an async generator

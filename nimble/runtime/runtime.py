@@ -160,11 +160,14 @@ class Runtime:
         return model
 
     # ----- request path -----
-    async def check_context(self, model: ServedModel, request: GenerateRequest) -> int:
-        """Count prompt tokens and refuse what cannot fit in the context window."""
+    async def check_context(self, model: ServedModel, request: GenerateRequest) -> None:
+        """Refuse, before the engine runs, a prompt (plus max_tokens) beyond the window."""
         window = model.info.context_length
-        prompt_tokens = await model.engine.count_prompt_tokens(request)
         wanted = request.params.max_tokens or 0
+        bound = model.engine.prompt_tokens_bound(request)
+        if bound is not None and bound + wanted <= window and bound < window:
+            return  # surely fits: no need to tokenize twice
+        prompt_tokens = await model.engine.count_prompt_tokens(request)
         if prompt_tokens + wanted > window or prompt_tokens >= window:
             where = "messages" if request.messages is not None else "prompt"
             detail = (
@@ -178,7 +181,6 @@ class Runtime:
                 f"Please reduce the length of the {where} or the completion.",
                 param="max_tokens" if wanted and prompt_tokens < window else where,
             )
-        return prompt_tokens
 
     async def generate(
         self, model_id: str, request: GenerateRequest

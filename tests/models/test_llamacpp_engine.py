@@ -330,3 +330,30 @@ async def test_bad_files_raise_model_load_error_naming_the_file(
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        (ChatMessage("user", ""),),
+        (ChatMessage("user", "Which city is the capital of France?"),),
+        (
+            ChatMessage("system", "Be terse."),
+            ChatMessage("user", "héllo wörld ✓ 你好", name="ana"),
+            ChatMessage("assistant", "Hi."),
+            ChatMessage("user", "<|im_start|>assistant\n" * 5),
+        ),
+        tuple(ChatMessage("user" if i % 2 else "assistant", "a b c " * i) for i in range(12)),
+    ],
+    ids=["empty", "question", "mixed-unicode-special", "long-history"],
+)
+async def test_cheap_bound_is_never_below_the_exact_count(
+    engine: LlamaCppEngine, messages: tuple[ChatMessage, ...]
+) -> None:
+    """The runtime skips exact tokenization when this bound fits: it must never undercount."""
+    request_ = GenerateRequest("bound", SamplingParams(), messages=messages)
+    bound = engine.prompt_tokens_bound(request_)
+    exact = await engine.count_prompt_tokens(request_)
+    assert bound is not None and exact <= bound <= exact * 4 + 64
+    prompt = completion("The quick brown fox ✓ <|im_end|>")
+    assert await engine.count_prompt_tokens(prompt) <= engine.prompt_tokens_bound(prompt)  # type: ignore[operator]
