@@ -36,6 +36,7 @@ import gc
 import os
 import secrets
 import threading
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -203,7 +204,7 @@ class LlamaCppEngine:
         self._running.add(stream.cancel)
         try:
             self._submit(stream, request)
-            while (item := await stream.queue.get()) is not _END:
+            while (item := await stream.get()) is not _END:
                 if isinstance(item, BaseException):
                     raise item
                 for chunk in mapper.map(cast(Json, item)):
@@ -293,12 +294,25 @@ class LlamaCppEngine:
 
 
 class _Stream:
-    """One generation's bridge from the llama.cpp calling thread to the event loop."""
+    """One generation's bridge from the llama.cpp calling thread to the event loop.
+
+    Chunks collect in a deque; the loop is woken only when it is not already due to look, so
+    that several tokens (or several streams' tokens) cost one wake-up, not one each.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
-        self.queue: asyncio.Queue[object] = asyncio.Queue()
         self.cancel = threading.Event()
+        self._items: deque[object] = deque()
+        self._ready = asyncio.Event()
+        self._woken = False
+
+    async def get(self) -> object:
+        """Event loop: the next item from llama.cpp's thread."""
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
 
     def run(self, handler: Handler, body: Json) -> None:
         """Worker thread: blocks in llama.cpp until the generation ends or is cancelled."""
@@ -310,16 +324,27 @@ class _Stream:
             self._put(_END)
 
     def _on_chunk(self, chunk: Json) -> bool:
-        """Called by llama.cpp per chunk; True cancels the task."""
-        return self.cancel.is_set() or not self._put(chunk)
+        """Called by llama.cpp per chunk; True cancels the task (the consumer went away)."""
+        if self.cancel.is_set():
+            return True
+        return not self._put(chunk)
 
     def _put(self, item: object) -> bool:
+        self._items.append(item)
+        if self._woken:
+            return True
+        self._woken = True
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            self.loop.call_soon_threadsafe(self._wake)
         except RuntimeError:  # the loop is closed: nobody is listening any more
             self.cancel.set()
             return False
         return True
+
+    def _wake(self) -> None:
+        # reset first: an item appended after this line schedules a new wake-up
+        self._woken = False
+        self._ready.set()
 
 
 def _load(params: Any, path: Path) -> Any:
