@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -48,25 +48,27 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 
 async def prime(
-    request: Request, stream: AsyncIterator[GenerationChunk]
-) -> AsyncIterator[GenerationChunk]:
+    request: Request, stream: AsyncGenerator[GenerationChunk, None]
+) -> AsyncGenerator[GenerationChunk, None]:
     """Pull the first chunk before answering, so that refusals (404, 400, 429) raised by the
     runtime still become plain HTTP errors; then hand back a stream that starts with it."""
     first = await until_disconnect(request, anext(stream))
 
-    async def chained() -> AsyncIterator[GenerationChunk]:
+    async def chained() -> AsyncGenerator[GenerationChunk, None]:
         try:
             yield first
             async for chunk in stream:
                 yield chunk
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
 
     return chained()
 
 
-def sse_response(events: AsyncIterator[dict[str, Any]], request_id: str) -> StreamingResponse:
-    async def body() -> AsyncIterator[str]:
+def sse_response(
+    events: AsyncGenerator[dict[str, Any], None], request_id: str
+) -> StreamingResponse:
+    async def body() -> AsyncGenerator[str, None]:
         try:
             async for event in events:
                 yield f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
@@ -74,7 +76,7 @@ def sse_response(events: AsyncIterator[dict[str, Any]], request_id: str) -> Stre
             yield f"data: {json.dumps(sse_error_event(exc, request_id))}\n\n"
             return
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -46,8 +46,9 @@ class Engine(Protocol):
         """A cheap upper bound of `count_prompt_tokens` (None: unknown). When the bound fits
         the context window, the runtime skips the exact count."""
 
-    def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream chunks; closing the iterator early aborts the generation in the engine."""
+    def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
+        """Stream chunks; `aclose()` (or cancelling the consumer) aborts the generation in the
+        engine, so this is an async generator, not just an iterator."""
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         """Embed the inputs (one vector each, L2-normalised where the model expects it)."""

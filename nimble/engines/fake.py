@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import Literal
 
 from nimble import __version__
 from nimble.engines.base import EngineConfig
@@ -104,7 +105,7 @@ class FakeEngine:
     def prompt_tokens_bound(self, request: GenerateRequest) -> int | None:
         return None  # always count exactly: keeps the API tests on the exact path
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
         params = request.params
         prompt = self._prompt_text(request)
         prompt_tokens = await self.count_prompt_tokens(request)
@@ -117,7 +118,7 @@ class FakeEngine:
                 seed = _digest(prompt, params.seed, index)
                 natural_length = 8 + seed[0] % 8
                 text = ""
-                finish: str = "length"
+                finish: Literal["stop", "length"] = "length"
                 for step in range(budget):
                     if step >= natural_length:
                         finish = "stop"
@@ -138,7 +139,7 @@ class FakeEngine:
                     yield GenerationChunk(
                         index=index, text=piece, logprobs=_logprobs(piece, params.top_logprobs)
                     )
-                yield GenerationChunk(index=index, finish_reason=finish)  # type: ignore[arg-type]
+                yield GenerationChunk(index=index, finish_reason=finish)
             finished = True
             yield GenerationChunk(usage=Usage(prompt_tokens, completion_tokens))
         finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -175,7 +175,7 @@ class OnnxEmbeddingEngine:
     def prompt_tokens_bound(self, request: GenerateRequest) -> int | None:
         self._no_generation()
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
         self._no_generation()
         yield GenerationChunk()  # pragma: no cover - makes this an async generator
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -184,7 +184,7 @@ class Runtime:
 
     async def generate(
         self, model_id: str, request: GenerateRequest
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Validate against the model, wait for a slot, then stream the engine's chunks.
 
         Every refusal (unknown model, context, 429) is raised by the first `__anext__`, so
@@ -202,7 +202,7 @@ class Runtime:
                     async for chunk in chunks:
                         yield chunk
                 finally:
-                    await chunks.aclose()  # type: ignore[attr-defined]
+                    await chunks.aclose()
 
     def _check_params(self, model: ServedModel, params: SamplingParams) -> None:
         if params.n > self.config.max_n:

@@ -60,7 +60,7 @@ async def test_closing_stream_aborts_engine_and_frees_slot() -> None:
     stream = runtime.generate("fake-model", _request())
     await anext(stream)  # type: ignore[arg-type]
     assert model.admission.running == 1
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
     assert model.admission.running == 0
     assert model.engine.aborted == 1  # type: ignore[attr-defined]
     assert runtime.inflight == 0
@@ -78,7 +78,7 @@ async def test_cancelled_waiter_leaves_queue() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert model.admission.waiting == 0
-    await holder.aclose()  # type: ignore[attr-defined]
+    await holder.aclose()
 
 
 async def test_429_over_http_with_retry_after() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from nimble.api.deps import ERROR_RESPONSES, RequestIdDep, RuntimeDep, now, sse_doc
 from nimble.api.logprobs import chat_logprobs
 from nimble.api.schemas.chat import ChatCompletionRequest, ChatCompletionResponse
+from nimble.api.schemas.common import usage_out
 from nimble.api.streaming import prime, sse_response, until_disconnect
 from nimble.runtime.aggregate import collect
 from nimble.types import GenerateRequest, GenerationChunk
@@ -50,13 +51,13 @@ async def chat_completions(
             }
             for choice in result.choices
         ],
-        "usage": _usage(result.usage),
+        "usage": usage_out(result.usage),
     }
 
 
 async def _chunks(
     stream: AsyncIterator[GenerationChunk], head: dict[str, Any], include_usage: bool
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     head = {**head, "object": "chat.completion.chunk"}
     if include_usage:
         head["usage"] = None
@@ -64,7 +65,7 @@ async def _chunks(
     async for chunk in stream:
         if chunk.usage is not None:
             if include_usage:
-                yield {**head, "choices": [], "usage": _usage(chunk.usage)}
+                yield {**head, "choices": [], "usage": usage_out(chunk.usage)}
             continue
         if chunk.index not in started:
             started.add(chunk.index)
@@ -80,11 +81,3 @@ async def _chunks(
 
 def _choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
     return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-
-
-def _usage(usage: Any) -> dict[str, int]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-    }

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from nimble.api.deps import ERROR_RESPONSES, RequestIdDep, RuntimeDep, now, sse_doc
 from nimble.api.logprobs import completion_logprobs
-from nimble.api.routes.chat import _usage
+from nimble.api.schemas.common import usage_out
 from nimble.api.schemas.completions import CompletionRequest, CompletionResponse
 from nimble.api.streaming import prime, sse_response, until_disconnect
 from nimble.runtime import Runtime
@@ -34,8 +34,12 @@ async def completions(
         GenerateRequest(request_id=f"{request_id}-{i}", params=params, prompt=prompt)
         for i, prompt in enumerate(body.prompts())
     ]
-    head = {"id": f"cmpl-{request_id}", "object": "text_completion", "created": now()}
-    head["model"] = body.model
+    head = {
+        "id": f"cmpl-{request_id}",
+        "object": "text_completion",
+        "created": now(),
+        "model": body.model,
+    }
     if body.stream:
         primed = await prime(request, _all(runtime, body.model, requests, body.n))
         return sse_response(_chunks(primed, head, body), request_id)
@@ -55,13 +59,13 @@ async def completions(
             }
             for choice in result.choices
         ],
-        "usage": _usage(result.usage),
+        "usage": usage_out(result.usage),
     }
 
 
 async def _all(
     runtime: Runtime, model: str, requests: list[GenerateRequest], n: int
-) -> AsyncIterator[GenerationChunk]:
+) -> AsyncGenerator[GenerationChunk, None]:
     """The prompts' streams one after the other, choice indexes offset, usage summed."""
     prompt_tokens = completion_tokens = 0
     for number, generate in enumerate(requests):
@@ -79,13 +83,13 @@ async def _all(
                     logprobs=chunk.logprobs,
                 )
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
     yield GenerationChunk(usage=Usage(prompt_tokens, completion_tokens))
 
 
 async def _chunks(
     stream: AsyncIterator[GenerationChunk], head: dict[str, Any], body: CompletionRequest
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     include_usage = body.include_usage()
     if include_usage:
         head = {**head, "usage": None}
@@ -93,7 +97,7 @@ async def _chunks(
     async for chunk in stream:
         if chunk.usage is not None:
             if include_usage:
-                yield {**head, "choices": [], "usage": _usage(chunk.usage)}
+                yield {**head, "choices": [], "usage": usage_out(chunk.usage)}
             continue
         if not chunk.text and chunk.finish_reason is None:
             continue

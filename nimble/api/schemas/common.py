@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from nimble.errors import UnsupportedParameter
-from nimble.types import SamplingParams
+from nimble.types import SamplingParams, Usage
 
 
 class ErrorBody(BaseModel):
@@ -27,6 +27,15 @@ class UsageOut(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+
+def usage_out(usage: Usage) -> dict[str, int]:
+    """A `UsageOut` as plain JSON (built per chunk on the streaming path, so no model)."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
 
 
 class StreamOptions(BaseModel):
