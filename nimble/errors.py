@@ -50,6 +50,24 @@ class Overloaded(NimbleError):
         self.retry_after = retry_after
 
 
+class RateLimited(Overloaded):
+    """An API key went over one of its limits (requests or tokens per minute, concurrency)."""
+
+    code = "rate_limit_exceeded"
+
+
+class Unauthenticated(NimbleError):
+    """No API key, or one that is not known."""
+
+    code = "invalid_api_key"
+
+
+class PermissionDenied(NimbleError):
+    """A valid API key asked for something outside its scopes (model, endpoint, tools)."""
+
+    code = "permission_denied"
+
+
 class Unavailable(NimbleError):
     """The service cannot take work now (loading, draining, engine down)."""
 

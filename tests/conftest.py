@@ -11,8 +11,10 @@ import openai
 import pytest
 
 from nimble.api import create_app
+from nimble.config import Settings
 from nimble.engines import EngineConfig
 from nimble.models import resolve_model
+from nimble.observability.tracing import RequestTracing
 from nimble.runtime import Runtime, RuntimeConfig
 
 FAKE_MODEL = "fake-model"
@@ -26,7 +28,10 @@ async def fake_service(
     token_delay: float = 0.0,
     max_body_bytes: int = 4 * 1024 * 1024,
     load: bool = True,
+    tracing: RequestTracing | None = None,
+    **settings: Any,
 ) -> AsyncIterator[tuple[Runtime, httpx.AsyncClient]]:
+    """The fake model behind the app; `settings` are extra Settings fields (keys, CORS...)."""
     runtime = Runtime(
         [resolve_model("fake")],
         RuntimeConfig(
@@ -35,7 +40,12 @@ async def fake_service(
             max_waiting=max_waiting,
         ),
     )
-    app = create_app(runtime, max_body_bytes=max_body_bytes, load_on_startup=False)
+    app = create_app(
+        runtime,
+        Settings(model=("fake",), max_body_bytes=max_body_bytes, **settings),
+        load_on_startup=False,
+        tracing=tracing,
+    )
     if load:
         await runtime.start()
     transport = httpx.ASGITransport(app=app)

@@ -1,4 +1,4 @@
-"""Build the FastAPI app around a Runtime."""
+"""Build the FastAPI app around a Runtime, with the middleware that the settings ask for."""
 
 from __future__ import annotations
 
@@ -8,12 +8,23 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.middleware.cors import CORSMiddleware
 
 from nimble import __version__
+from nimble.api.auth import AuthMiddleware
+from nimble.api.endpoints import HEALTH_PATHS, endpoint_of
 from nimble.api.errors import install_error_handlers
-from nimble.api.middleware import RequestContextMiddleware
-from nimble.api.routes import chat, completions, embeddings, service
+from nimble.api.middleware import BodyLimitMiddleware, RecordSink, RequestContextMiddleware
+from nimble.api.routes import chat, completions, embeddings, health, service
+from nimble.api.routes import metrics as metrics_routes
+from nimble.config import Settings
+from nimble.observability.metrics import Metrics
+from nimble.observability.tracing import RequestTracing
 from nimble.runtime import Runtime
+from nimble.security.audit import AuditLog
+from nimble.security.keys import KeyStore
+from nimble.security.limits import KeyLimiter
 
 log = logging.getLogger("nimble.api")
 
@@ -22,14 +33,22 @@ LoadCallback = Callable[[BaseException | None], None]
 
 def create_app(
     runtime: Runtime,
+    settings: Settings | None = None,
     *,
-    max_body_bytes: int = 4 * 1024 * 1024,
     load_on_startup: bool = True,
     on_loaded: LoadCallback | None = None,
+    tracing: RequestTracing | None = None,
 ) -> FastAPI:
     """The HTTP adapter. With `load_on_startup`, models load in the background after the
     server listens (liveness answers at once; readiness after warm-up); `on_loaded` is told
-    the outcome (None, or the exception)."""
+    the outcome (None, or the exception). Raises ConfigError for a broken API key file."""
+    settings = settings or Settings()
+    keys = (
+        KeyStore(settings.api_keys_file, settings.endpoints)
+        if settings.api_keys_file is not None
+        else None
+    )
+    audit = AuditLog(settings.audit_log) if settings.audit_log is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,6 +63,8 @@ def create_app(
                 with suppress(asyncio.CancelledError):
                     await loader
             await runtime.stop()
+            if audit is not None:
+                audit.close()
 
     app = FastAPI(
         title="nimble",
@@ -52,12 +73,63 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        openapi_url="/openapi.json" if "openapi" in settings.endpoints else None,
     )
     app.state.runtime = runtime
+    app.state.metrics = Metrics(runtime)
+    app.state.keys = keys
     install_error_handlers(app)
-    for module in (chat, completions, embeddings, service):
+    for module in (chat, completions, embeddings, service, metrics_routes, health):
         app.include_router(module.router)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=max_body_bytes)
+    keep_enabled_routes(app, settings.endpoints)
+
+    # innermost first: each add_middleware wraps the ones before it
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    if keys is not None:
+        app.add_middleware(
+            AuthMiddleware,
+            keys=keys,
+            limiter=KeyLimiter(),
+            metrics_require_key=settings.metrics_require_key,
+        )
+    sinks: list[RecordSink] = [app.state.metrics.observe]
+    if audit is not None:
+        sinks.append(audit.write)
+    app.add_middleware(RequestContextMiddleware, tracing=tracing, sinks=sinks)
+    if settings.cors_allow_origins:
+        # outermost: preflights are answered without a key, and 401s carry CORS headers
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_allow_origins),
+            allow_methods=list(settings.cors_allow_methods),
+            allow_headers=list(settings.cors_allow_headers),
+            expose_headers=["X-Request-Id", "Retry-After", "traceparent"],
+            max_age=settings.cors_max_age,
+        )
+    return app
+
+
+def keep_enabled_routes(app: FastAPI, enabled: tuple[str, ...]) -> None:
+    """Drop the routes of endpoints not in the allowlist: they answer 404 like any unknown
+    path, and leave the OpenAPI document."""
+    app.router.routes = [
+        route
+        for route in app.router.routes
+        if not isinstance(route, APIRoute)
+        or route.path in HEALTH_PATHS
+        or endpoint_of(route.path) in enabled
+    ]
+
+
+def create_management_app(runtime: Runtime, metrics: Metrics) -> FastAPI:
+    """Health probes and /metrics alone, for the optional management port (no keys, no TLS),
+    sharing the main app's runtime and metrics."""
+    app = FastAPI(title="nimble management", version=__version__, docs_url=None, redoc_url=None)
+    app.state.runtime = runtime
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(metrics_routes.router)
     return app
 
 

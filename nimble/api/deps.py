@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from nimble.api.schemas.common import ErrorResponse
 from nimble.runtime import Runtime
+from nimble.security.keys import ApiKey
 
 
 def _runtime(request: Request) -> Runtime:
@@ -20,16 +22,41 @@ def _request_id(request: Request) -> str:
     return str(request.state.request_id)
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What the caller's API key allows (everything when API keys are off)."""
+
+    key: ApiKey | None
+
+    def allows_model(self, model: str) -> bool:
+        return self.key is None or self.key.allows_model(model)
+
+    def require_model(self, model: str) -> None:
+        if self.key is not None:
+            self.key.require_model(model)
+
+    def require_tools(self) -> None:
+        if self.key is not None:
+            self.key.require_tools()
+
+
+def _grant(request: Request) -> Grant:
+    return Grant(getattr(request.state, "api_key", None))
+
+
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
+GrantDep = Annotated[Grant, Depends(_grant)]
 RequestIdDep = Annotated[str, Depends(_request_id)]
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in (
         (400, "Invalid request (the `param` field names the offending field)"),
+        (401, "Missing or unknown API key"),
+        (403, "The API key may not use this model, endpoint or tool calling"),
         (404, "Unknown model"),
         (413, "Request body too large"),
-        (429, "Overloaded: retry after `Retry-After` seconds"),
+        (429, "Overloaded, or over the API key's limits: retry after `Retry-After` seconds"),
         (500, "Server error (generic message with the request id)"),
         (503, "Not ready, or draining"),
     )

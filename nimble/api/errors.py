@@ -17,6 +17,8 @@ from nimble.errors import (
     ModelNotFound,
     NimbleError,
     Overloaded,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -30,6 +32,8 @@ class ClientGone(Exception):
 # (status, OpenAI error type) per error class; the first match along the MRO wins
 _STATUS: dict[type[NimbleError], tuple[int, str]] = {
     InvalidRequest: (400, "invalid_request_error"),
+    Unauthenticated: (401, "authentication_error"),
+    PermissionDenied: (403, "permission_error"),
     ModelNotFound: (404, "not_found_error"),
     Overloaded: (429, "rate_limit_error"),
     Unavailable: (503, "service_unavailable_error"),
@@ -71,6 +75,8 @@ def nimble_error_response(exc: NimbleError, request_id: str) -> JSONResponse:
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, Unavailable):
         headers["Retry-After"] = "5"
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(
         error_payload(message, type_, exc.param, exc.code), status_code=status, headers=headers
     )

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware (streaming-safe): request ids, access log, body size limit."""
+"""Pure ASGI middleware (streaming-safe): the request record (id, trace span, access log,
+audit and metrics when the response is done) and the body size limit."""
 
 from __future__ import annotations
 
@@ -7,28 +8,137 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from nimble.api.endpoints import endpoint_of
 from nimble.api.errors import error_payload
 from nimble.observability.context import request_id_var
+from nimble.observability.record import RequestRecord, current_record
+from nimble.observability.tracing import RequestTracing
 
 log = logging.getLogger("nimble.access")
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
+RecordSink = Callable[[RequestRecord, float], None]  # (record, latency in seconds)
 
-def _header(scope: Scope, name: bytes) -> str | None:
+
+def header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
         if key.lower() == name:
             return str(value.decode("latin-1"))
     return None
 
 
+async def send_json(
+    send: Send, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 class RequestContextMiddleware:
-    """Gives every request an id (an incoming valid X-Request-Id is honoured), returns it in
-    the `X-Request-Id` header, logs one access line, and refuses bodies over the limit (413)."""
+    """Gives every request an id (an incoming valid X-Request-Id is honoured) returned in
+    `X-Request-Id`, a trace span, and a `RequestRecord` that the layers below fill in; when
+    the response is done, the record goes to the access log and to each sink (metrics,
+    audit log)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tracing: RequestTracing | None = None,
+        sinks: Sequence[RecordSink] = (),
+    ):
+        self.app = app
+        self.tracing = tracing or RequestTracing()
+        self.sinks = tuple(sinks)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = header(scope, b"x-request-id")
+        request_id = incoming if incoming and _VALID_ID.match(incoming) else uuid.uuid4().hex
+        client = scope.get("client")
+        path = str(scope.get("path", ""))
+        record = RequestRecord(
+            request_id=request_id,
+            method=str(scope.get("method", "")),
+            path=path,
+            endpoint=endpoint_of(path),
+            client=f"{client[0]}:{client[1]}" if client else None,
+        )
+        scope.setdefault("state", {})["request_id"] = request_id
+        span = self.tracing.start(record, scope)
+        record.trace_id = span.trace_id
+        id_token = request_id_var.set(request_id)
+        record_token = current_record.set(record)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                headers.extend(span.response_headers())
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            latency = time.monotonic() - record.started
+            span.end(record)
+            log.info(
+                "%s %s %s %.1fms",
+                record.method,
+                path,
+                record.status,
+                latency * 1000,
+                extra=access_fields(record, latency),
+            )
+            for sink in self.sinks:
+                try:
+                    sink(record, latency)
+                except Exception:  # a broken sink must not break the response path
+                    log.exception("request record sink failed")
+            current_record.reset(record_token)
+            request_id_var.reset(id_token)
+
+
+def access_fields(record: RequestRecord, latency: float) -> dict[str, object]:
+    """The structured fields of the access log line (no prompt, no key: only its id)."""
+    fields: dict[str, object] = {
+        "status": record.status,
+        "method": record.method,
+        "path": record.path,
+        "latency_ms": round(latency * 1000, 1),
+    }
+    if record.trace_id:
+        fields["trace_id"] = record.trace_id
+    if record.key_id:
+        fields["key_id"] = record.key_id
+    if record.model:
+        fields["model"] = record.model
+        fields["prompt_tokens"] = record.prompt_tokens
+        fields["completion_tokens"] = record.completion_tokens
+    return fields
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over the limit (413), declared or chunked, before the app reads them."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int):
         self.app = app
@@ -38,45 +148,19 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _VALID_ID.match(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        token = request_id_var.set(request_id)
-        started = time.monotonic()
-        status = {"code": 0}
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        try:
-            length = _header(scope, b"content-length")
-            if length is not None and length.isdigit():
-                if int(length) > self.max_body_bytes:
-                    await self._too_large(send_with_id)
-                    return
-            elif scope.get("method") in ("POST", "PUT", "PATCH"):
-                # no declared length (chunked): read up to the limit before the app sees it
-                buffered = await self._buffer(receive)
-                if buffered is None:
-                    await self._too_large(send_with_id)
-                    return
-                receive = buffered
-            await self.app(scope, receive, send_with_id)
-        finally:
-            log.info(
-                "%s %s %s %.1fms",
-                scope.get("method"),
-                scope.get("path"),
-                status["code"],
-                (time.monotonic() - started) * 1000,
-                extra={"status": status["code"], "path": scope.get("path")},
-            )
-            request_id_var.reset(token)
+        length = header(scope, b"content-length")
+        if length is not None and length.isdigit():
+            if int(length) > self.max_body_bytes:
+                await self._too_large(send)
+                return
+        elif scope.get("method") in ("POST", "PUT", "PATCH"):
+            # no declared length (chunked): read up to the limit before the app sees it
+            buffered = await self._buffer(receive)
+            if buffered is None:
+                await self._too_large(send)
+                return
+            receive = buffered
+        await self.app(scope, receive, send)
 
     async def _buffer(self, receive: Receive) -> Receive | None:
         """The whole body as one message, or None when it is over the limit."""
@@ -104,21 +188,10 @@ class RequestContextMiddleware:
         return replay
 
     async def _too_large(self, send: Send) -> None:
-        body: dict[str, Any] = error_payload(
+        body = error_payload(
             f"Request body too large: the limit is {self.max_body_bytes} bytes.",
             "invalid_request_error",
             None,
             "request_too_large",
         )
-        data = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(data)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": data})
+        await send_json(send, 413, json.dumps(body).encode())

@@ -93,6 +93,7 @@ def build_runtime(settings: Settings) -> Runtime:
             max_running=settings.max_running,
             max_waiting=settings.max_waiting,
             max_n=settings.max_n,
+            log_prompts=settings.log_prompts,
         ),
     )
 
@@ -119,8 +120,10 @@ def serve(values: dict[str, Any]) -> int:
         timeout_graceful_shutdown=1,
     )
     server = NimbleServer(config, runtime, settings.drain_timeout)
-    config.app = create_app(
-        runtime, max_body_bytes=settings.max_body_bytes, on_loaded=server.on_loaded
-    )
+    try:
+        config.app = create_app(runtime, settings, on_loaded=server.on_loaded)
+    except ConfigError as exc:
+        print(f"nimble: {exc}", file=sys.stderr)
+        return 2
     server.run()
     return server.exit_code

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -18,6 +18,18 @@ from pydantic_settings import (
 from nimble.errors import ConfigError
 
 DEFAULT_MODELS = ("smollm2-135m-instruct", "all-minilm-l6-v2")
+# endpoint names for --endpoints and API key scopes (health probes are always on)
+ALL_ENDPOINTS = (
+    "chat",
+    "completions",
+    "embeddings",
+    "models",
+    "metadata",
+    "version",
+    "metrics",
+    "openapi",
+)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class Settings(BaseSettings):
@@ -28,6 +40,7 @@ class Settings(BaseSettings):
         frozen=True,
         extra="forbid",
         env_parse_none_str="",
+        populate_by_name=True,
     )
 
     # --- what to serve ---
@@ -96,6 +109,88 @@ class Settings(BaseSettings):
         default=False, description="Let the engine print its own (verbose) log to stderr."
     )
 
+    log_prompts: bool = Field(
+        default=False,
+        description="Log prompts and completions (debugging only: they may hold personal "
+        "data). Off: they are never logged.",
+    )
+
+    # --- metrics and tracing ---
+    metrics_require_key: bool = Field(
+        default=True,
+        description="With API keys on, /metrics needs a key whose endpoints include "
+        "`metrics`. Off: anyone who reaches the port may scrape.",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("NIMBLE_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="OTLP/HTTP collector URL for traces (also read from "
+        "OTEL_EXPORTER_OTLP_ENDPOINT). Unset: tracing exports nothing.",
+    )
+    otel_service_name: str = Field(
+        default="nimble",
+        validation_alias=AliasChoices("NIMBLE_OTEL_SERVICE_NAME", "OTEL_SERVICE_NAME"),
+        description="service.name of exported traces (also read from OTEL_SERVICE_NAME).",
+    )
+
+    # --- access control ---
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="YAML file of API keys (sha256-hashed, with scopes and limits; see "
+        "docs/operations.md). Re-read when it changes and on SIGHUP. Unset: no keys.",
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Allow listening on an address other than loopback without API keys.",
+    )
+    audit_log: Path | None = Field(
+        default=None,
+        description="Append one hash-chained JSON line per request to this file "
+        "(`nimble audit verify FILE` checks it). Unset: no audit log.",
+    )
+
+    # --- transport ---
+    ssl_mode: Literal["DISABLED", "TLS", "MTLS"] = Field(
+        default="DISABLED",
+        description="DISABLED: plain HTTP. TLS: HTTPS with --ssl-cert-file and --ssl-key-file. "
+        "MTLS: HTTPS that also requires a client certificate signed by --ssl-ca-file.",
+    )
+    ssl_cert_file: Path | None = Field(
+        default=None, description="Server certificate (PEM, chain allowed) for TLS and MTLS."
+    )
+    ssl_key_file: Path | None = Field(
+        default=None, description="Private key (PEM) of the server certificate."
+    )
+    ssl_ca_file: Path | None = Field(
+        default=None, description="CA bundle (PEM) that client certificates must chain to (MTLS)."
+    )
+    cors_allow_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Origins allowed by CORS (`*` for any). Empty: CORS is off.",
+    )
+    cors_allow_methods: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("GET", "POST", "OPTIONS"), description="Methods allowed by CORS."
+    )
+    cors_allow_headers: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("Authorization", "Content-Type", "X-Request-Id", "traceparent"),
+        description="Request headers allowed by CORS.",
+    )
+    cors_max_age: int = Field(
+        default=600, ge=0, description="Seconds a browser may cache a CORS preflight answer."
+    )
+    endpoints: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=ALL_ENDPOINTS,
+        description="Endpoints to expose (allowlist); any other answers 404 like an unknown "
+        f"path. Names: {', '.join(ALL_ENDPOINTS)}. Health probes are always on.",
+    )
+    management_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Also serve health probes and /metrics on this port, on the same host, "
+        "without API keys or TLS (for probes and scrapers inside the cluster).",
+    )
+
     # --- testing and demos ---
     fake_token_delay: float = Field(
         default=0.0,
@@ -108,12 +203,44 @@ class Settings(BaseSettings):
         description="YAML file with settings (same names as the flags, snake_case).",
     )
 
-    @field_validator("model", "served_model_name", mode="before")
+    @field_validator(
+        "model",
+        "served_model_name",
+        "cors_allow_origins",
+        "cors_allow_methods",
+        "cors_allow_headers",
+        "endpoints",
+        mode="before",
+    )
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        unknown = sorted(set(self.endpoints) - set(ALL_ENDPOINTS))
+        if unknown:
+            raise ValueError(
+                f"endpoints: unknown {', '.join(unknown)} (known: {', '.join(ALL_ENDPOINTS)})"
+            )
+        if self.ssl_mode != "DISABLED" and (
+            self.ssl_cert_file is None or self.ssl_key_file is None
+        ):
+            raise ValueError(f"ssl_mode {self.ssl_mode} needs --ssl-cert-file and --ssl-key-file")
+        if self.ssl_mode == "MTLS" and self.ssl_ca_file is None:
+            raise ValueError("ssl_mode MTLS needs --ssl-ca-file (the CA of client certificates)")
+        if (
+            self.host not in LOOPBACK_HOSTS
+            and self.api_keys_file is None
+            and not self.allow_unauthenticated
+        ):
+            raise ValueError(
+                f"refusing to listen on {self.host} without API keys: give --api-keys-file, "
+                "or --allow-unauthenticated if something in front of nimble authenticates"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

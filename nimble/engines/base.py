@@ -55,3 +55,6 @@ class Engine(Protocol):
 
     async def health(self) -> bool:
         """True while the engine can serve."""
+
+    async def cache_usage(self) -> float | None:
+        """Share (0..1) of the engine's KV cache in use; None where it has no such cache."""

@@ -159,6 +159,10 @@ class FakeEngine:
     async def health(self) -> bool:
         return self.started
 
+    async def cache_usage(self) -> float | None:
+        """Simulated: the share of slots generating (real engines report their KV cache)."""
+        return min(1.0, self.running / self._config.max_running)
+
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
     positions = [text.find(stop) for stop in stops if stop and stop in text]

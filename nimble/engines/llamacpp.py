@@ -15,8 +15,8 @@ How it works
 - A request with `n > 1` takes `n` slots; llama.cpp refuses `n` above `max_running`.
 - The Server also opens llama.cpp's HTTP listener on 127.0.0.1 (random port). It is locked
   with a random API key that never leaves this object; the engine itself uses it only for
-  `/props`, `/health`, `/apply-template` and `/tokenize`. The web UI, `/slots` and
-  `/metrics` are switched off.
+  `/props`, `/health`, `/apply-template`, `/tokenize` and `/slots` (KV cache use for the
+  metrics). The web UI and llama.cpp's own `/metrics` are switched off.
 
 Signals: llama.cpp's init installs its own SIGINT/SIGTERM handlers with `sigaction`
 (they stop its main loop, and a second signal calls `exit(1)`), replacing Python's for
@@ -161,6 +161,26 @@ class LlamaCppEngine:
             return False
         return response.status_code == 200
 
+    async def cache_usage(self) -> float | None:
+        """Cells held by running requests (prompt + generated so far) over the whole KV
+        cache. llama.cpp's /metrics has no cache gauge in this build; /slots has the counts."""
+        if self._http is None:
+            return None
+        try:
+            response = await self._http.get("/slots", timeout=5.0)
+            slots = response.json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        if response.status_code != 200 or not isinstance(slots, list):
+            return None
+        total = sum(int(slot.get("n_ctx", 0)) for slot in slots)
+        used = 0
+        for slot in slots:
+            if slot.get("is_processing"):
+                decoded = sum(int(t.get("n_decoded", 0)) for t in slot.get("next_token", []))
+                used += int(slot.get("n_prompt_tokens", 0)) + decoded
+        return min(1.0, used / total) if total else None
+
     def info(self) -> EngineInfo:
         extra = {"llama_cpp_build": self._build} if self._build else {}
         return EngineInfo(
@@ -253,7 +273,7 @@ class LlamaCppEngine:
         params.port = 0
         params.api_keys = [secret]
         params.ui = False
-        params.endpoint_slots = False
+        params.endpoint_slots = True  # internal listener only: for cache_usage()
         params.endpoint_metrics = False
         params.verbosity = _VERBOSITY_INFO if self._config.engine_log else _VERBOSITY_ERRORS
         return params

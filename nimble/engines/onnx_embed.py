@@ -119,6 +119,9 @@ class OnnxEmbeddingEngine:
     async def health(self) -> bool:
         return self._session is not None and self._executor is not None
 
+    async def cache_usage(self) -> float | None:
+        return None  # an encoder keeps no cache between requests
+
     def info(self) -> EngineInfo:
         return EngineInfo(
             engine="onnx",

@@ -28,8 +28,8 @@ class Admission:
         ahead = self.waiting + 1
         return max(1, math.ceil(self._avg_hold * ahead / self.max_running))
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def acquire(self) -> None:
+        """Wait for a running slot; Overloaded at once when the queue is full too."""
         if self.running >= self.max_running and self.waiting >= self.max_waiting:
             raise Overloaded(
                 f"server overloaded: {self.running} requests running and {self.waiting} "
@@ -43,11 +43,19 @@ class Admission:
             finally:
                 self.waiting -= 1
             self.running += 1
+
+    async def release(self, held: float) -> None:
+        """Give back a slot held for `held` seconds."""
+        self._avg_hold = 0.8 * self._avg_hold + 0.2 * held
+        async with self._free:
+            self.running -= 1
+            self._free.notify()
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        await self.acquire()
         started = time.monotonic()
         try:
             yield
         finally:
-            self._avg_hold = 0.8 * self._avg_hold + 0.2 * (time.monotonic() - started)
-            async with self._free:
-                self.running -= 1
-                self._free.notify()
+            await self.release(time.monotonic() - started)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -19,6 +20,8 @@ from nimble.errors import (
     UnsupportedParameter,
 )
 from nimble.models import ModelSpec
+from nimble.observability.metrics import ModelGauges
+from nimble.observability.record import RequestRecord, current_record
 from nimble.runtime.admission import Admission
 from nimble.types import (
     EmbedRequest,
@@ -47,6 +50,7 @@ class RuntimeConfig:
     max_running: int = 4
     max_waiting: int = 64
     max_n: int = 8
+    log_prompts: bool = False
 
 
 class ServedModel:
@@ -57,6 +61,7 @@ class ServedModel:
         self.engine = engine
         self.admission = admission
         self.created = int(time.time())
+        self.cache_usage: float | None = None  # last reading, for the metrics
         self._info: EngineInfo | None = None
 
     @property
@@ -142,6 +147,25 @@ class Runtime:
     def inflight(self) -> int:
         return self._inflight
 
+    # ----- metrics -----
+    async def refresh_gauges(self) -> None:
+        """Ask each loaded engine for its cache use (read by `gauges()` at scrape time)."""
+        for model in self.models.values():
+            if model.loaded:
+                model.cache_usage = await model.engine.cache_usage()
+
+    def gauges(self) -> list[ModelGauges]:
+        return [
+            ModelGauges(
+                model=model.spec.id,
+                running=model.admission.running,
+                waiting=model.admission.waiting,
+                max_running=model.admission.max_running,
+                cache_usage=model.cache_usage,
+            )
+            for model in self.models.values()
+        ]
+
     # ----- lookup -----
     def model(self, model_id: str, task: Task) -> ServedModel:
         model = self.models.get(model_id)
@@ -195,14 +219,23 @@ class Runtime:
         model = self.model(model_id, request.task)
         self._check_params(model, request.params)
         await self.check_context(model, request)
-        with self._track():
-            async with model.admission.slot():
-                chunks = model.engine.generate(request)
-                try:
-                    async for chunk in chunks:
-                        yield chunk
-                finally:
-                    await chunks.aclose()
+        record = _record()
+        texts: dict[int, list[str]] = {}
+        if self.config.log_prompts:
+            log.info("prompt: %s", request.messages or request.prompt)
+        async with self._slot(model, request.task, record):
+            chunks = model.engine.generate(request)
+            try:
+                async for chunk in chunks:
+                    _note(record, chunk)
+                    if self.config.log_prompts and chunk.text:
+                        texts.setdefault(chunk.index, []).append(chunk.text)
+                    yield chunk
+            finally:
+                await chunks.aclose()
+                if self.config.log_prompts:
+                    for index, parts in sorted(texts.items()):
+                        log.info("completion %d: %s", index, "".join(parts))
 
     def _check_params(self, model: ServedModel, params: SamplingParams) -> None:
         if params.n > self.config.max_n:
@@ -218,12 +251,55 @@ class Runtime:
 
     async def embed(self, model_id: str, request: EmbedRequest) -> EmbedResult:
         model = self.model(model_id, Task.EMBEDDING)
+        record = _record()
+        async with self._slot(model, Task.EMBEDDING, record):
+            result = await model.engine.embed(request)
+        record.prompt_tokens += result.prompt_tokens
+        return result
+
+    @asynccontextmanager
+    async def _slot(
+        self, model: ServedModel, task: Task, record: RequestRecord
+    ) -> AsyncIterator[None]:
+        """Count the request in flight, wait for a running slot, and note the times."""
+        record.model = model.spec.id
+        record.task = task.value
+        record.queued_at = time.monotonic()
         with self._track():
-            async with model.admission.slot():
-                return await model.engine.embed(request)
+            await model.admission.acquire()
+            record.admitted_at = time.monotonic()
+            try:
+                yield
+            except BaseException:
+                record.aborted = True  # client gone (closed or cancelled), or an engine error
+                raise
+            finally:
+                record.finished_at = time.monotonic()
+                await model.admission.release(record.finished_at - record.admitted_at)
 
     def _track(self) -> _Inflight:
         return _Inflight(self)
+
+
+def _record() -> RequestRecord:
+    """The record of the HTTP request being served, or a throwaway one (library use)."""
+    record = current_record.get()
+    return record if record is not None else RequestRecord(request_id="-")
+
+
+def _note(record: RequestRecord, chunk: GenerationChunk) -> None:
+    now = time.monotonic()
+    if chunk.usage is not None:
+        # += : a request with several prompts makes several runtime calls
+        record.prompt_tokens += chunk.usage.prompt_tokens
+        record.completion_tokens += chunk.usage.completion_tokens
+        return
+    if chunk.text or chunk.logprobs:
+        if record.first_token_at is None:
+            record.first_token_at = now
+        record.last_token_at = now
+    if chunk.finish_reason is not None:
+        record.finish_reasons.append(chunk.finish_reason)
 
 
 class _Inflight:

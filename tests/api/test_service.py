@@ -72,7 +72,10 @@ async def test_openapi_lists_every_route_with_schemas(client: httpx.AsyncClient)
         "/v1/health/ready",
         "/v1/version",
         "/v1/metadata",
+        "/v1/metrics",
+        "/metrics",
     }
+    assert "text/plain" in str(paths["/v1/metrics"]["get"]["responses"]["200"]["content"])
     chat = paths["/v1/chat/completions"]["post"]
     assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "ChatCompletionRequest"

@@ -20,7 +20,9 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "nimble.yaml"
-    config.write_text("port: 7000\nmax_running: 2\nhost: 0.0.0.0\nmodel: [fake]\n")
+    config.write_text(
+        "port: 7000\nmax_running: 2\nhost: 0.0.0.0\nallow_unauthenticated: true\nmodel: [fake]\n"
+    )
     monkeypatch.setenv("NIMBLE_CONFIG", str(config))
     monkeypatch.setenv("NIMBLE_MAX_RUNNING", "3")
     settings = load_settings(port=9000)

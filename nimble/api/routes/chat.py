@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from nimble.api.deps import ERROR_RESPONSES, RequestIdDep, RuntimeDep, now, sse_doc
+from nimble.api.deps import ERROR_RESPONSES, GrantDep, RequestIdDep, RuntimeDep, now, sse_doc
 from nimble.api.logprobs import chat_logprobs
 from nimble.api.schemas.chat import ChatCompletionRequest, ChatCompletionResponse
 from nimble.api.schemas.common import usage_out
@@ -25,8 +25,15 @@ router = APIRouter()
     summary="Create a chat completion (OpenAI compatible)",
 )
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, runtime: RuntimeDep, request_id: RequestIdDep
+    body: ChatCompletionRequest,
+    request: Request,
+    runtime: RuntimeDep,
+    request_id: RequestIdDep,
+    grant: GrantDep,
 ) -> Any:
+    grant.require_model(body.model)
+    if body.tools or body.functions:
+        grant.require_tools()
     body.refuse_unsupported_chat()
     generate = GenerateRequest(
         request_id=request_id,

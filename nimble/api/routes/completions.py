@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from nimble.api.deps import ERROR_RESPONSES, RequestIdDep, RuntimeDep, now, sse_doc
+from nimble.api.deps import ERROR_RESPONSES, GrantDep, RequestIdDep, RuntimeDep, now, sse_doc
 from nimble.api.logprobs import completion_logprobs
 from nimble.api.schemas.common import usage_out
 from nimble.api.schemas.completions import CompletionRequest, CompletionResponse
@@ -26,8 +26,13 @@ router = APIRouter()
     summary="Create a text completion (OpenAI compatible)",
 )
 async def completions(
-    body: CompletionRequest, request: Request, runtime: RuntimeDep, request_id: RequestIdDep
+    body: CompletionRequest,
+    request: Request,
+    runtime: RuntimeDep,
+    request_id: RequestIdDep,
+    grant: GrantDep,
 ) -> Any:
+    grant.require_model(body.model)
     body.refuse_unsupported_completion()
     params = body.sampling(body.max_tokens, body.logprobs)
     requests = [

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 
-from nimble.api.deps import ERROR_RESPONSES, RequestIdDep, RuntimeDep
+from nimble.api.deps import ERROR_RESPONSES, GrantDep, RequestIdDep, RuntimeDep
 from nimble.api.schemas.embeddings import EmbeddingRequest, EmbeddingResponse
 from nimble.api.streaming import until_disconnect
 from nimble.errors import UnsupportedParameter
@@ -24,8 +24,13 @@ router = APIRouter()
     summary="Create embeddings (OpenAI compatible)",
 )
 async def embeddings(
-    body: EmbeddingRequest, request: Request, runtime: RuntimeDep, request_id: RequestIdDep
+    body: EmbeddingRequest,
+    request: Request,
+    runtime: RuntimeDep,
+    request_id: RequestIdDep,
+    grant: GrantDep,
 ) -> Any:
+    grant.require_model(body.model)
     if body.dimensions is not None:
         raise UnsupportedParameter("dimensions is not supported by this model", param="dimensions")
     result = await until_disconnect(

@@ -1,0 +1,61 @@
+"""API key middleware: every path except the health probes (and, if so set, the metrics)
+needs a valid key (401), inside its endpoint scope (403) and its limits (429). Unknown
+paths need a key too: without one, nothing tells a stranger which paths exist."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from nimble.api.endpoints import ENDPOINT_PATHS, HEALTH_PATHS
+from nimble.api.errors import nimble_error_response
+from nimble.api.middleware import header
+from nimble.errors import NimbleError
+from nimble.observability.record import RequestRecord, current_record
+from nimble.security.keys import KeyStore
+from nimble.security.limits import KeyLimiter
+
+
+def bearer_token(scope: Scope) -> str | None:
+    value = header(scope, b"authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+class AuthMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keys: KeyStore,
+        limiter: KeyLimiter,
+        metrics_require_key: bool = True,
+    ):
+        self.app = app
+        self.keys = keys
+        self.limiter = limiter
+        self.public = set(HEALTH_PATHS)
+        if not metrics_require_key:
+            self.public.update(ENDPOINT_PATHS["metrics"])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in self.public:
+            await self.app(scope, receive, send)
+            return
+        record = current_record.get() or RequestRecord(request_id="-")
+        try:
+            key = self.keys.authenticate(bearer_token(scope))
+            record.key_id = key.id
+            if record.endpoint is not None:
+                key.require_endpoint(record.endpoint)
+            self.limiter.admit(key)
+        except NimbleError as exc:
+            response = nimble_error_response(exc, record.request_id)
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["api_key"] = key
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.limiter.done(key, record.prompt_tokens + record.completion_tokens)

@@ -1,0 +1,27 @@
+"""Which endpoint (name) each path belongs to: the allowlist and API key scopes use these
+names. Every route of the app must be listed here; a test holds that true."""
+
+from __future__ import annotations
+
+from nimble.config.settings import ALL_ENDPOINTS
+
+ENDPOINT_PATHS: dict[str, tuple[str, ...]] = {
+    "chat": ("/v1/chat/completions",),
+    "completions": ("/v1/completions",),
+    "embeddings": ("/v1/embeddings",),
+    "models": ("/v1/models",),
+    "metadata": ("/v1/metadata",),
+    "version": ("/v1/version",),
+    "metrics": ("/v1/metrics", "/metrics"),
+    "openapi": ("/openapi.json",),
+}
+# always on, never behind a key: orchestrators probe them without credentials
+HEALTH_PATHS = ("/v1/health/live", "/v1/health/ready")
+
+_BY_PATH = {path: name for name, paths in ENDPOINT_PATHS.items() for path in paths}
+assert set(ENDPOINT_PATHS) == set(ALL_ENDPOINTS), "endpoint names drifted from the settings"
+
+
+def endpoint_of(path: str) -> str | None:
+    """The endpoint name of a path, or None (health probes, unknown paths)."""
+    return _BY_PATH.get(path)

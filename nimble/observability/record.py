@@ -1,0 +1,44 @@
+"""What one HTTP request did, filled in as it goes: the access log, the audit log, the
+metrics and the trace spans are all written from this one record when the request ends."""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RequestRecord:
+    """Mutable on purpose: the middleware creates it, the auth layer and the runtime fill it
+    in (through `current_record`), the middleware reads it when the response is sent."""
+
+    request_id: str
+    method: str = ""
+    path: str = ""
+    endpoint: str | None = None  # endpoint name (settings.ALL_ENDPOINTS), None if unknown
+    client: str | None = None
+    key_id: str | None = None
+    status: int = 0
+    trace_id: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    started_wall_ns: int = field(default_factory=time.time_ns)
+    # filled by the runtime
+    model: str | None = None
+    task: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    queued_at: float | None = None  # monotonic: waiting for a slot from here...
+    admitted_at: float | None = None  # ...to here, then the engine works...
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    finished_at: float | None = None  # ...to here
+    finish_reasons: list[str] = field(default_factory=list)
+    aborted: bool = False  # the engine's work was cut short (client gone, error)
+
+    def wall_ns(self, monotonic: float) -> int:
+        """A monotonic timestamp of this request as epoch nanoseconds (for trace spans)."""
+        return self.started_wall_ns + int((monotonic - self.started) * 1e9)
+
+
+current_record: ContextVar[RequestRecord | None] = ContextVar("current_record", default=None)

@@ -1,0 +1,1 @@
+"""Access control: API keys with scopes and limits, the audit log."""

@@ -1,0 +1,218 @@
+"""API keys: a YAML file of sha256-hashed keys, each with scopes and limits.
+
+```yaml
+keys:
+  - id: analytics              # shown in logs, the audit log and metrics-free places
+    sha256: 3f0c...            # sha256 hex of the key (`nimble keys create` prints both)
+    models: [smollm2-135m-instruct]   # default: any served model
+    endpoints: [chat, completions]    # default: every endpoint
+    tools: false                      # may it send tools? default: true
+    limits: {requests_per_minute: 60, tokens_per_minute: 20000, concurrent_requests: 2}
+```
+Keys are long random strings, so one sha256 is enough (a slow password hash buys nothing
+against 256 bits of entropy); presented keys are compared in constant time against every
+stored hash. The file is re-read when it changes; a broken file keeps the previous keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from nimble.errors import ConfigError, PermissionDenied, Unauthenticated
+
+log = logging.getLogger("nimble.security")
+
+KEY_PREFIX = "nb-"
+ANY = "*"
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    concurrent_requests: int | None = Field(default=None, ge=1)
+
+
+class KeyEntry(BaseModel):
+    """One key as written in the file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:@-]{1,64}$")]
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$", to_lower=True)]
+    models: tuple[str, ...] = (ANY,)
+    endpoints: tuple[str, ...] = (ANY,)
+    tools: bool = True
+    limits: Limits = Limits()
+
+
+class KeyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keys: tuple[KeyEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An authenticated caller and what it may do."""
+
+    id: str
+    digest: bytes
+    models: frozenset[str] | None  # None: any model
+    endpoints: frozenset[str] | None  # None: any endpoint
+    tools: bool
+    limits: Limits
+
+    @classmethod
+    def from_entry(cls, entry: KeyEntry) -> ApiKey:
+        return cls(
+            id=entry.id,
+            digest=bytes.fromhex(entry.sha256),
+            models=None if ANY in entry.models else frozenset(entry.models),
+            endpoints=None if ANY in entry.endpoints else frozenset(entry.endpoints),
+            tools=entry.tools,
+            limits=entry.limits,
+        )
+
+    def allows_endpoint(self, endpoint: str) -> bool:
+        return self.endpoints is None or endpoint in self.endpoints
+
+    def allows_model(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    def require_endpoint(self, endpoint: str) -> None:
+        if not self.allows_endpoint(endpoint):
+            raise PermissionDenied(
+                f"API key `{self.id}` may not use the {endpoint} endpoint", code="endpoint_denied"
+            )
+
+    def require_model(self, model: str) -> None:
+        if not self.allows_model(model):
+            raise PermissionDenied(
+                f"API key `{self.id}` may not use model `{model}`",
+                param="model",
+                code="model_denied",
+            )
+
+    def require_tools(self) -> None:
+        if not self.tools:
+            raise PermissionDenied(
+                f"API key `{self.id}` may not use tool calling", param="tools", code="tools_denied"
+            )
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    """A fresh random key (256 bits)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def parse_key_file(path: Path, known_endpoints: tuple[str, ...]) -> tuple[ApiKey, ...]:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        parsed = KeyFile.model_validate(raw)
+    except OSError as exc:
+        raise ConfigError(f"API key file {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"API key file {path}: not valid YAML ({exc})") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"API key file {path}: {problems}") from exc
+    ids = [entry.id for entry in parsed.keys]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"API key file {path}: key ids must be unique")
+    for entry in parsed.keys:
+        unknown = set(entry.endpoints) - set(known_endpoints) - {ANY}
+        if unknown:
+            raise ConfigError(
+                f"API key file {path}: key `{entry.id}`: unknown endpoints "
+                f"{', '.join(sorted(unknown))} (known: {', '.join(known_endpoints)})"
+            )
+    return tuple(ApiKey.from_entry(entry) for entry in parsed.keys)
+
+
+class KeyStore:
+    """The keys of one file, re-read when the file changes (checked at most every
+    `check_interval` seconds, on use) or when `reload()` is called (SIGHUP)."""
+
+    def __init__(
+        self,
+        path: Path,
+        known_endpoints: tuple[str, ...],
+        *,
+        check_interval: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.path = path
+        self._known = known_endpoints
+        self._interval = check_interval
+        self._clock = clock
+        self._keys = parse_key_file(path, known_endpoints)  # a broken file at start: refuse
+        self._stamp = self._file_stamp()
+        self._checked = clock()
+
+    @property
+    def keys(self) -> tuple[ApiKey, ...]:
+        return self._keys
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)  # follows symlinks: Kubernetes swaps secret mounts so
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def reload(self) -> bool:
+        """Re-read the file; on error keep the keys in use. True if new keys were taken."""
+        self._stamp = self._file_stamp()
+        try:
+            keys = parse_key_file(self.path, self._known)
+        except ConfigError as exc:
+            log.error("keeping the previous API keys: %s", exc)
+            return False
+        self._keys = keys
+        log.info("API keys loaded from %s: %d keys", self.path, len(keys))
+        return True
+
+    def maybe_reload(self) -> None:
+        now = self._clock()
+        if now - self._checked < self._interval:
+            return
+        self._checked = now
+        if self._file_stamp() != self._stamp:
+            self.reload()
+
+    def authenticate(self, presented: str | None) -> ApiKey:
+        """The key matching `presented`, compared in constant time against every key."""
+        self.maybe_reload()
+        if not presented:
+            raise Unauthenticated(
+                "Missing API key: send it as `Authorization: Bearer <key>`.",
+                code="missing_api_key",
+            )
+        digest = hashlib.sha256(presented.encode()).digest()
+        found: ApiKey | None = None
+        for key in self._keys:
+            if hmac.compare_digest(digest, key.digest):
+                found = key
+        if found is None:
+            raise Unauthenticated("Incorrect API key provided.")
+        return found
