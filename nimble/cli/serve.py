@@ -17,6 +17,7 @@ from nimble.engines import EngineConfig
 from nimble.errors import ConfigError, ModelLoadError
 from nimble.models import ModelSpec, resolve_model
 from nimble.observability.logging import configure_logging
+from nimble.observability.tracing import configure_tracing
 from nimble.runtime import Runtime, RuntimeConfig
 
 log = logging.getLogger("nimble.serve")
@@ -121,7 +122,12 @@ def serve(values: dict[str, Any]) -> int:
     )
     server = NimbleServer(config, runtime, settings.drain_timeout)
     try:
-        config.app = create_app(runtime, settings, on_loaded=server.on_loaded)
+        config.app = create_app(
+            runtime,
+            settings,
+            on_loaded=server.on_loaded,
+            tracing=configure_tracing(settings.otel_service_name, settings.otlp_endpoint),
+        )
     except ConfigError as exc:
         print(f"nimble: {exc}", file=sys.stderr)
         return 2

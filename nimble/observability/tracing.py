@@ -25,3 +25,9 @@ class RequestTracing:
 
     def start(self, record: RequestRecord, scope: Scope) -> RequestSpan:
         return RequestSpan()
+
+
+def configure_tracing(service_name: str, otlp_endpoint: str | None) -> RequestTracing:
+    """The request tracing of `nimble serve`. TODO(tracing): OTLP exporter when an endpoint
+    is set; otherwise spans are not exported (trace ids still propagate)."""
+    return RequestTracing()
