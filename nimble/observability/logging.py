@@ -9,7 +9,18 @@ from datetime import UTC, datetime
 
 from nimble.observability.context import request_id_var
 
-_EXTRA_FIELDS = ("status", "path", "model", "latency_ms", "prompt_tokens", "completion_tokens")
+# structured fields that log calls pass with `extra=` (the access line has most of them)
+_EXTRA_FIELDS = (
+    "trace_id",
+    "key_id",
+    "method",
+    "path",
+    "status",
+    "model",
+    "latency_ms",
+    "prompt_tokens",
+    "completion_tokens",
+)
 
 
 class _RequestIdFilter(logging.Filter):
