@@ -6,8 +6,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from types import ModuleType
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from starlette.middleware.cors import CORSMiddleware
 
@@ -79,9 +80,9 @@ def create_app(
     app.state.metrics = Metrics(runtime)
     app.state.keys = keys
     install_error_handlers(app)
-    for module in (chat, completions, embeddings, service, metrics_routes, health):
-        app.include_router(module.router)
-    keep_enabled_routes(app, settings.endpoints)
+    add_routes(
+        app, (chat, completions, embeddings, service, metrics_routes, health), settings.endpoints
+    )
 
     # innermost first: each add_middleware wraps the ones before it
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
@@ -109,16 +110,17 @@ def create_app(
     return app
 
 
-def keep_enabled_routes(app: FastAPI, enabled: tuple[str, ...]) -> None:
-    """Drop the routes of endpoints not in the allowlist: they answer 404 like any unknown
-    path, and leave the OpenAPI document."""
-    app.router.routes = [
-        route
-        for route in app.router.routes
-        if not isinstance(route, APIRoute)
-        or route.path in HEALTH_PATHS
-        or endpoint_of(route.path) in enabled
-    ]
+def add_routes(app: FastAPI, modules: tuple[ModuleType, ...], enabled: tuple[str, ...]) -> None:
+    """Add the routes of endpoints in the allowlist (health probes always): any other path
+    answers 404 like an unknown one, and is absent from the OpenAPI document. The routes are
+    added one by one (not as an included router) so that `app.routes` lists each of them."""
+    for module in modules:
+        router: APIRouter = module.router
+        for route in router.routes:
+            if not isinstance(route, APIRoute):
+                raise TypeError(f"unexpected route type in {module.__name__}: {route!r}")
+            if route.path in HEALTH_PATHS or endpoint_of(route.path) in enabled:
+                app.router.routes.append(route)
 
 
 def create_management_app(runtime: Runtime, metrics: Metrics) -> FastAPI:
@@ -128,8 +130,7 @@ def create_management_app(runtime: Runtime, metrics: Metrics) -> FastAPI:
     app.state.runtime = runtime
     app.state.metrics = metrics
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(metrics_routes.router)
+    add_routes(app, (health, metrics_routes), ("metrics",))
     return app
 
 
