@@ -8,7 +8,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -81,6 +87,9 @@ class Metrics:
     one process do not share counters)."""
 
     def __init__(self, source: GaugeSource | None = None):
+        # no `*_created` series: they double the exposition and no dashboard reads them
+        # (prometheus-client only offers a process-wide switch)
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         if source is not None:
             self.registry.register(_GaugeCollector(source))
