@@ -89,7 +89,7 @@ class Metrics:
     def __init__(self, source: GaugeSource | None = None):
         # no `*_created` series: they double the exposition and no dashboard reads them
         # (prometheus-client only offers a process-wide switch)
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         if source is not None:
             self.registry.register(_GaugeCollector(source))
