@@ -195,3 +195,26 @@ def test_metadata_has_sha256(default_server: NimbleProcess) -> None:
     assert weights["path"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     assert len(weights["sha256"]) == 64
     assert engines[EMBED_MODEL]["engine"] == "onnx"
+
+
+def test_metrics_after_real_requests(default_server: NimbleProcess) -> None:
+    client = default_server.client()
+    chat = client.chat.completions.create(model=CHAT_MODEL, messages=HELLO, max_tokens=8)
+    client.embeddings.create(model=EMBED_MODEL, input="metrics")
+    text = httpx.get(default_server.base_url + "/v1/metrics").text
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    chat_label = f'{{model_name="{CHAT_MODEL}"}}'
+    embed_label = f'{{model_name="{EMBED_MODEL}"}}'
+    assert chat.usage is not None
+    assert samples["nimble_prompt_tokens_total" + chat_label] >= chat.usage.prompt_tokens
+    assert samples["nimble_generation_tokens_total" + chat_label] >= chat.usage.completion_tokens
+    assert samples["nimble_time_to_first_token_seconds_count" + chat_label] >= 1
+    assert samples["nimble_e2e_request_latency_seconds_count" + embed_label] >= 1
+    assert samples["nimble_num_request_max" + chat_label] == 4
+    # llama.cpp reports its KV cache (idle now: 0); the ONNX encoder has none
+    assert samples["nimble_kv_cache_usage_ratio" + chat_label] == 0.0
+    assert "nimble_kv_cache_usage_ratio" + embed_label not in samples

@@ -229,6 +229,24 @@ async def test_embed_is_refused(engine: LlamaCppEngine, spec: ModelSpec) -> None
     assert spec.id in caught.value.message
 
 
+async def test_cache_usage_counts_the_cells_of_running_requests(engine: LlamaCppEngine) -> None:
+    assert await engine.cache_usage() == 0.0  # idle: no slot holds cells for a request
+    stream = engine.generate(completion(COUNTING, max_tokens=400, temperature=0))
+    received = 0
+    try:
+        async for chunk in stream:
+            received += 1 if chunk.text else 0
+            if received == 50:
+                break
+        usage = await engine.cache_usage()
+    finally:
+        await stream.aclose()
+    window = engine.info().context_length
+    # the prompt plus at least the 50 tokens received, out of SLOTS windows
+    assert usage is not None
+    assert (50 + 5) / (SLOTS * window) <= usage <= (400 + 50) / (SLOTS * window)
+
+
 async def test_closing_the_stream_cancels_the_generation_in_llamacpp(
     engine: LlamaCppEngine,
 ) -> None:
