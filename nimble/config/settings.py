@@ -277,8 +277,11 @@ def load_settings(**cli_values: Any) -> Settings:
     except SettingsError as exc:
         raise ConfigError(str(exc)) from exc
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from exc
+        raise ConfigError("; ".join(_problem(err) for err in exc.errors())) from exc
+
+
+def _problem(err: Any) -> str:
+    """One validation error as a line: `field: message` (a cross-field check has no field)."""
+    where = ".".join(str(p) for p in err["loc"])
+    message = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+    return f"invalid setting {where}: {message}" if where else message
