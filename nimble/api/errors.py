@@ -154,14 +154,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # the request-context middleware answers these first; this covers apps without it
         request_id = request_id_of(request)
         log.exception("unhandled error (request %s)", request_id, exc_info=exc)
-        return JSONResponse(
-            error_payload(
-                f"The server had an error processing your request (request id {request_id}).",
-                "server_error",
-                None,
-                "internal_error",
-            ),
-            status_code=500,
-        )
+        return JSONResponse(internal_error_payload(request_id), status_code=500)
+
+
+def internal_error_payload(request_id: str) -> dict[str, Any]:
+    """The 500 answer: a generic message with the request id, never a traceback."""
+    return error_payload(
+        f"The server had an error processing your request (request id {request_id}).",
+        "server_error",
+        None,
+        "internal_error",
+    )

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nimble.api.endpoints import endpoint_of
-from nimble.api.errors import error_payload
+from nimble.api.errors import error_payload, internal_error_payload
 from nimble.observability.context import request_id_var
 from nimble.observability.record import RequestRecord, current_record
 from nimble.observability.tracing import RequestTracing
@@ -98,6 +98,14 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if record.status:  # the answer had started: nothing else can be sent
+                raise
+            # answered here (not by Starlette's outermost handler) so that the 500 carries
+            # the request id header and the record, the logs and the metrics see it
+            log.exception("unhandled error (request %s)", request_id)
+            body = json.dumps(internal_error_payload(request_id)).encode()
+            await send_json(send_with_id, 500, body)
         finally:
             latency = time.monotonic() - record.started
             span.end(record)

@@ -168,3 +168,28 @@ async def test_context_length_exceeded_names_both_numbers(client: httpx.AsyncCli
     error = assert_openai_error(response, 400, "messages")
     assert error["code"] == "context_length_exceeded"
     assert "2048" in error["message"] and "3004" in error["message"]
+
+
+async def test_an_unexpected_error_is_a_500_with_the_request_id_and_is_counted() -> None:
+    async with fake_service() as (runtime, client):
+        engine = runtime.models[FAKE_MODEL].engine
+
+        async def broken(request: object) -> object:
+            raise RuntimeError("secret internal detail")
+
+        engine.embed = broken  # type: ignore[method-assign]
+        response = await client.post(
+            "/v1/embeddings",
+            json={"model": FAKE_MODEL, "input": "x"},
+            headers={"X-Request-Id": "boom-1"},
+        )
+        error = assert_openai_error(response, 500, None)
+        assert error["code"] == "internal_error"
+        assert "boom-1" in error["message"]
+        assert "secret" not in response.text
+        assert response.headers["x-request-id"] == "boom-1"
+        metrics = (await client.get("/metrics")).text
+        assert (
+            'nimble_http_requests_total{endpoint="embeddings",method="POST",status="500"} 1.0'
+            in metrics
+        )
