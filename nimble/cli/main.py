@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from nimble import __version__
+from nimble.cli import audit, keys
 from nimble.cli.options import given, with_settings_options
 from nimble.config.doc import settings_table
 
@@ -16,6 +17,8 @@ app = typer.Typer(
     add_completion=False,
     help="nimble: an OpenAI-compatible inference microservice on the best engine for the hardware.",
 )
+app.add_typer(audit.app, name="audit")
+app.add_typer(keys.app, name="keys")
 
 
 @app.command()
