@@ -20,6 +20,7 @@ from nimble.api.middleware import BodyLimitMiddleware, RecordSink, RequestContex
 from nimble.api.routes import chat, completions, embeddings, health, service
 from nimble.api.routes import metrics as metrics_routes
 from nimble.config import Settings
+from nimble.config.settings import ALL_ENDPOINTS
 from nimble.observability.metrics import Metrics
 from nimble.observability.tracing import RequestTracing
 from nimble.runtime import Runtime
@@ -45,11 +46,15 @@ def create_app(
     the outcome (None, or the exception). Raises ConfigError for a broken API key file."""
     settings = settings or Settings()
     keys = (
-        KeyStore(settings.api_keys_file, settings.endpoints)
+        KeyStore(settings.api_keys_file, ALL_ENDPOINTS)
         if settings.api_keys_file is not None
         else None
     )
-    audit = AuditLog(settings.audit_log) if settings.audit_log is not None else None
+    audit = (
+        AuditLog(settings.audit_log, fsync=settings.audit_fsync)
+        if settings.audit_log is not None
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -149,6 +149,12 @@ class Settings(BaseSettings):
         "(`nimble audit verify FILE` checks it). Unset: no audit log.",
     )
 
+    audit_fsync: bool = Field(
+        default=False,
+        description="fsync the audit log after every line (survives power loss; costs one "
+        "disk flush per request).",
+    )
+
     # --- transport ---
     ssl_mode: Literal["DISABLED", "TLS", "MTLS"] = Field(
         default="DISABLED",
