@@ -45,6 +45,7 @@ def create_app(
     server listens (liveness answers at once; readiness after warm-up); `on_loaded` is told
     the outcome (None, or the exception). Raises ConfigError for a broken API key file."""
     settings = settings or Settings()
+    tracing = tracing or RequestTracing()
     keys = (
         KeyStore(settings.api_keys_file, ALL_ENDPOINTS)
         if settings.api_keys_file is not None
@@ -71,6 +72,7 @@ def create_app(
             await runtime.stop()
             if audit is not None:
                 audit.close()
+            tracing.shutdown()
 
     app = FastAPI(
         title="nimble",
