@@ -12,6 +12,8 @@ from typing import Any
 import uvicorn
 
 from nimble.api import create_app
+from nimble.api.app import create_management_app
+from nimble.cli.transport import ManagementServer, ssl_options
 from nimble.config import Settings, load_settings
 from nimble.engines import EngineConfig
 from nimble.errors import ConfigError, ModelLoadError
@@ -19,6 +21,7 @@ from nimble.models import ModelSpec, resolve_model
 from nimble.observability.logging import configure_logging
 from nimble.observability.tracing import configure_tracing
 from nimble.runtime import Runtime, RuntimeConfig
+from nimble.security.keys import KeyStore
 
 log = logging.getLogger("nimble.serve")
 
@@ -33,12 +36,28 @@ class NimbleServer(uvicorn.Server):
         self.runtime = runtime
         self.drain_timeout = drain_timeout
         self.exit_code = 0
+        self.management: ManagementServer | None = None
+        self.keys: KeyStore | None = None
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+        self._loop.add_signal_handler(signal.SIGHUP, self._reload_keys)
+        side = asyncio.create_task(self.management.serve()) if self.management else None
+        try:
+            await super().serve(sockets)
+        finally:
+            if side is not None and self.management is not None:
+                self.management.should_exit = True
+                await side
+
+    def _reload_keys(self) -> None:
+        if self.keys is None:
+            log.info("SIGHUP: no API key file to reload")
+            return
+        log.info("SIGHUP: reloading API keys from %s", self.keys.path)
+        self.keys.reload()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining or self._loop is None:
@@ -111,6 +130,11 @@ def serve(values: dict[str, Any]) -> int:
     except ModelLoadError as exc:
         print(f"nimble: cannot serve: {exc}", file=sys.stderr)
         return 1
+    try:
+        ssl = ssl_options(settings)
+    except ConfigError as exc:
+        print(f"nimble: {exc}", file=sys.stderr)
+        return 2
     config = uvicorn.Config(
         "nimble:placeholder",  # replaced below; uvicorn needs an app reference at init
         host=settings.host,
@@ -119,10 +143,11 @@ def serve(values: dict[str, Any]) -> int:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=1,
+        **ssl,
     )
     server = NimbleServer(config, runtime, settings.drain_timeout)
     try:
-        config.app = create_app(
+        app = create_app(
             runtime,
             settings,
             on_loaded=server.on_loaded,
@@ -131,5 +156,18 @@ def serve(values: dict[str, Any]) -> int:
     except ConfigError as exc:
         print(f"nimble: {exc}", file=sys.stderr)
         return 2
+    config.app = app
+    server.keys = app.state.keys
+    if settings.management_port is not None:
+        server.management = ManagementServer(
+            uvicorn.Config(
+                create_management_app(runtime, app.state.metrics),
+                host=settings.host,
+                port=settings.management_port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
+        )
     server.run()
     return server.exit_code

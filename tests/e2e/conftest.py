@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -28,9 +30,18 @@ def free_port() -> int:
 class NimbleProcess:
     """A `nimble serve` subprocess with its log in a file."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        *,
+        scheme: str = "http",
+        verify: ssl.SSLContext | bool = True,
+    ):
         self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{scheme}://127.0.0.1:{self.port}"
+        self.verify = verify  # what polling trusts (and presents, for mutual TLS)
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -50,7 +61,8 @@ class NimbleProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"nimble exited {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.base_url + path, timeout=2).status_code == status:
+                answer = httpx.get(self.base_url + path, timeout=2, verify=self.verify)
+                if answer.status_code == status:
                     return
             except httpx.TransportError:
                 pass
@@ -88,8 +100,8 @@ def nimble_process(tmp_path: Path) -> Iterator[type[NimbleProcess]]:
     counter = iter(range(1000))
 
     class Tracked(NimbleProcess):
-        def __init__(self, args: list[str], env: dict[str, str] | None = None):
-            super().__init__(args, tmp_path / f"nimble-{next(counter)}.log", env)
+        def __init__(self, args: list[str], env: dict[str, str] | None = None, **kwargs: Any):
+            super().__init__(args, tmp_path / f"nimble-{next(counter)}.log", env, **kwargs)
             started.append(self)
 
     yield Tracked  # type: ignore[misc]

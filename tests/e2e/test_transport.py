@@ -1,0 +1,196 @@
+"""TLS and mutual TLS terminated by `nimble serve` itself (certificates made by the test with
+trustme), the management port, and API key reload on SIGHUP. Fake engine: no weights."""
+
+from __future__ import annotations
+
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import trustme
+import yaml
+
+from nimble.security.keys import hash_key
+from tests.e2e.conftest import NimbleProcess, free_port
+
+pytestmark = [pytest.mark.e2e]
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def server_files(ca: trustme.CA, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(certificate chain, key, CA bundle) PEM files of a server cert for 127.0.0.1."""
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    chain, key, bundle = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
+    cert.private_key_pem.write_to_path(str(key))
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    ca.cert_pem.write_to_path(str(bundle))
+    return chain, key, bundle
+
+
+def client_context(ca: trustme.CA, client_ca: trustme.CA | None = None) -> ssl.SSLContext:
+    """Trusts `ca`; presents a client certificate issued by `client_ca` when given."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    if client_ca is not None:
+        client_ca.issue_cert("client@example.com").configure_cert(context)
+    return context
+
+
+def tls_args(chain: Path, key: Path, mode: str = "TLS") -> list[str]:
+    return ["--ssl-mode", mode, "--ssl-cert-file", str(chain), "--ssl-key-file", str(key)]
+
+
+def test_tls(ca: trustme.CA, tmp_path: Path, nimble_process: type[NimbleProcess]) -> None:
+    chain, key, _ = server_files(ca, tmp_path)
+    trusted = client_context(ca)
+    server = nimble_process(
+        ["--model", "fake", *tls_args(chain, key)], scheme="https", verify=trusted
+    ).wait_ready()
+    assert server.base_url.startswith("https://")
+    with (
+        httpx.Client(verify=trusted) as http,
+        openai.OpenAI(
+            api_key="unused", base_url=server.base_url + "/v1", http_client=http, max_retries=0
+        ) as client,
+    ):
+        reply = client.chat.completions.create(model="fake-model", messages=HELLO)
+    assert reply.choices[0].message.content
+    # plain HTTP on the TLS port gets no HTTP answer
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{server.port}/v1/health/live", timeout=5)
+    # nor does a client that does not trust the server's CA
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(server.base_url + "/v1/health/live", timeout=5)
+
+
+def test_mutual_tls(ca: trustme.CA, tmp_path: Path, nimble_process: type[NimbleProcess]) -> None:
+    chain, key, bundle = server_files(ca, tmp_path)
+    with_cert = client_context(ca, client_ca=ca)
+    args = ["--model", "fake", *tls_args(chain, key, "MTLS"), "--ssl-ca-file", str(bundle)]
+    server = nimble_process(args, scheme="https", verify=with_cert).wait_ready()
+    url = server.base_url + "/v1/models"
+    assert httpx.get(url, verify=with_cert, timeout=5).json()["data"][0]["id"] == "fake-model"
+    # no client certificate, or one from another CA: the server aborts the TLS session and
+    # no HTTP response comes back (TLS 1.3 ends the client's side of the handshake before
+    # the server checks its certificate, so the client learns it on its first read)
+    no_response = (httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError)
+    for refused in (client_context(ca), client_context(ca, client_ca=trustme.CA())):
+        with pytest.raises(no_response):
+            httpx.get(url, verify=refused, timeout=5)
+    # with TLS 1.2 the refusal is in the handshake itself: the connection never opens
+    tls12 = client_context(ca)
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url, verify=tls12, timeout=5)
+    assert httpx.get(url, verify=with_cert, timeout=5).status_code == 200  # still serving
+
+
+def test_management_port_answers_without_keys_or_tls(
+    ca: trustme.CA, tmp_path: Path, nimble_process: type[NimbleProcess]
+) -> None:
+    chain, key, _ = server_files(ca, tmp_path)
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(yaml.safe_dump({"keys": [{"id": "k", "sha256": hash_key("nb-k")}]}))
+    management = free_port()
+    trusted = client_context(ca)
+    args = ["--model", "fake", *tls_args(chain, key), "--api-keys-file", str(keys)]
+    args += ["--management-port", str(management)]
+    server = nimble_process(args, scheme="https", verify=trusted).wait_ready()
+    plain = f"http://127.0.0.1:{management}"
+    assert httpx.get(plain + "/v1/health/ready").status_code == 200
+    assert httpx.get(plain + "/v1/health/live").status_code == 200
+    metrics = httpx.get(plain + "/v1/metrics")
+    assert metrics.status_code == 200 and "nimble_num_requests_running" in metrics.text
+    assert httpx.get(plain + "/metrics").status_code == 200
+    # nothing else lives there
+    assert httpx.get(plain + "/v1/models").status_code == 404
+    # the public port keeps its TLS and keys
+    assert httpx.get(server.base_url + "/v1/metrics", verify=trusted).status_code == 401
+    assert httpx.get(server.base_url + "/v1/health/ready", verify=trusted).status_code == 200
+    authorized = httpx.get(
+        server.base_url + "/v1/metrics", verify=trusted, headers={"Authorization": "Bearer nb-k"}
+    )
+    assert authorized.status_code == 200
+    # both ports close with the server
+    assert server.terminate() == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(plain + "/v1/health/live", timeout=5)
+
+
+def test_sighup_reloads_api_keys(tmp_path: Path, nimble_process: type[NimbleProcess]) -> None:
+    keys = tmp_path / "keys.yaml"
+
+    def write(key: str) -> None:
+        keys.write_text(yaml.safe_dump({"keys": [{"id": key, "sha256": hash_key(key)}]}))
+
+    write("nb-first")
+    server = nimble_process(["--model", "fake", "--api-keys-file", str(keys)]).wait_ready()
+
+    def status(key: str) -> int:
+        headers = {"Authorization": f"Bearer {key}"}
+        return httpx.get(server.base_url + "/v1/models", headers=headers).status_code
+
+    assert (status("nb-first"), status("nb-second")) == (200, 401)
+    write("nb-second")
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while status("nb-second") != 200:  # poll: the reload happens on the server's loop
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.05)
+    assert status("nb-first") == 401
+    assert "reloading API keys" in server.log()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ssl-mode", "TLS"], "ssl_mode TLS needs --ssl-cert-file and --ssl-key-file"),
+        (
+            ["--ssl-mode", "TLS", "--ssl-cert-file", "/nonexistent.pem", "--ssl-key-file", "/x"],
+            "--ssl-cert-file /nonexistent.pem: no such file",
+        ),
+        (["--ssl-mode", "MTLS", "--ssl-cert-file", "a", "--ssl-key-file", "b"], "--ssl-ca-file"),
+    ],
+)
+def test_bad_tls_settings_exit_with_one_line(extra: list[str], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "nimble.cli.main", "serve", "--model", "fake", *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_key_that_does_not_match_its_certificate(ca: trustme.CA, tmp_path: Path) -> None:
+    chain, _, _ = server_files(ca, tmp_path)
+    other_key = tmp_path / "other.key"
+    ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(other_key))
+
+    def tls(key: Path) -> list[str]:
+        return tls_args(chain, key)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "nimble.cli.main", "serve", "--model", "fake", *tls(other_key)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"cannot use certificate {chain} with key {other_key}" in done.stderr
