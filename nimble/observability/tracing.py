@@ -14,10 +14,7 @@ import time
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import Scope
@@ -172,6 +169,11 @@ def configure_tracing(service_name: str, otlp_endpoint: str | None) -> RequestTr
     is set, off otherwise. The provider is nimble's own (not the global one)."""
     if not otlp_endpoint:
         return RequestTracing()
+    # imported here: the exporter pulls in protobuf and requests, unused without a collector
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
     provider = TracerProvider(
         resource=Resource.create({"service.name": service_name, "service.version": __version__})
     )
