@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import openai
@@ -66,3 +69,47 @@ def test_keys_audit_and_json_logs_through_the_cli(
     assert (chat["status"], chat["key_id"], chat["model"]) == (200, "ops", "fake-model")
     assert chat["request_id"] == lines[0]["request_id"]
     assert KEY not in server.log()
+
+
+class _Collector(BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[str, bytes]]] = []
+
+    def do_POST(self) -> None:
+        self.received.append((self.path, self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+def test_traces_reach_the_collector_named_by_the_otel_variable(
+    nimble_process: type[NimbleProcess],
+) -> None:
+    collector = HTTPServer(("127.0.0.1", 0), _Collector)
+    thread = threading.Thread(target=collector.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{collector.server_address[1]}"
+        server = nimble_process(
+            ["--model", "fake"],
+            env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": "nimble-e2e"},
+        ).wait_ready()
+        trace_id = "0af7651916cd43dd8448eb211c80319c"
+        answer = httpx.post(
+            server.base_url + "/v1/embeddings",
+            json={"model": "fake-model", "input": "x"},
+            headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"},
+        )
+        assert answer.headers["traceparent"].startswith(f"00-{trace_id}-")
+        assert server.terminate() == 0  # shutdown flushes the batch of spans
+    finally:
+        collector.shutdown()
+        collector.server_close()
+        thread.join()
+    bodies = [body for path, body in _Collector.received if path == "/v1/traces"]
+    assert bodies, "no spans were exported"
+    exported = b"".join(bodies)
+    assert b"nimble-e2e" in exported and b"nimble.engine" in exported
+    assert bytes.fromhex(trace_id) in exported
