@@ -162,9 +162,10 @@ def test_sighup_reloads_api_keys(tmp_path: Path, nimble_process: type[NimbleProc
             "--ssl-cert-file /nonexistent.pem: no such file",
         ),
         (["--ssl-mode", "MTLS", "--ssl-cert-file", "a", "--ssl-key-file", "b"], "--ssl-ca-file"),
+        (["--host", "0.0.0.0"], "refusing to listen on 0.0.0.0 without API keys"),
     ],
 )
-def test_bad_tls_settings_exit_with_one_line(extra: list[str], message: str) -> None:
+def test_unsafe_or_broken_settings_exit_with_one_line(extra: list[str], message: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "nimble.cli.main", "serve", "--model", "fake", *extra],
         capture_output=True,
