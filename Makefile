@@ -1,11 +1,13 @@
 # Two entry points on a fresh machine (Python 3.11, no GPU):
 #   make serve   install nimble and the default models, then serve them on 127.0.0.1:8000
 #   make test    install everything the tests need, then run lint, types and the whole suite
+#   make image   build the CPU container image without a daemon and smoke-test it (root;
+#                installs mmdebstrap, buildah, podman and runc with apt when missing)
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint install
+.PHONY: serve test lint install image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +24,16 @@ serve: install
 	$(BIN)/nimble serve
 
 lint: install
-	$(BIN)/ruff check nimble tests benchmarks
-	$(BIN)/ruff format --check nimble tests benchmarks
+	$(BIN)/ruff check nimble tests benchmarks deploy
+	$(BIN)/ruff format --check nimble tests benchmarks deploy
+	$(BIN)/hadolint deploy/Containerfile deploy/Containerfile.cuda
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest -q
+
+image:
+	command -v mmdebstrap buildah podman runc >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q mmdebstrap buildah podman runc)
+	deploy/build-image.sh
