@@ -32,12 +32,27 @@ fi
 
 step "2/4 build $TAG (buildah, chroot isolation)"
 started=$(date +%s)
-buildah bud --isolation chroot --layers \
+# docker format: the OCI image format has no HEALTHCHECK (buildah would drop it)
+buildah bud --isolation chroot --layers --format docker \
   --secret id=cabundle,src="$CA" \
   --build-arg BASE_IMAGE="$BASE" \
   -f deploy/Containerfile -t "$TAG" .
 build_s=$(( $(date +%s) - started ))
 size=$(podman image inspect "$TAG" --format '{{.Size}}')
+# what the image promises: a health check, a non-root user, a stop signal, OCI labels
+config=$(podman image inspect "$TAG")
+python3 - "$config" <<'CHECK'
+import json, sys
+image = json.loads(sys.argv[1])[0]
+config = image["Config"]
+assert "/v1/health/ready" in " ".join(image["Healthcheck"]["Test"]), image.get("Healthcheck")
+assert config["User"] == "10001:10001", config["User"]
+assert config["StopSignal"] == "SIGTERM", config.get("StopSignal")
+labels = config["Labels"]
+assert labels["org.opencontainers.image.version"] and labels["org.opencontainers.image.source"]
+assert "/cache" in config["Volumes"], config.get("Volumes")
+print("image config: health check, user 10001, SIGTERM, labels, /cache volume")
+CHECK
 
 step "3/4 run it and wait for readiness"
 name=nimble-smoke-$$
@@ -59,6 +74,7 @@ until curl -fsS "http://127.0.0.1:$PORT/v1/health/ready" >/dev/null 2>&1; do
 done
 cold_s=$(python3 -c "import time; print(round(time.time() - $t0, 1))")
 echo "ready after ${cold_s}s"
+"${PODMAN[@]}" healthcheck run "$name" && echo "the image's HEALTHCHECK passes inside the container"
 
 step "4/4 one chat completion through the container, then a graceful stop"
 answer=$(curl -fsS "http://127.0.0.1:$PORT/v1/chat/completions" -H 'Content-Type: application/json' \
