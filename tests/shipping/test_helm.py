@@ -169,8 +169,11 @@ def test_production_objects() -> None:
 def test_cache_prefill_init_step() -> None:
     r = rendered("gpu")
     (init,) = deployment(r)["spec"]["template"]["spec"]["initContainers"]
-    assert init["command"][:4] == ["nimble", "download", "--cache-dir", "/cache"]
-    assert init["command"][4:] == CI["gpu"]["models"]
+    assert init["command"][:2] == ["sh", "-ec"]
+    assert 'nimble download "$model"' in init["command"][2]
+    assert init["args"] == CI["gpu"]["models"]
+    assert {"name": "NIMBLE_CACHE_PATH", "value": "/cache"} in init["env"]
+    assert env(r)["NIMBLE_CACHE_PATH"] == "/cache"
     assert "initContainers" not in deployment(rendered("default"))["spec"]["template"]["spec"]
 
 
