@@ -82,6 +82,12 @@ answer=$(curl -fsS "http://127.0.0.1:$PORT/v1/chat/completions" -H 'Content-Type
 content=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["message"]["content"])' <<<"$answer")
 [ -n "$content" ] || { echo "empty answer: $answer" >&2; exit 1; }
 echo "answer: $content"
+# the Helm chart's `helm test` pod script, run in the image against this container
+"${PYTHON:-.venv/bin/python}" deploy/check_chart.py --helm-test-script "http://127.0.0.1:$PORT/v1" \
+  > "$BUILD/helm-test.py"
+"${PODMAN[@]}" run --rm --network host --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
+  --read-only -v "$PWD/$BUILD/helm-test.py:/helm-test.py:ro" --entrypoint python3 \
+  "$TAG" /helm-test.py
 "${PODMAN[@]}" stop -t 40 "$name" >/dev/null
 code=$("${PODMAN[@]}" inspect -f '{{.State.ExitCode}}' "$name")
 [ "$code" = 0 ] || { echo "exit code $code after SIGTERM" >&2; exit 1; }

@@ -1,6 +1,7 @@
 """Lint, render and validate the Helm chart with every values file in its `ci/` folder.
 
-    python deploy/check_chart.py          # what CI runs (through pytest: tests/deploy)
+    python deploy/check_chart.py          # what CI runs (through pytest: tests/shipping)
+    python deploy/check_chart.py --helm-test-script URL   # the helm test pod's script
 
 Helm's own code does the work (helm-python-sdk binds Helm's Go SDK: no helm binary, no
 cluster); every rendered manifest is then validated with kubernetes-validate in strict mode
@@ -85,7 +86,22 @@ def check() -> list[str]:
     return problems
 
 
+def helm_test_script(base_url: str) -> str:
+    """The Python that the chart's `helm test` pod runs, aimed at `base_url` instead of the
+    in-cluster Service (so the image build can run it against a real container)."""
+    values = yaml.safe_load((CHART / "ci" / "unauthenticated.yaml").read_text())
+    (pod,) = [m for m in render(values).manifests if m["kind"] == "Pod"]
+    script = str(pod["spec"]["containers"][0]["args"][0])
+    in_cluster = "http://nimble:8000/v1"
+    if in_cluster not in script:
+        raise ValueError(f"the test pod no longer calls {in_cluster}")
+    return script.replace(in_cluster, base_url)
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--helm-test-script"]:
+        print(helm_test_script(sys.argv[2]))
+        return 0
     problems = check()
     for problem in problems:
         print(problem, file=sys.stderr)

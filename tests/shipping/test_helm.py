@@ -193,3 +193,9 @@ def test_schema_refuses_bad_values(bad: dict[str, Any]) -> None:
         helm.Chart.load(str(check_chart.CHART)).validate_schema(values)
     with pytest.raises(helm.HelmError):
         render(values, Path("bad.yaml"))
+
+
+def test_the_helm_test_script_can_be_aimed_at_a_container() -> None:
+    script = check_chart.helm_test_script("http://127.0.0.1:18000/v1")
+    assert 'base = "http://127.0.0.1:18000/v1"' in script
+    compile(script, "helm-test", "exec")
