@@ -34,6 +34,6 @@ test: lint
 	$(BIN)/pytest -q
 
 image:
-	command -v mmdebstrap buildah podman runc >/dev/null || \
-	  (apt-get update -q && apt-get install -y -q mmdebstrap buildah podman runc)
+	for tool in mmdebstrap buildah podman runc; do command -v $$tool >/dev/null || missing=1; done; \
+	  [ -z "$$missing" ] || (apt-get update -q && apt-get install -y -q mmdebstrap buildah podman runc)
 	deploy/build-image.sh
