@@ -13,7 +13,7 @@ import uvicorn
 
 from nimble.api import create_app
 from nimble.api.app import create_management_app
-from nimble.cli.transport import ManagementServer, ssl_options
+from nimble.cli.transport import ManagementServer, listen_socket, ssl_options
 from nimble.config import Settings, load_settings
 from nimble.engines import EngineConfig
 from nimble.errors import ConfigError, ModelLoadError
@@ -45,12 +45,23 @@ class NimbleServer(uvicorn.Server):
         self._loop = asyncio.get_running_loop()
         self._loop.add_signal_handler(signal.SIGHUP, self._reload_keys)
         side = asyncio.create_task(self.management.serve()) if self.management else None
+        if side is not None:
+            side.add_done_callback(self._management_stopped)
         try:
             await super().serve(sockets)
         finally:
             if side is not None and self.management is not None:
                 self.management.should_exit = True
                 await side
+
+    def _management_stopped(self, task: asyncio.Task[None]) -> None:
+        """The management server stops only when told to; if it stops by itself, so does
+        nimble (probes that cannot reach it would restart the pod anyway)."""
+        if task.cancelled() or (self.management is not None and self.management.should_exit):
+            return
+        log.error("management server stopped unexpectedly: %r; exiting", task.exception())
+        self.exit_code = 1
+        self.should_exit = True
 
     def _reload_keys(self) -> None:
         if self.keys is None:
@@ -159,15 +170,26 @@ def serve(values: dict[str, Any]) -> int:
     config.app = app
     server.keys = app.state.keys
     if settings.management_port is not None:
+        if settings.management_port == settings.port != 0:
+            print(f"nimble: --management-port {settings.port} is also --port", file=sys.stderr)
+            return 2
+        try:
+            sock = listen_socket(settings.host, settings.management_port)
+        except OSError as exc:
+            where = f"{settings.host}:{settings.management_port}"
+            print(
+                f"nimble: cannot listen on {where} (--management-port): {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 3  # what uvicorn answers when the main port is taken
         server.management = ManagementServer(
             uvicorn.Config(
                 create_management_app(runtime, app.state.metrics),
-                host=settings.host,
-                port=settings.management_port,
                 log_config=None,
                 access_log=False,
                 lifespan="off",
-            )
+            ),
+            sock,
         )
     server.run()
     return server.exit_code

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import socket
 import ssl
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +13,8 @@ import uvicorn
 
 from nimble.config import Settings
 from nimble.errors import ConfigError
+
+log = logging.getLogger("nimble.serve")
 
 
 def ssl_options(settings: Settings) -> dict[str, Any]:
@@ -51,9 +55,35 @@ def ssl_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port the way uvicorn binds its own (IPv6 when the host has
+    a colon, SO_REUSEADDR). Raises OSError when the address is taken or not local."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class ManagementServer(uvicorn.Server):
-    """The plain-HTTP server of health probes and metrics on `--management-port`. It runs in
-    the main server's event loop and leaves the signals to it (the main server stops it)."""
+    """The plain-HTTP server of health probes and metrics on `--management-port`. Its socket
+    is bound before the models load (a taken port fails at once, not after a long load). It
+    runs in the main server's event loop and leaves the signals to it: the main server
+    starts it, and stops it when it stops itself."""
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket):
+        super().__init__(config)
+        self.sock = sock
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        host, port = self.sock.getsockname()[:2]
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        log.info("management port: health probes and metrics on http://%s", where)
+        await super().serve(sockets or [self.sock])
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

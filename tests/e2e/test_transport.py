@@ -3,7 +3,9 @@ trustme), the management port, and API key reload on SIGHUP. Fake engine: no wei
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -46,6 +48,17 @@ def client_context(ca: trustme.CA, client_ca: trustme.CA | None = None) -> ssl.S
     if client_ca is not None:
         client_ca.issue_cert("client@example.com").configure_cert(context)
     return context
+
+
+def serve_once(*args: str) -> subprocess.CompletedProcess[str]:
+    """`nimble serve --model fake ARGS` that is expected to exit at once."""
+    return subprocess.run(
+        [sys.executable, "-m", "nimble.cli.main", "serve", "--model", "fake", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def tls_args(chain: Path, key: Path, mode: str = "TLS") -> list[str]:
@@ -129,28 +142,68 @@ def test_management_port_answers_without_keys_or_tls(
         httpx.get(plain + "/v1/health/live", timeout=5)
 
 
+def test_management_port_follows_the_drain(
+    tmp_path: Path, nimble_process: type[NimbleProcess]
+) -> None:
+    management = free_port()
+    args = ["--model", "fake", "--fake-token-delay", "0.05", "--management-port", str(management)]
+    server = nimble_process(args).wait_ready()
+    ready = f"http://127.0.0.1:{management}/v1/health/ready"
+    assert httpx.get(ready).status_code == 200
+    body = {"model": "fake-model", "messages": HELLO, "max_tokens": 60, "stream": True}
+    with (
+        httpx.Client(base_url=server.base_url, timeout=60) as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as stream,
+    ):
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        server.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while httpx.get(ready).status_code != 503:  # poll: the drain starts on the loop
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        assert httpx.get(ready.replace("ready", "live")).status_code == 200
+        rest = [line for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]"  # the request in flight finished
+    assert server.proc.wait(timeout=60) == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(ready, timeout=5)
+
+
 def test_sighup_reloads_api_keys(tmp_path: Path, nimble_process: type[NimbleProcess]) -> None:
     keys = tmp_path / "keys.yaml"
 
     def write(key: str) -> None:
         keys.write_text(yaml.safe_dump({"keys": [{"id": key, "sha256": hash_key(key)}]}))
 
-    write("nb-first")
+    write("nb-key-a")
     server = nimble_process(["--model", "fake", "--api-keys-file", str(keys)]).wait_ready()
 
     def status(key: str) -> int:
         headers = {"Authorization": f"Bearer {key}"}
         return httpx.get(server.base_url + "/v1/models", headers=headers).status_code
 
-    assert (status("nb-first"), status("nb-second")) == (200, 401)
-    write("nb-second")
+    assert (status("nb-key-a"), status("nb-key-b")) == (200, 401)
+    # rewrite in place, same size and mtime: the file-change polling cannot see it, so only
+    # the signal can make the new key work
+    before = keys.stat()
+    write("nb-key-b")
+    os.utime(keys, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = keys.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    assert status("nb-key-b") == 401
     server.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 30
-    while status("nb-second") != 200:  # poll: the reload happens on the server's loop
+    while status("nb-key-b") != 200:  # poll: the reload happens on the server's loop
         assert time.monotonic() < deadline, server.log()
         time.sleep(0.05)
-    assert status("nb-first") == 401
-    assert "reloading API keys" in server.log()
+    assert status("nb-key-a") == 401
+    assert "SIGHUP: reloading API keys" in server.log()
+    assert server.proc.poll() is None  # SIGHUP does not stop the server
 
 
 @pytest.mark.parametrize(
@@ -163,16 +216,11 @@ def test_sighup_reloads_api_keys(tmp_path: Path, nimble_process: type[NimbleProc
         ),
         (["--ssl-mode", "MTLS", "--ssl-cert-file", "a", "--ssl-key-file", "b"], "--ssl-ca-file"),
         (["--host", "0.0.0.0"], "refusing to listen on 0.0.0.0 without API keys"),
+        (["--port", "8123", "--management-port", "8123"], "--management-port 8123 is also --port"),
     ],
 )
 def test_unsafe_or_broken_settings_exit_with_one_line(extra: list[str], message: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "nimble.cli.main", "serve", "--model", "fake", *extra],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = serve_once(*extra)
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
@@ -186,12 +234,18 @@ def test_a_key_that_does_not_match_its_certificate(ca: trustme.CA, tmp_path: Pat
     def tls(key: Path) -> list[str]:
         return tls_args(chain, key)
 
-    done = subprocess.run(
-        [sys.executable, "-m", "nimble.cli.main", "serve", "--model", "fake", *tls(other_key)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = serve_once(*tls(other_key))
     assert done.returncode == 2
     assert f"cannot use certificate {chain} with key {other_key}" in done.stderr
+
+
+def test_a_taken_management_port_fails_before_loading() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = serve_once("--port", str(free_port()), "--management-port", str(port))
+    assert done.returncode == 3
+    assert done.stderr.strip() == (
+        f"nimble: cannot listen on 127.0.0.1:{port} (--management-port): Address already in use"
+    )
