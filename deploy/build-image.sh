@@ -1,47 +1,97 @@
 #!/usr/bin/env bash
 # Build the CPU image with no Docker daemon and no registry, then smoke-test it.
-#
-#   deploy/build-image.sh            # build, run, check readiness and one chat completion
-#
-# Needs (Debian): apt-get install mmdebstrap buildah podman   (CI installs them: .ci/run)
-# Steps: 1. a Debian bookworm minbase root filesystem with mmdebstrap (cached in
-# deploy/.build/), imported as the local base image; 2. `buildah bud --isolation chroot`
-# with the host's CA bundle passed in as a build secret (pip inside reaches PyPI);
-# 3. `podman --runtime runc run --network host` with explicit ulimits (crun fails on this
-# kernel; podman's default limits are refused), poll readiness, one chat completion,
-# `podman stop` (SIGTERM drain, exit 0). Writes deploy/.build/image-report.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TAG=${TAG:-localhost/nimble:0.1.0}
+usage() {
+  cat <<'USAGE'
+Usage: deploy/build-image.sh [--help]
+
+Builds deploy/Containerfile (the CPU image, default models inside) with no Docker daemon and
+no image registry, runs it, and checks it; CI runs this (`make image`). As root.
+
+Prerequisites (Debian 12; this script installs nothing):
+  apt-get install mmdebstrap buildah podman runc
+and the network to the Debian mirror (base root filesystem, apt inside the build) and to
+PyPI (pip inside the build, through the host's CA bundle /etc/ssl/certs/ca-certificates.crt).
+
+Steps:
+  1. base root filesystem: mmdebstrap --variant=minbase bookworm, cached as
+     deploy/.build/rootfs.tar, imported as localhost/debian-bookworm-minbase
+  2. buildah bud --isolation chroot --format docker (docker format: OCI drops HEALTHCHECK),
+     the CA bundle passed as the build secret `cabundle`; checks the image config
+  3. podman --runtime runc run --network host --ulimit nofile=4096:4096
+     --ulimit nproc=4096:4096 --read-only (crun fails on this kernel; podman's default
+     limits are refused): the secure default is checked (no keys: refuses to start), then
+     readiness is polled (timeout 300 s) and the cold start from `podman run` is measured
+  4. one chat completion from the host, the Helm chart's test script inside the image,
+     `podman stop` (SIGTERM drain) must end with exit code 0
+  Results (size, build time, cold start): deploy/.build/image-report.md
+
+Environment:
+  TAG=localhost/nimble:<version>   image name
+  PORT=<free port>                 port the smoke-test container listens on (host network)
+  NO_CACHE=1                       rebuild everything: base root filesystem and all layers
+  PYTHON=.venv/bin/python          Python with the chart tooling (deploy/check_chart.py)
+USAGE
+}
+case "${1:-}" in
+  -h | --help) usage; exit 0 ;;
+  "") ;;
+  *) usage >&2; exit 2 ;;
+esac
+
+for tool in mmdebstrap buildah podman runc curl python3; do
+  command -v "$tool" >/dev/null || { echo "missing: $tool (see --help)" >&2; exit 1; }
+done
+
+VERSION=$(python3 -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])")
+REVISION=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+TAG=${TAG:-localhost/nimble:$VERSION}
 BASE=localhost/debian-bookworm-minbase:latest
 BUILD=deploy/.build
-PORT=${PORT:-18000}
+PORT=${PORT:-$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")}
 CA=/etc/ssl/certs/ca-certificates.crt
+# runc: crun fails on this kernel; cgroupfs and a file event log: no systemd needed
 PODMAN=(podman --runtime runc --cgroup-manager cgroupfs --events-backend file)
+# podman's default ulimits are refused here
+LIMITS=(--ulimit nofile=4096:4096 --ulimit nproc=4096:4096)
 mkdir -p "$BUILD"
+now() { date +%s.%N; }
+since() { python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$1" "$(now)"; }
 step() { printf '\n==> %s\n' "$*"; }
+t_all=$(now)
 
 step "1/4 base root filesystem (Debian bookworm minbase)"
+t=$(now)
+if [ "${NO_CACHE:-}" = 1 ]; then
+  rm -f "$BUILD/rootfs.tar"
+  podman rmi -f "$TAG" "$BASE" >/dev/null 2>&1 || true
+fi
 if ! podman image exists "$BASE"; then
   if [ ! -f "$BUILD/rootfs.tar" ]; then
-    mmdebstrap --variant=minbase --include=ca-certificates bookworm "$BUILD/rootfs.tar"
+    mmdebstrap --variant=minbase --include=ca-certificates bookworm "$BUILD/rootfs.tar.part"
+    mv "$BUILD/rootfs.tar.part" "$BUILD/rootfs.tar"
   fi
   podman import --change 'CMD ["/bin/bash"]' "$BUILD/rootfs.tar" "$BASE"
+else
+  echo "cached: $BASE"
 fi
+rootfs_s=$(since "$t")
 
 step "2/4 build $TAG (buildah, chroot isolation)"
-started=$(date +%s)
+t=$(now)
+cache=(--layers)
+[ "${NO_CACHE:-}" = 1 ] && cache=(--no-cache)
 # docker format: the OCI image format has no HEALTHCHECK (buildah would drop it)
-buildah bud --isolation chroot --layers --format docker \
+buildah bud --isolation chroot "${cache[@]}" --format docker \
   --secret id=cabundle,src="$CA" \
-  --build-arg BASE_IMAGE="$BASE" \
+  --build-arg BASE_IMAGE="$BASE" --build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION" \
   -f deploy/Containerfile -t "$TAG" .
-build_s=$(( $(date +%s) - started ))
+build_s=$(since "$t")
 size=$(podman image inspect "$TAG" --format '{{.Size}}')
 # what the image promises: a health check, a non-root user, a stop signal, OCI labels
-config=$(podman image inspect "$TAG")
-python3 - "$config" <<'CHECK'
+python3 - "$(podman image inspect "$TAG")" "$VERSION" <<'CHECK'
 import json, sys
 image = json.loads(sys.argv[1])[0]
 config = image["Config"]
@@ -49,59 +99,79 @@ assert "/v1/health/ready" in " ".join(image["Healthcheck"]["Test"]), image.get("
 assert config["User"] == "10001:10001", config["User"]
 assert config["StopSignal"] == "SIGTERM", config.get("StopSignal")
 labels = config["Labels"]
-assert labels["org.opencontainers.image.version"] and labels["org.opencontainers.image.source"]
+assert labels["org.opencontainers.image.version"] == sys.argv[2], labels
+assert labels["org.opencontainers.image.source"].startswith("https://"), labels
 assert "/cache" in config["Volumes"], config.get("Volumes")
-print("image config: health check, user 10001, SIGTERM, labels, /cache volume")
+assert "8000/tcp" in config["ExposedPorts"], config.get("ExposedPorts")
+print("image config: health check, user 10001, SIGTERM, labels, /cache volume, port 8000")
 CHECK
 
-step "3/4 run it and wait for readiness"
+step "3/4 run it (runc, host network, read-only root) and wait for readiness"
 name=nimble-smoke-$$
-cleanup() { "${PODMAN[@]}" rm -f "$name" >/dev/null 2>&1 || true; }
+cleanup() {
+  "${PODMAN[@]}" rm -f "$name" "$name-nokeys" >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
-t0=$(python3 -c "import time; print(time.time())")
-"${PODMAN[@]}" run -d --name "$name" --network host \
-  --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
-  --read-only --tmpfs /tmp \
-  -e NIMBLE_PORT="$PORT" -e NIMBLE_HOST=127.0.0.1 \
-  "$TAG" >/dev/null
+# the secure default: on 0.0.0.0 without API keys the image refuses to start
+if out=$(timeout 120 "${PODMAN[@]}" run --name "$name-nokeys" --network host "${LIMITS[@]}" \
+  --no-healthcheck --read-only -e NIMBLE_PORT="$PORT" "$TAG" 2>&1); then
+  echo "the image started without API keys on 0.0.0.0: $out" >&2; exit 1
+fi
+grep -q "refusing to listen on 0.0.0.0 without API keys" <<<"$out" \
+  || { echo "unexpected refusal: $out" >&2; exit 1; }
+echo "without API keys it refuses to listen on 0.0.0.0 (as it should)"
+"${PODMAN[@]}" rm -f "$name-nokeys" >/dev/null
+# no systemd here: podman logs "unable to get systemd connection to add healthchecks" (it
+# cannot set up the HEALTHCHECK's timer; harmless, podman 4.3 does so even with
+# --health-interval disable); `podman healthcheck run` below runs the image's check by hand.
+# The smoke test listens on loopback only (host network): no keys needed there
+t=$(now)
+"${PODMAN[@]}" run -d --name "$name" --network host "${LIMITS[@]}" --read-only \
+  -e NIMBLE_PORT="$PORT" -e NIMBLE_HOST=127.0.0.1 "$TAG" >/dev/null
 deadline=$(( $(date +%s) + 300 ))
 until curl -fsS "http://127.0.0.1:$PORT/v1/health/ready" >/dev/null 2>&1; do
   if [ "$("${PODMAN[@]}" inspect -f '{{.State.Running}}' "$name")" != "true" ]; then
     "${PODMAN[@]}" logs "$name" | tail -20; echo "container exited" >&2; exit 1
   fi
-  [ "$(date +%s)" -lt "$deadline" ] || { "${PODMAN[@]}" logs "$name" | tail -20; exit 1; }
+  if [ "$(date +%s)" -ge "$deadline" ]; then
+    "${PODMAN[@]}" logs "$name" | tail -20; echo "not ready after 300 s" >&2; exit 1
+  fi
   sleep 0.2
 done
-cold_s=$(python3 -c "import time; print(round(time.time() - $t0, 1))")
-echo "ready after ${cold_s}s"
+cold_s=$(since "$t")
+echo "ready after ${cold_s}s on port $PORT"
 "${PODMAN[@]}" healthcheck run "$name" && echo "the image's HEALTHCHECK passes inside the container"
 
 step "4/4 one chat completion through the container, then a graceful stop"
 answer=$(curl -fsS "http://127.0.0.1:$PORT/v1/chat/completions" -H 'Content-Type: application/json' \
-  -d '{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"Which city is the capital of France?"}],"max_tokens":16,"temperature":0}')
+  -d '{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"Which city is the capital of France?"}],"max_tokens":16,"temperature":0}') \
+  || { "${PODMAN[@]}" logs "$name" | tail -20; exit 1; }
 content=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["message"]["content"])' <<<"$answer")
 [ -n "$content" ] || { echo "empty answer: $answer" >&2; exit 1; }
 echo "answer: $content"
 # the Helm chart's `helm test` pod script, run in the image against this container
 "${PYTHON:-.venv/bin/python}" deploy/check_chart.py --helm-test-script "http://127.0.0.1:$PORT/v1" \
   > "$BUILD/helm-test.py"
-"${PODMAN[@]}" run --rm --network host --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
+"${PODMAN[@]}" run --rm --network host "${LIMITS[@]}" --no-healthcheck \
   --read-only -v "$PWD/$BUILD/helm-test.py:/helm-test.py:ro" --entrypoint python3 \
   "$TAG" /helm-test.py
 "${PODMAN[@]}" stop -t 40 "$name" >/dev/null
 code=$("${PODMAN[@]}" inspect -f '{{.State.ExitCode}}' "$name")
-[ "$code" = 0 ] || { echo "exit code $code after SIGTERM" >&2; exit 1; }
+[ "$code" = 0 ] || { "${PODMAN[@]}" logs "$name" | tail -20; echo "exit code $code after SIGTERM" >&2; exit 1; }
+echo "stopped: exit code 0 after SIGTERM"
 
 cat > "$BUILD/image-report.md" <<REPORT
-# nimble CPU image, $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -m), $(nproc) cores
+# nimble CPU image, $(date -u +%Y-%m-%dT%H:%MZ) on $(hostname), $(uname -m), $(nproc) cores
 
 | | |
 |---|---|
-| image | \`$TAG\` |
-| size | $(( size / 1000000 )) MB |
-| build time | ${build_s} s |
-| cold start to ready | ${cold_s} s |
+| image | \`$TAG\` (revision $REVISION) |
+| size (uncompressed, \`podman image inspect\`) | $(( size / 1000000 )) MB |
+| base root filesystem | ${rootfs_s} s$([ "${NO_CACHE:-}" = 1 ] || echo " (reused when cached)") |
+| image build | ${build_s} s$([ "${NO_CACHE:-}" = 1 ] && echo " (no layer cache)" || echo " (layer cache on)") |
+| cold start, \`podman run\` to ready | ${cold_s} s |
 | answer to "Which city is the capital of France?" | ${content} |
 | exit code after SIGTERM | ${code} |
+| whole script | $(since "$t_all") s |
 REPORT
 cat "$BUILD/image-report.md"
