@@ -70,7 +70,7 @@ if [ "${NO_CACHE:-}" = 1 ]; then
 fi
 if ! podman image exists "$BASE"; then
   if [ ! -f "$BUILD/rootfs.tar" ]; then
-    mmdebstrap --variant=minbase --include=ca-certificates bookworm "$BUILD/rootfs.tar.part"
+    mmdebstrap --variant=minbase --format=tar --include=ca-certificates bookworm "$BUILD/rootfs.tar.part"
     mv "$BUILD/rootfs.tar.part" "$BUILD/rootfs.tar"
   fi
   podman import --change 'CMD ["/bin/bash"]' "$BUILD/rootfs.tar" "$BASE"
@@ -109,7 +109,10 @@ CHECK
 step "3/4 run it (runc, host network, read-only root) and wait for readiness"
 name=nimble-smoke-$$
 cleanup() {
-  "${PODMAN[@]}" rm -f "$name" "$name-nokeys" >/dev/null 2>&1 || true
+  # one name per call: podman 4.3's `rm -f present absent` removes nothing and says rc 0
+  for gone in "$name" "$name-nokeys"; do
+    "${PODMAN[@]}" rm -f "$gone" >/dev/null 2>&1 || true
+  done
 }
 trap cleanup EXIT
 # the secure default: on 0.0.0.0 without API keys the image refuses to start
