@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from nimble.models.spec import ModelSpec
@@ -19,6 +20,17 @@ class EngineConfig:
     max_running: int = 4
     engine_log: bool = False
     fake_token_delay: float = 0.0
+    # where engines may keep derived files (converted weights, compiled graphs); None: none
+    cache_path: Path | None = None
+    # supervised engine processes (vllm): the command that starts the engine server (None:
+    # the engine's own default, e.g. `vllm serve`), what to do when it dies ("restart" or
+    # "fail"), and how long to wait for its health before giving up
+    engine_command: tuple[str, ...] | None = None
+    engine_restart: str = "restart"
+    engine_start_timeout: float = 900.0
+    # called (from any thread) when an engine can no longer serve and will not recover;
+    # the server then stops with a non-zero exit code
+    on_fatal: Callable[[str], None] | None = None
 
 
 @runtime_checkable

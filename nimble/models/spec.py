@@ -21,4 +21,8 @@ class ModelSpec:
     tokenizer: Path | None = None
     # trained context window (None: ask the engine)
     context_length: int | None = None
+    # engine settings from the selected profile (tensor_parallel_size, dtype, max_num_seqs...)
     options: dict[str, str] = field(default_factory=dict)
+    # id and name of the profile this spec was built from (None: generated for a local path)
+    profile_id: str | None = None
+    profile_name: str | None = None
