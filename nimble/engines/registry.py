@@ -13,6 +13,8 @@ from nimble.models.spec import ModelSpec
 _ENGINES: dict[str, tuple[str, str]] = {
     "llamacpp": ("nimble.engines.llamacpp:LlamaCppEngine", "nimble[llamacpp]"),
     "onnx": ("nimble.engines.onnx_embed:OnnxEmbeddingEngine", "nimble[onnx]"),
+    "transformers": ("nimble.engines.hf_transformers:TransformersEngine", "nimble[transformers]"),
+    "vllm": ("nimble.engines.vllm_server:VllmEngine", "nimble[gpu]"),
     "fake": ("nimble.engines.fake:FakeEngine", "nimble"),
 }
 
