@@ -13,6 +13,7 @@ class Task(StrEnum):
     CHAT = "chat"
     COMPLETION = "completion"
     EMBEDDING = "embedding"
+    RERANK = "rerank"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from nimble.config.settings import ALL_ENDPOINTS
 from nimble.observability.metrics import Metrics
 from nimble.observability.tracing import RequestTracing
 from nimble.runtime import Runtime
+from nimble.runtime.deployment import Deployment
 from nimble.security.audit import AuditLog
 from nimble.security.keys import KeyStore
 from nimble.security.limits import KeyLimiter
@@ -40,6 +41,7 @@ def create_app(
     load_on_startup: bool = True,
     on_loaded: LoadCallback | None = None,
     tracing: RequestTracing | None = None,
+    deployment: Deployment | None = None,
 ) -> FastAPI:
     """The HTTP adapter. With `load_on_startup`, models load in the background after the
     server listens (liveness answers at once; readiness after warm-up); `on_loaded` is told
@@ -84,6 +86,7 @@ def create_app(
         openapi_url="/openapi.json" if "openapi" in settings.endpoints else None,
     )
     app.state.runtime = runtime
+    app.state.deployment = deployment or Deployment(settings, None, {})
     app.state.metrics = Metrics(runtime)
     app.state.keys = keys
     install_error_handlers(app)

@@ -11,6 +11,7 @@ ENDPOINT_PATHS: dict[str, tuple[str, ...]] = {
     "embeddings": ("/v1/embeddings",),
     "models": ("/v1/models",),
     "metadata": ("/v1/metadata",),
+    "manifest": ("/v1/manifest",),
     "version": ("/v1/version",),
     "metrics": ("/v1/metrics", "/metrics"),
     "openapi": ("/openapi.json",),

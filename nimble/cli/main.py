@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from nimble import __version__
-from nimble.cli import audit, keys
+from nimble.cli import audit, keys, models
 from nimble.cli.options import given, with_settings_options
 from nimble.config.doc import settings_table
 
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(audit.app, name="audit")
 app.add_typer(keys.app, name="keys")
+models.register(app)
 
 
 @app.command()

@@ -60,9 +60,20 @@ def settings_parameters() -> list[inspect.Parameter]:
     return params
 
 
-def with_settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Give `func(**values)` a signature with one option per setting (typer reads it)."""
-    func.__signature__ = inspect.Signature(settings_parameters())  # type: ignore[attr-defined]
+def with_settings_options(func: Callable[..., Any], keep: bool = False) -> Callable[..., Any]:
+    """Give `func(**values)` a signature with one option per setting (typer reads it).
+    With `keep`, the function's own parameters come first and replace settings of the same
+    name; the settings arrive in `**values`."""
+    own: list[inspect.Parameter] = []
+    if keep:
+        own = [
+            p
+            for p in inspect.signature(func).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+    taken = {p.name for p in own}
+    settings = [p for p in settings_parameters() if p.name not in taken]
+    func.__signature__ = inspect.Signature([*own, *settings])  # type: ignore[attr-defined]
     return func
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -13,14 +15,17 @@ import uvicorn
 
 from nimble.api import create_app
 from nimble.api.app import create_management_app
+from nimble.cli.models import LogProgress, machine, model_cache, plan
 from nimble.cli.transport import ManagementServer, listen_socket, ssl_options
 from nimble.config import Settings, load_settings
 from nimble.engines import EngineConfig
 from nimble.errors import ConfigError, ModelLoadError
-from nimble.models import ModelSpec, resolve_model
+from nimble.models import ModelSpec
+from nimble.models.resolve import ResolvedModel, load_model
 from nimble.observability.logging import configure_logging
 from nimble.observability.tracing import configure_tracing
 from nimble.runtime import Runtime, RuntimeConfig
+from nimble.runtime.deployment import Deployment
 from nimble.security.keys import KeyStore
 
 log = logging.getLogger("nimble.serve")
@@ -91,6 +96,19 @@ class NimbleServer(uvicorn.Server):
             )
         self.should_exit = True
 
+    def fatal(self, message: str) -> None:
+        """An engine can no longer serve and will not recover: stop with exit code 1 (the
+        orchestrator restarts the service). Callable from any thread."""
+
+        def stop() -> None:
+            log.error("engine failed: %s; exiting", message)
+            self.exit_code = 1
+            self.runtime.begin_drain()
+            self.should_exit = True
+
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(stop)
+
     def on_loaded(self, error: BaseException | None) -> None:
         if error is not None:
             print(f"nimble: cannot serve: {error}", file=sys.stderr, flush=True)
@@ -104,20 +122,41 @@ class NimbleServer(uvicorn.Server):
         log.info("ready: %s", ", ".join(self.runtime.models))
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    names = list(settings.served_model_name)
+def build_runtime(
+    settings: Settings, on_fatal: Callable[[str], None] | None = None
+) -> tuple[Runtime, Deployment]:
+    """Hardware → one profile per model (and why) → files in the cache → the runtime."""
+    hardware = machine(settings)
+    cache = model_cache(settings)
+    command = tuple(shlex.split(settings.engine_command)) if settings.engine_command else None
     specs: list[ModelSpec] = []
-    for i, ref in enumerate(settings.model):
-        name = names[i] if i < len(names) else None
-        specs.append(resolve_model(ref, name=name, engine=settings.engine))
+    resolved: dict[str, ResolvedModel] = {}
+    for selection in plan(settings, hardware, command):
+        if isinstance(selection, ModelSpec):  # fake models have no manifest
+            specs.append(selection)
+            continue
+        log.info(
+            "model %s: profile %s (%s)",
+            selection.manifest.id,
+            selection.profile.name,
+            selection.reason,
+        )
+        model = load_model(selection, cache, progress=LogProgress)
+        specs.append(model.spec)
+        resolved[model.spec.id] = model
     engine_config = EngineConfig(
         threads=settings.threads,
         context_length=settings.context_length,
         max_running=settings.max_running,
         engine_log=settings.engine_log,
         fake_token_delay=settings.fake_token_delay,
+        cache_path=settings.cache_path.expanduser(),
+        engine_command=command,
+        engine_restart=settings.engine_restart,
+        engine_start_timeout=settings.engine_start_timeout,
+        on_fatal=on_fatal,
     )
-    return Runtime(
+    runtime = Runtime(
         specs,
         RuntimeConfig(
             engine=engine_config,
@@ -127,6 +166,7 @@ def build_runtime(settings: Settings) -> Runtime:
             log_prompts=settings.log_prompts,
         ),
     )
+    return runtime, Deployment(settings, hardware, resolved)
 
 
 def serve(values: dict[str, Any]) -> int:
@@ -136,11 +176,20 @@ def serve(values: dict[str, Any]) -> int:
         print(f"nimble: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.jsonl_logging)
+    server: NimbleServer | None = None
+
+    def on_fatal(message: str) -> None:
+        if server is not None:
+            server.fatal(message)
+
     try:
-        runtime = build_runtime(settings)
+        runtime, deployment = build_runtime(settings, on_fatal)
     except ModelLoadError as exc:
         print(f"nimble: cannot serve: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:
+        print(f"nimble: {exc}", file=sys.stderr)
+        return 2
     try:
         ssl = ssl_options(settings)
     except ConfigError as exc:
@@ -163,6 +212,7 @@ def serve(values: dict[str, Any]) -> int:
             settings,
             on_loaded=server.on_loaded,
             tracing=configure_tracing(settings.otel_service_name, settings.otlp_endpoint),
+            deployment=deployment,
         )
     except ConfigError as exc:
         print(f"nimble: {exc}", file=sys.stderr)

@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -25,6 +32,7 @@ ALL_ENDPOINTS = (
     "embeddings",
     "models",
     "metadata",
+    "manifest",
     "version",
     "metrics",
     "openapi",
@@ -46,9 +54,9 @@ class Settings(BaseSettings):
     # --- what to serve ---
     model: Annotated[tuple[str, ...], NoDecode] = Field(
         default=DEFAULT_MODELS,
-        description="Model to serve: a catalog id, a local .gguf file or a local Hugging Face "
-        "folder. Repeat the flag (or give a comma-separated list in the env var) to serve "
-        "several models.",
+        description="Model to serve: a catalog id (`nimble list-profiles`), a model manifest "
+        "(YAML), a local .gguf file or a local Hugging Face folder. Repeat the flag (or give a "
+        "comma-separated list in the env var) to serve several models.",
     )
     served_model_name: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
@@ -57,8 +65,8 @@ class Settings(BaseSettings):
     )
     engine: str | None = Field(
         default=None,
-        description="Force an engine for models given by path (llamacpp, onnx, fake). "
-        "Default: chosen from the model format.",
+        description="Only consider profiles of this engine (llamacpp, vllm, transformers, "
+        "onnx, fake). Default: the best engine for the hardware.",
     )
     context_length: int | None = Field(
         default=None,
@@ -68,6 +76,54 @@ class Settings(BaseSettings):
     )
     threads: int | None = Field(
         default=None, ge=1, description="CPU threads for the engine. Default: all cores."
+    )
+    model_profile: str | None = Field(
+        default=None,
+        description="Profile to run (name or id, see `nimble list-profiles`) instead of the one "
+        "chosen for this hardware. Refused with the reason if it cannot run here.",
+    )
+
+    # --- model files ---
+    cache_path: Path = Field(
+        default=Path("~/.cache/nimble"),
+        description="Cache of downloaded model files (by sha256), converted weights and model "
+        "folders. `nimble download` fills it ahead of time.",
+    )
+    offline: bool = Field(
+        default=False,
+        description="Never use the network: a model file missing from the cache is an error "
+        "that names it.",
+    )
+    hf_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("NIMBLE_HF_ENDPOINT", "HF_ENDPOINT"),
+        description="Hugging Face Hub URL for hf:// sources (a mirror; also read from "
+        "HF_ENDPOINT). Default: https://huggingface.co.",
+    )
+    hf_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("NIMBLE_HF_TOKEN", "HF_TOKEN"),
+        description="Hugging Face token for gated models (also read from HF_TOKEN). Never "
+        "logged or shown.",
+    )
+    hardware_file: Path | None = Field(
+        default=None,
+        description="Describe the hardware in a YAML file instead of detecting it (tests, "
+        "what-if listings with `nimble list-profiles`).",
+    )
+
+    # --- supervised engines (vLLM) ---
+    engine_command: str | None = Field(
+        default=None,
+        description="Command that starts a supervised engine server (vllm: default `vllm serve`).",
+    )
+    engine_restart: Literal["restart", "fail"] = Field(
+        default="restart",
+        description="When a supervised engine process dies: restart it (readiness is 503 "
+        "meanwhile), or fail (nimble exits non-zero and the orchestrator restarts it).",
+    )
+    engine_start_timeout: float = Field(
+        default=900.0, gt=0, description="Seconds a supervised engine may take to become healthy."
     )
 
     # --- network ---
@@ -195,6 +251,18 @@ class Settings(BaseSettings):
         le=65535,
         description="Also serve health probes and /metrics on this port, on the same host, "
         "without API keys or TLS (for probes and scrapers inside the cluster).",
+    )
+
+    # --- governance ---
+    image: str | None = Field(
+        default=None,
+        description="Container image this deployment runs (the image sets it); shown in the "
+        "deployment record.",
+    )
+    update_channel: str = Field(
+        default="pinned",
+        description="Update channel recorded in the deployment record (`pinned`: this exact "
+        "version; nimble never updates itself).",
     )
 
     # --- testing and demos ---

@@ -256,6 +256,8 @@ class LlamaCppEngine:
     def _window(self, summary: GgufSummary) -> int:
         if self._config.context_length:
             return self._config.context_length
+        if "context_length" in self.spec.options:  # the selected profile's (maybe reduced)
+            return int(self.spec.options["context_length"])
         trained = summary.context_length or self.spec.context_length or _FALLBACK_CONTEXT
         return min(trained, MAX_DEFAULT_CONTEXT)
 

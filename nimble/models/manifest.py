@@ -37,7 +37,10 @@ class _Frozen(BaseModel):
 class FileRef(_Frozen):
     """One file of a profile: where it comes from and what its content must be."""
 
-    name: str = Field(description="Path inside a model folder, e.g. `model.gguf`.")
+    name: str = Field(
+        description="Path inside a model folder, e.g. `model.gguf` (`.`: the source is a "
+        "whole local folder)."
+    )
     source: str = Field(
         description="file:// URI or absolute path, hf://org/repo@revision/path, "
         "pypi://package/path (a file inside an installed package), or https://."
@@ -54,6 +57,8 @@ class FileRef(_Frozen):
     @classmethod
     def _relative(cls, name: str) -> str:
         parts = Path(name).parts
+        if name == ".":
+            return name
         if not parts or Path(name).is_absolute() or ".." in parts:
             raise ValueError(f"{name!r} must be a relative path inside the model folder")
         return name
@@ -192,7 +197,9 @@ class ModelManifest(_Frozen):
     description: str = ""
     license: str = ""
     tasks: tuple[TaskName, ...] = Field(min_length=1)
-    context_length: int = Field(ge=16, description="Trained context window (tokens).")
+    context_length: int | None = Field(
+        default=None, ge=16, description="Trained context window (tokens); unset: unknown."
+    )
     kv_bytes_per_token: int | None = Field(
         default=None,
         ge=1,

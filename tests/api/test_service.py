@@ -72,6 +72,7 @@ async def test_openapi_lists_every_route_with_schemas(client: httpx.AsyncClient)
         "/v1/health/ready",
         "/v1/version",
         "/v1/metadata",
+        "/v1/manifest",
         "/v1/metrics",
         "/metrics",
     }

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from nimble import __version__
 from nimble.api.deps import GrantDep, RuntimeDep
+from nimble.api.endpoints import ENDPOINT_PATHS, HEALTH_PATHS
 from nimble.api.schemas.service import (
     MetadataResponse,
     ModelList,
     VersionResponse,
 )
+from nimble.runtime.deployment import deployment_record
 
 router = APIRouter()
 
@@ -62,3 +64,13 @@ async def metadata(runtime: RuntimeDep) -> Any:
             )
         models.append(entry)
     return {"version": __version__, "state": runtime.state.value, "models": models}
+
+
+@router.get(
+    "/v1/manifest",
+    summary="The deployment record: version, models, files and sha256, engine, selected "
+    "profile and why, hardware, effective configuration (secrets redacted), endpoints, "
+    "logging, metrics, tracing, auth",
+)
+async def manifest(runtime: RuntimeDep, request: Request) -> dict[str, Any]:
+    return deployment_record(request.app.state.deployment, runtime, ENDPOINT_PATHS, HEALTH_PATHS)
