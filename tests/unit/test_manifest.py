@@ -93,7 +93,7 @@ def test_profile_names_and_lookup() -> None:
     assert manifest.profile("vllm-bf16-tp2") is second
     assert manifest.profile(second.id) is second
     assert manifest.profile(second.id[:10]) is second
-    with pytest.raises(ConfigError, match="no profile 'vllm-fp8-tp1'.*llamacpp-q4_k_m-cpu"):
+    with pytest.raises(ConfigError, match=r"no profile 'vllm-fp8-tp1'.*llamacpp-q4_k_m-cpu"):
         manifest.profile("vllm-fp8-tp1")
 
 
@@ -216,7 +216,7 @@ def test_profile_id_is_a_stable_hash_of_the_content() -> None:
 def test_broken_manifests_are_refused_with_the_place_of_each_problem(
     change: dict[str, object], message: str
 ) -> None:
-    with pytest.raises(ConfigError, match="broken.yaml: invalid model manifest") as info:
+    with pytest.raises(ConfigError, match=r"broken.yaml: invalid model manifest") as info:
         parse_manifest({**GOOD, **change}, "broken.yaml")
     assert message in str(info.value)
 
@@ -227,9 +227,9 @@ def test_load_manifest_files(tmp_path: Path) -> None:
     assert isinstance(load_manifest(good), ModelManifest)
     bad = tmp_path / "bad.yaml"
     bad.write_text("id: [unclosed")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML"):
         load_manifest(bad)
-    with pytest.raises(ConfigError, match="absent.yaml: cannot read model manifest"):
+    with pytest.raises(ConfigError, match=r"absent.yaml: cannot read model manifest"):
         load_manifest(tmp_path / "absent.yaml")
 
 

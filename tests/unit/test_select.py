@@ -82,7 +82,7 @@ def test_gpu_profiles_come_before_cpu_and_reasons_name_the_shortfall() -> None:
 
 def test_cpu_without_avx2_cannot_run_the_gguf_profiles() -> None:
     old_cpu = cpu_box(flags=frozenset({"sse4_2"}))
-    with pytest.raises(ConfigError, match="no profile of llama-3.1-8b-instruct can run here"):
+    with pytest.raises(ConfigError, match=r"no profile of llama-3.1-8b-instruct can run here"):
         select("llama-3.1-8b-instruct", old_cpu)
     candidate = assess(
         builtin_catalog()["llama-3.1-8b-instruct"],
@@ -105,7 +105,7 @@ def test_less_memory_gives_less_context_and_says_how_much() -> None:
     fits = select("llama-3.1-8b-instruct", cpu_box(ram_gb=10), context=4096)
     assert fits.selected.status == "runnable" and fits.selected.context == 4096
     # below the profile's minimum RAM: not runnable at all
-    with pytest.raises(ConfigError, match="needs 7.4 GB RAM, the machine has 6.0 GB"):
+    with pytest.raises(ConfigError, match=r"needs 7.4 GB RAM, the machine has 6.0 GB"):
         select("llama-3.1-8b-instruct", cpu_box(ram_gb=6))
     # weights that fit with room for less than 2048 tokens of context: not runnable
     manifest = parse_manifest(
@@ -125,7 +125,7 @@ def test_less_memory_gives_less_context_and_says_how_much() -> None:
         },
         "test",
     )
-    with pytest.raises(ConfigError, match="llamacpp-q8_0-cpu: weights fit but less than 2048"):
+    with pytest.raises(ConfigError, match=r"llamacpp-q8_0-cpu: weights fit but less than 2048"):
         select_profile(manifest, cpu_box(ram_gb=14.5), engine_check=everything)
 
 
@@ -138,11 +138,11 @@ def test_requested_profile_overrides_the_ranking_but_not_the_checks() -> None:
     assert by_id.profile is chosen.profile
     with pytest.raises(
         ConfigError,
-        match="profile vllm-fp8-tp1 of llama-3.1-8b-instruct cannot"
+        match=r"profile vllm-fp8-tp1 of llama-3.1-8b-instruct cannot"
         " run here: needs 1x GPU with >= 24 GB, compute capability >= 8.9",
     ):
         select("llama-3.1-8b-instruct", machine, requested="vllm-fp8-tp1")
-    with pytest.raises(ConfigError, match="has no profile 'nope'"):
+    with pytest.raises(ConfigError, match=r"has no profile 'nope'"):
         select("llama-3.1-8b-instruct", machine, requested="nope")
 
 
@@ -216,5 +216,5 @@ def test_hardware_from_a_file(tmp_path: Path) -> None:
     assert hardware.gpus[0].name == "NVIDIA A100-SXM4-80GB"
     assert hardware.source == f"file {described}"
     described.write_text("cpu_cores: 0\nram_gb: -1\n")
-    with pytest.raises(ConfigError, match="invalid hardware description: cpu_cores"):
+    with pytest.raises(ConfigError, match=r"invalid hardware description: cpu_cores"):
         load_hardware(described)
