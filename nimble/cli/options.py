@@ -66,8 +66,9 @@ def with_settings_options(func: Callable[..., Any], keep: bool = False) -> Calla
     name; the settings arrive in `**values`."""
     own: list[inspect.Parameter] = []
     if keep:
+        hints = typing.get_type_hints(func, include_extras=True)  # string annotations → types
         own = [
-            p
+            p.replace(annotation=hints.get(p.name, p.annotation))
             for p in inspect.signature(func).parameters.values()
             if p.kind is not inspect.Parameter.VAR_KEYWORD
         ]

