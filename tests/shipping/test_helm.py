@@ -168,11 +168,20 @@ def test_production_objects() -> None:
 
 def test_cache_prefill_init_step() -> None:
     r = rendered("gpu")
-    (init,) = deployment(r)["spec"]["template"]["spec"]["initContainers"]
-    assert init["command"][:2] == ["sh", "-ec"]
-    assert 'nimble download "$model"' in init["command"][2]
-    assert init["args"] == CI["gpu"]["models"]
-    assert {"name": "NIMBLE_CACHE_PATH", "value": "/cache"} in init["env"]
+    pod = deployment(r)["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    (main,) = pod["containers"]
+    assert init["args"] == ["download"]  # the image's entrypoint is `nimble`
+    # the init container selects the same profile as nimble: same models, engine, profile,
+    # hub token and GPUs
+    init_env = {e["name"]: e for e in init["env"]}
+    for name in ("NIMBLE_MODEL", "NIMBLE_CACHE_PATH", "NIMBLE_ENGINE", "NIMBLE_HF_TOKEN"):
+        assert init_env[name] in main["env"], name
+    assert init_env["NIMBLE_MODEL"]["value"] == ",".join(CI["gpu"]["models"])
+    assert init_env["NIMBLE_CACHE_PATH"]["value"] == "/cache"
+    assert init_env["NIMBLE_HF_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "hf-token"
+    assert init["resources"] == main["resources"]
+    assert init["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert env(r)["NIMBLE_CACHE_PATH"] == "/cache"
     assert "initContainers" not in deployment(rendered("default"))["spec"]["template"]["spec"]
 

@@ -42,3 +42,32 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/* what both containers need to agree on the model files: models, cache, engine, profile, hub */}}
+{{- define "nimble.modelEnv" -}}
+- {name: NIMBLE_MODEL, value: {{ join "," .Values.models | quote }}}
+- {name: NIMBLE_CACHE_PATH, value: /cache}
+{{- if .Values.engine }}
+- {name: NIMBLE_ENGINE, value: {{ .Values.engine | quote }}}
+{{- end }}
+{{- if .Values.profile }}
+- {name: NIMBLE_MODEL_PROFILE, value: {{ .Values.profile | quote }}}
+{{- end }}
+{{- if .Values.hf.endpoint }}
+- {name: NIMBLE_HF_ENDPOINT, value: {{ .Values.hf.endpoint | quote }}}
+{{- end }}
+{{- if .Values.hf.tokenSecret }}
+- name: NIMBLE_HF_TOKEN
+  valueFrom: {secretKeyRef: {name: {{ .Values.hf.tokenSecret | quote }}, key: token}}
+{{- end }}
+{{- end }}
+
+{{/* resources with the GPUs (the init container selects the same profile on the same GPUs) */}}
+{{- define "nimble.resources" -}}
+{{- $resources := deepCopy .Values.resources }}
+{{- if gt (int .Values.gpu.count) 0 }}
+{{- $limits := merge (dict "nvidia.com/gpu" (int .Values.gpu.count)) ($resources.limits | default dict) }}
+{{- $_ := set $resources "limits" $limits }}
+{{- end }}
+{{- toYaml $resources }}
+{{- end }}
