@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from nimble.errors import ConfigError
 
 EngineName = Literal["llamacpp", "vllm", "transformers", "sentence_transformers", "onnx"]
+ENGINE_NAMES: frozenset[str] = frozenset(get_args(EngineName))
 TaskName = Literal["chat", "completion", "embedding", "rerank"]
 GPU_ENGINES: frozenset[str] = frozenset({"vllm"})
 # engines that can use a GPU when there is one and run on CPU otherwise

@@ -17,7 +17,14 @@ from nimble.errors import ConfigError, ModelLoadError
 from nimble.models.cache import ModelCache
 from nimble.models.catalog import builtin_catalog, catalog_ids, is_manifest_path
 from nimble.models.hardware import HardwareInfo, detect_hardware
-from nimble.models.manifest import FileRef, ModelManifest, Profile, load_manifest, parse_manifest
+from nimble.models.manifest import (
+    ENGINE_NAMES,
+    FileRef,
+    ModelManifest,
+    Profile,
+    load_manifest,
+    parse_manifest,
+)
 from nimble.models.select import EngineCheck, Selection, select_profile
 from nimble.models.sources import CacheError, DownloadProgress
 from nimble.models.spec import ModelSpec
@@ -76,6 +83,9 @@ def plan_model(
     context: int | None = None,
 ) -> Selection:
     """Choose the profile for one `--model` without touching any file."""
+    if engine is not None and engine not in ENGINE_NAMES:
+        known = ", ".join(sorted(ENGINE_NAMES))
+        raise ConfigError(f"{ref}: unknown engine {engine!r} (known: {known})")
     manifest = manifest_for(ref, name=name)
     if engine is not None:
         manifest = _only_engine(manifest, engine)
