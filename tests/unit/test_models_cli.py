@@ -3,15 +3,18 @@ catalog, with fake machines described in files."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from nimble.cli.main import app
 from nimble.models.resolve import resolve_model
+from tests.support.hf_mirror import Mirror, mirror_fixture  # noqa: F401 (the fixture)
 
 H100X8 = """cpu_cores: 96
 ram_gb: 1024
@@ -153,3 +156,64 @@ def test_inspect_prints_the_record_without_serving(env: dict[str, str]) -> None:
     assert model["profile"]["name"] == "onnx-int8-cpu"
     assert model["files"][0]["sha256"].startswith("8199be6f")
     assert record["hardware"]["source"] == "detected"
+
+
+def test_download_from_a_mirror_resumes_nothing_twice_and_refuses_a_bad_hash(
+    tmp_path: Path, env: dict[str, str], mirror: Mirror
+) -> None:
+    catalog = resolve_model("all-minilm-l6-v2")
+    onnx, tokenizer = catalog.weights.read_bytes(), catalog.tokenizer.read_bytes()  # type: ignore[union-attr]
+    manifest = {
+        "id": "mirrored-minilm",
+        "tasks": ["embedding"],
+        "profiles": [
+            {
+                "engine": "onnx",
+                "precision": "int8",
+                "files": [
+                    {
+                        "name": "model.onnx",
+                        "source": mirror.publish(onnx, repo="org/minilm", path="onnx/model.onnx"),
+                        "sha256": hashlib.sha256(onnx).hexdigest(),
+                    },
+                    {
+                        "name": "tokenizer.json",
+                        "source": mirror.publish(
+                            tokenizer, repo="org/minilm", path="tokenizer.json"
+                        ),
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "mirrored.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    env = {**env, "NIMBLE_HF_ENDPOINT": mirror.url}
+    code, out = run(["download", str(path)], env)
+    assert code == 0, out
+    assert "mirrored-minilm onnx-int8-cpu" in out and "ok model.onnx" in out
+    assert len(mirror.sent) == 2
+    code, out = run(["download", str(path)], env)  # all there: no request
+    assert code == 0 and len(mirror.sent) == 2
+    # served from the cache, offline, as a model folder
+    store = tmp_path / "store"
+    code, out = run(
+        [
+            "create-model-store",
+            "--model",
+            str(path),
+            "--profile",
+            "onnx-int8-cpu",
+            str(store),
+            "--offline",
+        ],
+        env,
+    )
+    assert code == 0, out
+    assert (store / "model.onnx").read_bytes() == onnx
+    # a manifest whose hash does not match what the mirror serves
+    manifest["profiles"][0]["files"][0]["sha256"] = "0" * 64  # type: ignore[index]
+    path.write_text(yaml.safe_dump(manifest))
+    code, out = run(["download", str(path)], env)
+    assert code == 1
+    assert "failed model.onnx" in out and "0000000000" in out
