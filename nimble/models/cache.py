@@ -181,6 +181,8 @@ class ModelCache:
         return blob
 
     def _check_local(self, ref: FileRef, path: Path, label: str) -> None:
+        if path.is_dir():  # a local model folder: its files are hashed by the engine
+            return
         size = path.stat().st_size
         if ref.size_bytes is not None and size != ref.size_bytes:
             raise CacheError(

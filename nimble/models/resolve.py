@@ -8,6 +8,7 @@ same for every model.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,7 +67,7 @@ def manifest_for(ref: str, *, name: str | None = None) -> ModelManifest:
                 f"{ref}: no such file or folder, and not a catalog model "
                 f"(known: {', '.join(catalog_ids())})"
             )
-        manifest = _generated(path.resolve(), name)
+        manifest = _generated(path.resolve(), name or (path.stem if path.is_file() else path.name))
     if name and name != manifest.id:
         manifest = manifest.model_copy(update={"id": name})
     return manifest
@@ -227,24 +228,48 @@ def _generated(path: Path, name: str | None) -> ModelManifest:
             model_id, ["embedding"], [{"engine": "onnx", "precision": "auto", "files": files}], path
         )
     if (path / "config.json").is_file():
-        folder = [{"name": ".", "source": str(path)}]
-        weights = sum(p.stat().st_size for p in path.rglob("*") if p.suffix in _WEIGHT_SUFFIXES)
-        size = {"weights_gb": round(weights / 1e9, 3)} if weights else {}
-        gpu_memory = max(8.0, round(weights / 1e9 * 1.3 + 2, 1))
-        profiles = [
+        return _hf_folder_manifest(model_id, path)
+    raise ModelLoadError(
+        f"{path}: no engine for this folder: it holds no .gguf file, no ONNX model "
+        "(model.onnx or onnx/model.onnx) with tokenizer.json, and no config.json"
+    )
+
+
+def _hf_folder_manifest(model_id: str, path: Path) -> ModelManifest:
+    """A Hugging Face folder: a causal LM runs on transformers (and vLLM on a GPU); a
+    sentence-transformers folder is an embedding model."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path / 'config.json'}: not readable JSON: {exc}") from None
+    architectures = [str(a) for a in config.get("architectures") or []]
+    folder = [{"name": ".", "source": str(path)}]
+    weights = sum(p.stat().st_size for p in path.rglob("*") if p.suffix in _WEIGHT_SUFFIXES)
+    size = {"weights_gb": max(round(weights / 1e9, 3), 0.001)} if weights else {}
+    gpu = {"gpu": {"count": 1, "min_memory_gb": max(8.0, round(weights / 1e9 * 1.3 + 2, 1))}}
+    if any(a.endswith(("ForCausalLM", "ForConditionalGeneration")) for a in architectures):
+        profiles: list[dict[str, object]] = [
             {"engine": "transformers", "precision": "auto", "files": folder, **size},
+            {"engine": "vllm", "precision": "auto", "files": folder, **size, "hardware": gpu},
+        ]
+        return _manifest(model_id, ["chat", "completion"], profiles, path)
+    if (path / "modules.json").is_file():
+        profiles = [
+            {"engine": "sentence_transformers", "precision": "auto", "files": folder, **size},
             {
                 "engine": "vllm",
                 "precision": "auto",
                 "files": folder,
                 **size,
-                "hardware": {"gpu": {"count": 1, "min_memory_gb": gpu_memory}},
+                "hardware": gpu,
+                "settings": {"extra": {"task": "embed"}},
             },
         ]
-        return _manifest(model_id, ["chat", "completion"], profiles, path)
+        return _manifest(model_id, ["embedding"], profiles, path)
     raise ModelLoadError(
-        f"{path}: no engine for this folder: it holds no .gguf file, no ONNX model "
-        "(model.onnx or onnx/model.onnx) with tokenizer.json, and no config.json"
+        f"{path}: no engine for architecture {', '.join(architectures) or '(none given)'}: "
+        "nimble serves causal language models (…ForCausalLM) and sentence-transformers "
+        "folders (modules.json)"
     )
 
 

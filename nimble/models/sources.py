@@ -82,6 +82,10 @@ def local_path(ref: FileRef) -> Path:
     if source.startswith("pypi://"):
         return pypi_path(source)
     path = Path(unquote(urlsplit(source).path)) if source.startswith("file://") else Path(source)
+    if ref.name == ".":  # a whole local model folder
+        if not path.is_dir():
+            raise CacheError(f"{path} (from {source}) does not exist or is not a folder")
+        return path
     if not path.is_file():
         raise CacheError(f"{ref.name}: {path} (from {source}) does not exist or is not a file")
     return path
