@@ -1,0 +1,172 @@
+"""One choice of a request in the transformers engine: how its next token is picked, and how
+its tokens become text, stop strings, logprobs and a finish reason.
+
+Runs on the scheduler's thread only. Text is produced by decoding the whole completion so far
+and sending the new suffix, so multi-token characters are never split: a suffix that ends in
+an incomplete UTF-8 sequence (U+FFFD) or in the start of a stop string is held back until the
+next token settles it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from nimble.types import GenerationChunk, SamplingParams, TokenLogprob, TopLogprob
+
+_INCOMPLETE = "\ufffd"  # what a decoder shows for a partial UTF-8 sequence
+
+
+class Choice:
+    """Sampling state, tokens and emitted text of one choice (one row of the batch)."""
+
+    def __init__(
+        self,
+        index: int,
+        params: SamplingParams,
+        *,
+        prompt_length: int,
+        budget: int,
+        tokenizer: Any,
+        eos_ids: frozenset[int],
+        generator: torch.Generator,
+    ):
+        self.index = index
+        self.prompt_length = prompt_length
+        self.tokens: list[int] = []
+        self.finish: Literal["stop", "length"] | None = None
+        self._params = params
+        self._temperature = params.temperature if params.temperature is not None else 1.0
+        self._top_p = params.top_p if params.top_p is not None else 1.0
+        self._budget = budget
+        self._tokenizer = tokenizer
+        self._eos = eos_ids
+        self._generator = generator
+        self._stops = tuple(stop for stop in params.stop if stop)
+        self._longest_stop = max((len(stop) for stop in self._stops), default=0)
+        self._counts: torch.Tensor | None = None  # token counts, only with penalties
+        self._text = ""  # decoded completion so far (without end-of-sequence tokens)
+        self._sent = 0  # characters of `_text` already sent
+        self._pending: list[TokenLogprob] = []  # logprobs of tokens whose text is not sent yet
+
+    @property
+    def position(self) -> int:
+        """Position of the last token, the one the next forward pass reads."""
+        return self.prompt_length + len(self.tokens) - 1
+
+    @property
+    def last_token(self) -> int:
+        return self.tokens[-1]
+
+    def step(self, logits: torch.Tensor) -> list[GenerationChunk]:
+        """Pick the next token from this row's logits (1-D, float32); the chunks to send."""
+        token = self._choose(logits)
+        logprob = self._logprob(logits, token) if self._params.top_logprobs is not None else None
+        return self._accept(token, logprob)
+
+    # sampling
+
+    def _choose(self, logits: torch.Tensor) -> int:
+        scores = self._penalised(logits)
+        if self._temperature == 0.0:
+            return int(torch.argmax(scores).item())
+        probs = torch.softmax(scores / self._temperature, dim=-1)
+        if self._top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            # keep the smallest head whose mass reaches top_p (the first token always stays)
+            outside = sorted_probs.cumsum(-1) - sorted_probs > self._top_p
+            sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+            pick = torch.multinomial(sorted_probs, 1, generator=self._generator)
+            return int(order[pick].item())
+        return int(torch.multinomial(probs, 1, generator=self._generator).item())
+
+    def _penalised(self, logits: torch.Tensor) -> torch.Tensor:
+        """OpenAI's presence and frequency penalties over the tokens generated so far."""
+        presence, frequency = self._params.presence_penalty, self._params.frequency_penalty
+        if not presence and not frequency:
+            return logits
+        if self._counts is None:
+            self._counts = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+            for token in self.tokens:
+                self._counts[token] += 1
+        seen = (self._counts > 0).to(logits.dtype)
+        return logits - frequency * self._counts - presence * seen
+
+    def _logprob(self, logits: torch.Tensor, token: int) -> TokenLogprob:
+        """The model's own log-probabilities (before penalties, temperature and top_p)."""
+        logprobs = torch.log_softmax(logits, dim=-1)
+        top: tuple[TopLogprob, ...] = ()
+        if self._params.top_logprobs:
+            values, ids = torch.topk(logprobs, self._params.top_logprobs)
+            top = tuple(
+                TopLogprob(piece, value, tuple(piece.encode()))
+                for piece, value in zip(
+                    (self._piece(int(i)) for i in ids.tolist()), values.tolist(), strict=True
+                )
+            )
+        piece = self._piece(token)
+        return TokenLogprob(piece, float(logprobs[token].item()), tuple(piece.encode()), top)
+
+    def _piece(self, token: int) -> str:
+        return str(self._tokenizer.decode([token], skip_special_tokens=False))
+
+    # text
+
+    def _accept(self, token: int, logprob: TokenLogprob | None) -> list[GenerationChunk]:
+        self.tokens.append(token)
+        if self._counts is not None:
+            self._counts[token] += 1
+        if token in self._eos:
+            return self._finish("stop", len(self._text))
+        if logprob is not None:
+            self._pending.append(logprob)
+        self._text = str(
+            self._tokenizer.decode(
+                [t for t in self.tokens if t not in self._eos],
+                skip_special_tokens=True,
+                clean_up_tokenization_spaces=False,
+            )
+        )
+        cut = self._stop_at()
+        if cut is not None:
+            return self._finish("stop", cut)
+        if len(self.tokens) >= self._budget:
+            return self._finish("length", len(self._text))
+        safe = self._safe_end()
+        if safe <= self._sent:
+            return []
+        piece, self._sent = self._text[self._sent : safe], safe
+        chunk = GenerationChunk(index=self.index, text=piece, logprobs=tuple(self._pending))
+        self._pending.clear()
+        return [chunk]
+
+    def _finish(self, reason: Literal["stop", "length"], end: int) -> list[GenerationChunk]:
+        self.finish = reason
+        piece = self._text[self._sent : end] if end > self._sent else ""
+        self._sent = max(self._sent, end)
+        logprobs = tuple(self._pending)
+        self._pending.clear()
+        return [
+            GenerationChunk(index=self.index, text=piece, finish_reason=reason, logprobs=logprobs)
+        ]
+
+    def _stop_at(self) -> int | None:
+        if not self._stops:
+            return None
+        start = max(0, self._sent - self._longest_stop)
+        found = [p for p in (self._text.find(s, start) for s in self._stops) if p >= 0]
+        return min(found) if found else None
+
+    def _safe_end(self) -> int:
+        """How much of the text can be sent: not a partial character, not a partial stop."""
+        end = len(self._text)
+        while end > self._sent and self._text[end - 1] == _INCOMPLETE:
+            end -= 1
+        held = 0
+        for stop in self._stops:
+            for size in range(min(len(stop) - 1, end - self._sent), held, -1):
+                if self._text.endswith(stop[:size], 0, end):
+                    held = size
+                    break
+        return end - held

@@ -1,0 +1,393 @@
+"""transformers engine: any Hugging Face causal LM (or a GGUF file) on PyTorch, CPU or GPU.
+
+How it works
+- Weights: a Hugging Face model folder (config.json, safetensors, tokenizer) loads as is. A
+  GGUF file is dequantized by transformers' GGUF loader (slow: tens of seconds even for a
+  small model), so it is converted once into `cache_path/transformers/<sha256[:16]>` (model
+  and tokenizer, float32 safetensors, written under a file lock and renamed into place) and
+  loaded from there afterwards; without a cache path it is dequantized at every start.
+- Device: CUDA when torch sees a GPU (bfloat16), else the CPU (float32, `threads` threads).
+- Batching: continuous. One scheduler thread (`hf_batching.Scheduler`) owns every forward
+  pass; all running choices advance together, one batched decode step per token, over one
+  left-padded KV cache; a new request is prefilled alone and joins the batch at the next
+  step; a finished or aborted one leaves it at the next step. At most `max_running` rows (a
+  request with `n` choices takes `n`). `stats.max_batch` is the largest batch run so far.
+- Prompts: chat messages go through the tokenizer's own chat template (a model without one
+  serves completions only); completions are the raw prompt with the tokenizer's special
+  tokens (BOS where the model adds one).
+- Sampling per choice (`hf_choice.Choice`): temperature (0: greedy; unset: the model's
+  generation_config when it samples by default, else 1), top_p, presence and frequency
+  penalties, stop strings, seed (a torch.Generator per choice), logprobs with alternatives.
+
+Models whose cache is not a plain key/value cache per layer (state-space or linear-attention
+layers) are not supported by the batching code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import torch
+import transformers
+from filelock import FileLock
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+from nimble.engines.base import EngineConfig
+from nimble.engines.hf_batching import BatchStats, Job, Scheduler
+from nimble.engines.hf_choice import Choice
+from nimble.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelLoadError,
+    Unavailable,
+    UnsupportedParameter,
+)
+from nimble.models.files import sha256_of
+from nimble.models.spec import ModelSpec
+from nimble.types import (
+    ChatMessage,
+    EmbedRequest,
+    EmbedResult,
+    EngineInfo,
+    GenerateRequest,
+    GenerationChunk,
+    ModelFile,
+    SamplingParams,
+)
+
+log = logging.getLogger("nimble.engines.transformers")
+
+MAX_CPU_CONTEXT = 8192  # without a configured window, the trained one is capped here on CPU
+_FALLBACK_CONTEXT = 4096  # for a model config that does not say its trained window
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+_SEED_BITS = 63
+
+
+@dataclass
+class _Loaded:
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    files: tuple[ModelFile, ...]
+    context_length: int
+    eos_ids: frozenset[int]
+    temperature: float  # defaults from the model's generation_config
+    top_p: float
+
+
+class TransformersEngine:
+    """One causal language model on PyTorch, with continuous batching."""
+
+    def __init__(self, spec: ModelSpec, config: EngineConfig):
+        self.spec = spec
+        self.stats = BatchStats()
+        self._config = config
+        self._loaded: _Loaded | None = None
+        self._scheduler: Scheduler | None = None
+
+    # lifecycle
+
+    async def start(self) -> None:
+        if self._loaded is not None:
+            return
+        try:
+            loaded = await asyncio.to_thread(_load, self.spec, self._config)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{self.spec.weights}: transformers could not load it: {type(exc).__name__}: {exc}"
+            ) from exc
+        scheduler = Scheduler(loaded.model, loaded.device, self._config.max_running, self.stats)
+        scheduler.start()
+        self._loaded, self._scheduler = loaded, scheduler
+
+    async def stop(self) -> None:
+        scheduler, loaded = self._scheduler, self._loaded
+        self._scheduler, self._loaded = None, None
+        if scheduler is not None:
+            await asyncio.to_thread(scheduler.close)
+        if loaded is not None:
+            device = loaded.device
+            del loaded, scheduler
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    async def warmup(self) -> None:
+        request = GenerateRequest("warmup", SamplingParams(max_tokens=2), prompt="Hello")
+        async for _ in self.generate(request):
+            pass
+
+    async def health(self) -> bool:
+        return self._scheduler is not None and self._scheduler.alive()
+
+    async def cache_usage(self) -> float | None:
+        return None  # the KV cache grows with the batch: there is no fixed pool to fill
+
+    def info(self) -> EngineInfo:
+        loaded = self._loaded
+        extra = {"torch": torch.__version__, "batching": "continuous"}
+        if loaded is not None:
+            extra["device"] = str(loaded.device)
+            extra["dtype"] = str(loaded.model.dtype).removeprefix("torch.")
+        return EngineInfo(
+            engine="transformers",
+            engine_version=transformers.__version__,
+            tasks=self.spec.tasks,
+            context_length=loaded.context_length if loaded else 0,
+            supports_logprobs=True,
+            files=loaded.files if loaded else (),
+            extra=extra,
+        )
+
+    # requests
+
+    async def count_prompt_tokens(self, request: GenerateRequest) -> int:
+        return len(await asyncio.to_thread(self._encode, request))
+
+    def prompt_tokens_bound(self, request: GenerateRequest) -> int | None:
+        """Every token covers at least one byte of the rendered prompt (special tokens many);
+        2 more for BOS/EOS or a leading-space marker the tokenizer may add."""
+        if request.messages is None:
+            return len((request.prompt or "").encode()) + 2
+        try:
+            return len(self._render(request.messages).encode()) + 2
+        except (InvalidRequest, Unavailable):
+            return None
+
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
+        loaded, scheduler = self._require()
+        params = request.params
+        if params.n > self._config.max_running:
+            raise UnsupportedParameter(
+                f"n: this model runs at most {self._config.max_running} sequences at once "
+                f"(max_running); got n={params.n}",
+                param="n",
+            )
+        ids = await asyncio.to_thread(self._encode, request)
+        job = Job(ids, self._choices(loaded, request, ids), asyncio.get_running_loop())
+        scheduler.submit(job)
+        try:
+            while (chunk := await job.get()) is not None:
+                yield chunk
+        finally:
+            job.cancelled = True  # the scheduler drops its rows at the next step
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        raise InvalidRequest(
+            f"model {self.spec.id} does not support embeddings (the transformers engine "
+            "serves text generation)",
+            param="model",
+        )
+
+    # helpers
+
+    def _require(self) -> tuple[_Loaded, Scheduler]:
+        if self._loaded is None or self._scheduler is None:
+            raise Unavailable(f"model {self.spec.id} is not loaded")
+        return self._loaded, self._scheduler
+
+    def _choices(self, loaded: _Loaded, request: GenerateRequest, ids: list[int]) -> list[Choice]:
+        params = request.params
+        where = "messages" if request.messages is not None else "prompt"
+        if not ids:
+            raise InvalidRequest("prompt: empty, and this model adds no BOS token", param=where)
+        room = loaded.context_length - len(ids)
+        if room <= 0:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {loaded.context_length} tokens; the "
+                f"prompt has {len(ids)}",
+                param=where,
+            )
+        budget = min(params.max_tokens, room) if params.max_tokens else room
+        effective = dataclasses.replace(
+            params,
+            temperature=loaded.temperature if params.temperature is None else params.temperature,
+            top_p=loaded.top_p if params.top_p is None else params.top_p,
+        )
+        seed = params.seed if params.seed is not None else secrets.randbits(_SEED_BITS)
+        return [
+            Choice(
+                index,
+                effective,
+                prompt_length=len(ids),
+                budget=budget,
+                tokenizer=loaded.tokenizer,
+                eos_ids=loaded.eos_ids,
+                generator=_generator(loaded.device, seed, index),
+            )
+            for index in range(params.n)
+        ]
+
+    def _encode(self, request: GenerateRequest) -> list[int]:
+        loaded, _ = self._require()
+        if request.messages is None:
+            encoded = loaded.tokenizer(request.prompt or "", add_special_tokens=True)
+        else:  # the template writes the special tokens itself
+            encoded = loaded.tokenizer(self._render(request.messages), add_special_tokens=False)
+        return list(encoded["input_ids"])
+
+    def _render(self, messages: tuple[ChatMessage, ...]) -> str:
+        loaded, _ = self._require()
+        tokenizer = loaded.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise InvalidRequest(
+                f"model {self.spec.id} has no chat template, so it cannot serve chat "
+                "requests; use /v1/completions with a prompt",
+                param="messages",
+            )
+        conversation = [
+            {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})}
+            for m in messages
+        ]
+        try:
+            rendered = tokenizer.apply_chat_template(
+                conversation, tokenize=False, add_generation_prompt=True
+            )
+        except jinja2.TemplateError as exc:
+            raise InvalidRequest(
+                f"messages: the model's chat template refused them: {exc}", param="messages"
+            ) from exc
+        return str(rendered)
+
+
+def _generator(device: torch.device, seed: int, index: int) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 1_000_003 + index) % (1 << _SEED_BITS))
+    return generator
+
+
+# loading (worker thread)
+
+
+def _load(spec: ModelSpec, config: EngineConfig) -> _Loaded:
+    path = spec.weights
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file or folder")
+    if not config.engine_log:
+        # transformers' progress bars are not log lines (global: this process's transformers)
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    started = time.monotonic()
+    if path.is_dir():
+        files = _folder_files(path)
+        model, tokenizer = _from_folder(path, dtype)
+    elif path.suffix == ".gguf":
+        digest = sha256_of(path)
+        files = (ModelFile(str(path), digest, path.stat().st_size),)
+        if config.cache_path is None:
+            log.info("dequantizing %s (no cache path: at every start)", path)
+            model, tokenizer = _from_gguf(path, dtype)
+        else:
+            folder = config.cache_path / "transformers" / digest[:16]
+            _convert_once(path, digest, folder)
+            model, tokenizer = _from_folder(folder, dtype)
+    else:
+        raise ModelLoadError(f"{path}: neither a .gguf file nor a Hugging Face model folder")
+    model = model.to(device).eval()
+    log.info("loaded %s on %s (%s) in %.1fs", path, device, dtype, time.monotonic() - started)
+    return _Loaded(
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        files=files,
+        context_length=_window(model, spec, config, cuda),
+        eos_ids=_eos_ids(model, tokenizer),
+        **_sampling_defaults(model),
+    )
+
+
+def _from_folder(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    return model, tokenizer
+
+
+def _from_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent,
+        gguf_file=path.name,
+        dtype=dtype,
+        quantization_config=GgufConfig(dequantize=True),
+        local_files_only=True,
+    )
+    return model, tokenizer
+
+
+def _convert_once(path: Path, digest: str, folder: Path) -> None:
+    """Dequantize a GGUF file into a transformers folder, unless an earlier start did."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if (folder / "config.json").is_file():
+            log.info("using the converted copy of %s in %s", path, folder)
+            return
+        log.info("converting %s for transformers into %s (once; this takes a while)", path, folder)
+        started = time.monotonic()
+        model, tokenizer = _from_gguf(path, torch.float32)
+        log.info("dequantized %s in %.1fs; writing safetensors", path, time.monotonic() - started)
+        staging = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        source = {"gguf": str(path), "sha256": digest, "transformers": transformers.__version__}
+        (staging / "nimble-source.json").write_text(json.dumps(source, indent=2) + "\n")
+        staging.rename(folder)
+        log.info("converted %s in %.1fs", path, time.monotonic() - started)
+
+
+def _folder_files(folder: Path) -> tuple[ModelFile, ...]:
+    paths = sorted({p for pattern in _WEIGHT_PATTERNS for p in folder.glob(pattern)})
+    if not paths:
+        raise ModelLoadError(f"{folder}: no weight files (*.safetensors or *.bin) in this folder")
+    return tuple(ModelFile(str(p), sha256_of(p), p.stat().st_size) for p in paths)
+
+
+def _window(model: Any, spec: ModelSpec, config: EngineConfig, cuda: bool) -> int:
+    if config.context_length:
+        return config.context_length
+    text_config = model.config.get_text_config(decoder=True)
+    trained = getattr(text_config, "max_position_embeddings", None)
+    window = int(trained or spec.context_length or _FALLBACK_CONTEXT)
+    return window if cuda else min(window, MAX_CPU_CONTEXT)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)
+
+
+def _sampling_defaults(model: Any) -> dict[str, float]:
+    """Temperature and top_p from generation_config when the model samples by default."""
+    generation = model.generation_config
+    if not getattr(generation, "do_sample", False):
+        return {"temperature": 1.0, "top_p": 1.0}
+    temperature = getattr(generation, "temperature", None)
+    top_p = getattr(generation, "top_p", None)
+    return {
+        "temperature": float(temperature) if temperature is not None else 1.0,
+        "top_p": float(top_p) if top_p is not None else 1.0,
+    }
