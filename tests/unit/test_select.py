@@ -218,3 +218,39 @@ def test_hardware_from_a_file(tmp_path: Path) -> None:
     described.write_text("cpu_cores: 0\nram_gb: -1\n")
     with pytest.raises(ConfigError, match=r"invalid hardware description: cpu_cores"):
         load_hardware(described)
+
+
+def test_an_avx2_only_cpu_skips_the_avx512_build() -> None:
+    manifest = parse_manifest(
+        {
+            "id": "two-builds",
+            "tasks": ["chat"],
+            "profiles": [
+                {
+                    "engine": "llamacpp",
+                    "precision": "q4_0",
+                    "name": "avx512",
+                    "weights_gb": 1,
+                    "hardware": {"cpu_features": ["AVX512F", "avx512_vnni"]},
+                    "files": [{"name": "a.gguf", "source": "/a.gguf"}],
+                },
+                {
+                    "engine": "llamacpp",
+                    "precision": "q4_0",
+                    "name": "avx2",
+                    "weights_gb": 1,
+                    "hardware": {"cpu_features": ["avx2"]},
+                    "files": [{"name": "b.gguf", "source": "/b.gguf"}],
+                },
+            ],
+            "engine_order": ["llamacpp"],
+        },
+        "test",
+    )
+    avx2_only = select_profile(manifest, cpu_box(), engine_check=everything)
+    assert avx2_only.profile.name == "avx2"
+    skipped = next(c for c in avx2_only.candidates if c.profile.name == "avx512")
+    assert skipped.reason == "CPU lacks avx512f, avx512_vnni"
+    server = cpu_box(flags=AVX | {"avx512f", "avx512_vnni"})
+    # both run: equal rank, the manifest's order decides
+    assert select_profile(manifest, server, engine_check=everything).profile.name == "avx512"
