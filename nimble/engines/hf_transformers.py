@@ -5,7 +5,9 @@ How it works
   GGUF file is dequantized by transformers' GGUF loader (slow: tens of seconds even for a
   small model), so it is converted once into `cache_path/transformers/<sha256[:16]>` (model
   and tokenizer, float32 safetensors, written under a file lock and renamed into place) and
-  loaded from there afterwards; without a cache path it is dequantized at every start.
+  loaded from there afterwards; without a cache path it is dequantized at every start. The
+  log says when a conversion starts and how long each part took (transformers also draws
+  its own progress bar on stderr while it dequantizes).
 - Device: CUDA when torch sees a GPU (bfloat16), else the CPU (float32, `threads` threads).
 - Batching: continuous. One scheduler thread (`hf_batching.Scheduler`) owns every forward
   pass; all running choices advance together, one batched decode step per token, over one
@@ -74,6 +76,7 @@ MAX_CPU_CONTEXT = 8192  # without a configured window, the trained one is capped
 _FALLBACK_CONTEXT = 4096  # for a model config that does not say its trained window
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 _SEED_BITS = 63
+_GGUF_MAGIC = b"GGUF"
 
 
 @dataclass
@@ -290,7 +293,7 @@ def _load(spec: ModelSpec, config: EngineConfig) -> _Loaded:
     if path.is_dir():
         files = _folder_files(path)
         model, tokenizer = _from_folder(path, dtype)
-    elif path.suffix == ".gguf":
+    elif _is_gguf(path):
         digest = sha256_of(path)
         files = (ModelFile(str(path), digest, path.stat().st_size),)
         if config.cache_path is None:
@@ -301,7 +304,7 @@ def _load(spec: ModelSpec, config: EngineConfig) -> _Loaded:
             _convert_once(path, digest, folder)
             model, tokenizer = _from_folder(folder, dtype)
     else:
-        raise ModelLoadError(f"{path}: neither a .gguf file nor a Hugging Face model folder")
+        raise ModelLoadError(f"{path}: neither a GGUF file nor a Hugging Face model folder")
     model = model.to(device).eval()
     log.info("loaded %s on %s (%s) in %.1fs", path, device, dtype, time.monotonic() - started)
     return _Loaded(
@@ -352,6 +355,12 @@ def _convert_once(path: Path, digest: str, folder: Path) -> None:
         (staging / "nimble-source.json").write_text(json.dumps(source, indent=2) + "\n")
         staging.rename(folder)
         log.info("converted %s in %.1fs", path, time.monotonic() - started)
+
+
+def _is_gguf(path: Path) -> bool:
+    """By content, not name: a cache may keep files under their digest."""
+    with path.open("rb") as file:
+        return file.read(4) == _GGUF_MAGIC
 
 
 def _folder_files(folder: Path) -> tuple[ModelFile, ...]:
