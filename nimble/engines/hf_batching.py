@@ -25,6 +25,7 @@ import inspect
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,8 +118,16 @@ class _Row:
 class Scheduler:
     """Owns the model's forward passes: admits jobs, prefills them, decodes all rows together."""
 
-    def __init__(self, model: Any, device: torch.device, max_rows: int, stats: BatchStats):
+    def __init__(
+        self,
+        model: Any,
+        device: torch.device,
+        max_rows: int,
+        stats: BatchStats,
+        on_fatal: Callable[[str], None] | None = None,
+    ):
         self.stats = stats
+        self._on_fatal = on_fatal
         self._model = model
         self._device = device
         self._max_rows = max_rows
@@ -169,6 +178,8 @@ class Scheduler:
         except BaseException as exc:  # a bug here must not leave streams waiting forever
             log.exception("the transformers scheduler failed")
             self._fail_all(EngineError(f"the transformers engine failed: {exc}"))
+            if self._on_fatal is not None:
+                self._on_fatal(f"the transformers engine's scheduler stopped: {exc}")
         finally:
             with self._condition:
                 self._stopping = True

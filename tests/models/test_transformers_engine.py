@@ -372,3 +372,13 @@ async def test_missing_file_is_a_load_error_naming_it(tmp_path: Path) -> None:
     spec = ModelSpec("absent", "transformers", frozenset({Task.CHAT}), missing, "file://x")
     with pytest.raises(ModelLoadError, match=str(missing)):
         await TransformersEngine(spec, EngineConfig(cache_path=tmp_path)).start()
+
+
+async def test_corrupt_gguf_is_a_load_error_and_leaves_no_partial_copy(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(range(256)) * 4)
+    spec = ModelSpec("broken", "transformers", frozenset({Task.CHAT}), broken, "file://x")
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelLoadError, match=str(broken)):
+        await TransformersEngine(spec, EngineConfig(cache_path=cache)).start()
+    assert [p.suffix for p in (cache / "transformers").iterdir()] == [".lock"]
