@@ -1,0 +1,297 @@
+"""A stand-in for `vllm serve`: the same command line and the same OpenAI-compatible HTTP
+protocol (health, version, models with max_model_len, completions and chat completions
+streamed or not, tokenize, embeddings, Prometheus metrics with vLLM's names, vLLM's error
+bodies, the API key from VLLM_API_KEY), with deterministic text: the prompt's words, echoed.
+
+Run as `python vllm_standin.py serve MODEL --port P ...`. Knobs (environment):
+STANDIN_LOG (append JSON lines: the argv, each request body, disconnects),
+STANDIN_STARTUP_DELAY (seconds before the port opens), STANDIN_EXIT_AT_START (exit code,
+before listening), STANDIN_CRASH_AFTER_TOKENS (the process dies mid-stream),
+STANDIN_TOKEN_DELAY (seconds between streamed tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+VERSION = "0.11.0+standin"
+
+
+def note(entry: dict[str, Any]) -> None:
+    path = os.environ.get("STANDIN_LOG")
+    if path:
+        with open(path, "a") as file:
+            file.write(json.dumps(entry) + "\n")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="vllm")
+    parser.add_argument("command", choices=["serve"])
+    parser.add_argument("model")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--served-model-name", default=None)
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--api-key", default=None)
+    args, _unknown = parser.parse_known_args(argv)
+    return args
+
+
+def words_of(body: dict[str, Any]) -> list[str]:
+    if "messages" in body:
+        text = " ".join(str(m.get("content", "")) for m in body["messages"])
+        return ["<|user|>", *text.split(), "<|assistant|>"]
+    prompt = body.get("prompt", "")
+    return (prompt if isinstance(prompt, str) else " ".join(prompt)).split()
+
+
+def error(status: int, message: str, kind: str = "BadRequestError") -> JSONResponse:
+    body = {"object": "error", "message": message, "type": kind, "param": None, "code": status}
+    return JSONResponse(body, status_code=status)
+
+
+def build(args: argparse.Namespace) -> FastAPI:
+    app = FastAPI()
+    name = args.served_model_name or args.model
+    key = os.environ.get("VLLM_API_KEY") or args.api_key
+    state = {"running": 0}
+    crash_after = int(os.environ.get("STANDIN_CRASH_AFTER_TOKENS", "0"))
+    token_delay = float(os.environ.get("STANDIN_TOKEN_DELAY", "0"))
+
+    @app.middleware("http")
+    async def api_key(request: Request, call_next: Any) -> Any:
+        denied = request.headers.get("authorization") != f"Bearer {key}"
+        if key and request.url.path.startswith("/v1") and denied:
+            return JSONResponse({"error": "Unauthorized"}, status_code=401)
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> PlainTextResponse:
+        return PlainTextResponse("")
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": VERSION}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        entry = {
+            "id": name,
+            "object": "model",
+            "root": args.model,
+            "max_model_len": args.max_model_len,
+            "owned_by": "vllm",
+        }
+        return {"object": "list", "data": [entry]}
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        label = f'{{model_name="{name}"}}'
+        lines = [
+            "# TYPE vllm:num_requests_running gauge",
+            f"vllm:num_requests_running{label} {state['running']}",
+            "# TYPE vllm:num_requests_waiting gauge",
+            f"vllm:num_requests_waiting{label} 0",
+            "# TYPE vllm:kv_cache_usage_perc gauge",
+            f"vllm:kv_cache_usage_perc{label} {min(1.0, 0.25 * state['running'])}",
+        ]
+        return PlainTextResponse("\n".join(lines) + "\n")
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Any:
+        body = await request.json()
+        note({"path": "/tokenize", "body": body})
+        tokens = list(range(len(words_of(body))))
+        return {"count": len(tokens), "max_model_len": args.max_model_len, "tokens": tokens}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Any:
+        body = await request.json()
+        note({"path": "/v1/embeddings", "body": body})
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = []
+        for i, text in enumerate(inputs):
+            digest = hashlib.sha256(text.encode()).digest()
+            data.append(
+                {"object": "embedding", "index": i, "embedding": [b / 255 for b in digest[:8]]}
+            )
+        used = sum(len(t.split()) for t in inputs)
+        return {
+            "object": "list",
+            "data": data,
+            "model": name,
+            "usage": {"prompt_tokens": used, "total_tokens": used},
+        }
+
+    async def generate(request: Request, chat: bool) -> Any:
+        body = await request.json()
+        note({"path": request.url.path, "body": body})
+        if body.get("model") != name:
+            return error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+        prompt = words_of(body)
+        max_tokens = int(body.get("max_tokens") or 16)
+        if len(prompt) + max_tokens > args.max_model_len:
+            return error(
+                400,
+                f"This model's maximum context length is {args.max_model_len} tokens. However, "
+                f"you requested {len(prompt) + max_tokens} tokens ({len(prompt)} in the "
+                f"messages, {max_tokens} in the completion). Please reduce the length of the "
+                "messages or completion.",
+            )
+        n = int(body.get("n") or 1)
+        stops = body.get("stop") or []
+        pieces = [f"{prompt[i % len(prompt)] if prompt else 'x'} " for i in range(max_tokens)]
+        kind = "chat.completion" if chat else "text_completion"
+        created = int(time.time())
+
+        def choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
+            item: dict[str, Any] = {"index": index, "finish_reason": finish}
+            if chat:
+                item["delta" if body.get("stream") else "message"] = (
+                    {"role": "assistant", "content": text} if text or not finish else {}
+                )
+            else:
+                item["text"] = text
+            if body.get("logprobs") and text:
+                top = int(body.get("top_logprobs") or body.get("logprobs") or 0)
+                alts = [{"token": text, "logprob": -0.5, "bytes": list(text.encode())}]
+                alts += [
+                    {"token": f"alt{k}", "logprob": -2.0 - k, "bytes": None} for k in range(top - 1)
+                ]
+                item["logprobs"] = {
+                    "content": [
+                        {
+                            "token": text,
+                            "logprob": -0.5,
+                            "bytes": list(text.encode()),
+                            "top_logprobs": alts[:top],
+                        }
+                    ]
+                }
+            return item
+
+        def finished(text: str) -> tuple[str, str]:
+            for stop in stops:
+                if stop in text:
+                    return text[: text.index(stop)], "stop"
+            return text, "length"
+
+        usage = {
+            "prompt_tokens": len(prompt),
+            "completion_tokens": n * max_tokens,
+            "total_tokens": len(prompt) + n * max_tokens,
+        }
+        if not body.get("stream"):
+            choices = []
+            for index in range(n):
+                text, why = finished("".join(pieces))
+                choices.append(choice(index, text, why))
+            return {
+                "id": "cmpl-standin",
+                "object": kind,
+                "created": created,
+                "model": name,
+                "choices": choices,
+                "usage": usage,
+            }
+
+        async def events() -> AsyncIterator[str]:
+            state["running"] += 1
+            sent = 0
+            try:
+                for index in range(n):
+                    text, why = "", "length"
+                    for piece in pieces:
+                        if crash_after and sent >= crash_after:
+                            note({"event": "crash"})
+                            os._exit(1)
+                        cut, why = finished(text + piece)
+                        if why == "stop":
+                            piece = cut[len(text) :]
+                            if piece:
+                                chunk = {
+                                    "id": "cmpl-standin",
+                                    "object": kind + ".chunk",
+                                    "created": created,
+                                    "model": name,
+                                    "choices": [choice(index, piece, None)],
+                                }
+                                yield f"data: {json.dumps(chunk)}\n\n"
+                            break
+                        text += piece
+                        sent += 1
+                        chunk = {
+                            "id": "cmpl-standin",
+                            "object": kind + ".chunk",
+                            "created": created,
+                            "model": name,
+                            "choices": [choice(index, piece, None)],
+                        }
+                        yield f"data: {json.dumps(chunk)}\n\n"
+                        if token_delay:
+                            await asyncio.sleep(token_delay)
+                    last = {
+                        "id": "cmpl-standin",
+                        "object": kind + ".chunk",
+                        "created": created,
+                        "model": name,
+                        "choices": [choice(index, "", why)],
+                    }
+                    yield f"data: {json.dumps(last)}\n\n"
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    tail = {
+                        "id": "cmpl-standin",
+                        "object": kind + ".chunk",
+                        "created": created,
+                        "model": name,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                    yield f"data: {json.dumps(tail)}\n\n"
+                yield "data: [DONE]\n\n"
+            except asyncio.CancelledError:
+                note({"event": "disconnect", "sent": sent})
+                raise
+            finally:
+                state["running"] -= 1
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await generate(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        return await generate(request, chat=True)
+
+    return app
+
+
+def main() -> None:
+    args = parse(sys.argv[1:])
+    note({"argv": sys.argv[1:], "api_key_in_env": bool(os.environ.get("VLLM_API_KEY"))})
+    print(f"INFO standin vllm {VERSION} serving {args.model}", flush=True)
+    exit_code = int(os.environ.get("STANDIN_EXIT_AT_START", "0"))
+    if exit_code:
+        print("ERROR standin: CUDA out of memory (simulated)", flush=True)
+        sys.exit(exit_code)
+    time.sleep(float(os.environ.get("STANDIN_STARTUP_DELAY", "0")))  # a slow model load
+    uvicorn.run(build(args), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
