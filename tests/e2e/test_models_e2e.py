@@ -67,6 +67,15 @@ def test_several_models_from_a_config_file_and_the_deployment_record(
     assert record["configuration"]["max_running"] == 2
     assert record["state"] == "ready"
 
+    metadata = httpx.get(server.base_url + "/v1/metadata").json()
+    assert [m["profile"] for m in metadata["models"]] == [
+        "llamacpp-q4_1-cpu",
+        "llamacpp-gguf-cpu",
+        "onnx-int8-cpu",
+    ]
+    assert metadata["models"][0]["profile_id"] == a["profile"]["id"]
+    assert "CPU cores" in metadata["hardware"]
+
     inspected = subprocess.run(
         [sys.executable, "-m", "nimble.cli.main", "inspect", "--url", server.base_url],
         capture_output=True,

@@ -41,7 +41,7 @@ async def version() -> Any:
     response_model=MetadataResponse,
     summary="Served models, their engines and weight files (with sha256)",
 )
-async def metadata(runtime: RuntimeDep) -> Any:
+async def metadata(runtime: RuntimeDep, request: Request) -> Any:
     models = []
     for m in runtime.models.values():
         entry: dict[str, Any] = {
@@ -51,6 +51,8 @@ async def metadata(runtime: RuntimeDep) -> Any:
             "engine_version": "",
             "context_length": 0,
             "source": m.spec.source,
+            "profile": m.spec.profile_name,
+            "profile_id": m.spec.profile_id,
             "files": [],
             "details": {"state": "loading"},
         }
@@ -63,7 +65,13 @@ async def metadata(runtime: RuntimeDep) -> Any:
                 details={"state": "loaded", **info.extra},
             )
         models.append(entry)
-    return {"version": __version__, "state": runtime.state.value, "models": models}
+    hardware = request.app.state.deployment.hardware
+    return {
+        "version": __version__,
+        "state": runtime.state.value,
+        "models": models,
+        "hardware": hardware.summary() if hardware is not None else None,
+    }
 
 
 @router.get(

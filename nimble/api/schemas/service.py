@@ -43,6 +43,8 @@ class ModelMetadata(BaseModel):
     engine_version: str
     context_length: int
     source: str
+    profile: str | None = None  # the selected profile's name (None: a fake model)
+    profile_id: str | None = None
     files: list[ModelFileOut]
     details: dict[str, str]
 
@@ -51,3 +53,4 @@ class MetadataResponse(BaseModel):
     version: str
     state: str
     models: list[ModelMetadata]
+    hardware: str | None = None  # a one-line summary (the full detail is in /v1/manifest)
