@@ -123,9 +123,19 @@ def ask(
     embed_model: EmbedModel = DEFAULTS.embed_model,
     input_type: InputType = True,
     chat_model: Annotated[str, typer.Option(help="Chat model.")] = DEFAULTS.chat_model,
+    hybrid: Annotated[
+        bool, typer.Option(help="Retrieve by embedding and keywords (BM25), fused by rank.")
+    ] = True,
     rerank: Annotated[bool, typer.Option(help="Rerank the retrieved chunks.")] = True,
     rerank_model: Annotated[
         str | None, typer.Option(help="Reranking model; default: the embedding model.")
+    ] = None,
+    rerank_fusion: Annotated[
+        bool | None,
+        typer.Option(
+            help="Fuse the reranker's order with the retrieval order (default: only when the "
+            "reranker is the embedding model)."
+        ),
     ] = None,
     top_k: Annotated[int, typer.Option(min=1, help="Chunks retrieved.")] = DEFAULTS.top_k,
     keep: Annotated[int, typer.Option(min=1, help="Chunks given to the model.")] = DEFAULTS.keep,
@@ -140,7 +150,9 @@ def ask(
         embed_model=embed_model,
         rerank_model=rerank_model,
         input_type=input_type,
+        hybrid=hybrid,
         rerank=rerank,
+        rerank_fusion=rerank_fusion,
         top_k=top_k,
         keep=keep,
         max_tokens=max_tokens,

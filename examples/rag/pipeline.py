@@ -3,6 +3,13 @@
 Everything goes through nimble's OpenAI-compatible API with the official `openai` client:
 `/v1/embeddings` (with NIM's `input_type`: `passage` for chunks, `query` for questions),
 `/v1/rerank` (Cohere shape) and `/v1/chat/completions`.
+
+Retrieval is hybrid by default: the chunks nearest to the question's embedding and those that
+match its keywords best (BM25), fused by rank (reciprocal rank fusion). Reranking then orders
+those candidates. A dedicated reranker (a cross-encoder) is trusted as is. When the reranker
+is the embedding model itself (the default: nimble then ranks by cosine similarity), its order
+is the embedding's order again, so it takes the embedding's place in the fusion with the
+keyword ranks instead of overriding the keyword evidence.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import Literal
 
 import openai
 
+from examples.rag import lexical
 from examples.rag.chunking import Chunk, ChunkSettings, chunk_file, find_files
 from examples.rag.store import Hit, Store
 
@@ -40,6 +48,9 @@ class RagConfig:
     chat_model: str = "smollm2-135m-instruct"
     embed_model: str = "all-minilm-l6-v2"
     rerank_model: str | None = None  # None: the embedding model (nimble ranks by cosine)
+    hybrid: bool = True  # retrieve by embedding and keywords (False: embedding only)
+    rerank_fusion: bool | None = None  # fuse the rerank order with the keyword ranks (hybrid
+    # only); None: when the reranker is the embedding model
     input_type: bool = True  # send NIM's input_type with each embeddings request
     rerank: bool = True
     batch_size: int = 32  # chunks per embeddings request
@@ -75,6 +86,12 @@ class Answer:
 def source_label(chunk: Chunk) -> str:
     where = f"{chunk.file} — {chunk.heading}" if chunk.heading else chunk.file
     return f"{where} (chunk {chunk.index})"
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    hits: list[Hit]  # the top-k candidates, best first
+    keywords: list[Hit]  # the best keyword matches, best first (empty unless hybrid)
 
 
 class RerankResult(openai.BaseModel):
@@ -117,6 +134,8 @@ class Pipeline:
             for name in [_name(path, root or Path.cwd())]
         }
         chunks = [chunk for file_chunks in per_file.values() for chunk in file_chunks]
+        terms = [len(lexical.terms(chunk.context)) for chunk in chunks]
+        average_length = sum(terms) / max(len(terms), 1)
         size = max(1, self.config.batch_size)
         prepared = False
         for start in range(0, len(chunks), size):
@@ -125,7 +144,7 @@ class Pipeline:
             if not prepared:  # the first answer tells the dimensions
                 self.store.prepare(len(vectors[0]), recreate)
                 prepared = True
-            self.store.upsert(batch, vectors)
+            self.store.upsert(batch, vectors, average_length)
             if progress:
                 progress(start + len(batch), len(chunks))
         if prepared:
@@ -153,34 +172,60 @@ class Pipeline:
 
     # ask
 
-    def retrieve(self, question: str) -> list[Hit]:
+    def retrieve(self, question: str) -> Retrieval:
+        """The top-k chunks: nearest embeddings, fused with the best keyword matches."""
         (vector,) = self.embed([question], "query")
-        return self.store.search(vector, self.config.top_k)
+        if not self.config.hybrid:
+            return Retrieval(self.store.search(vector, self.config.top_k), [])
+        depth = max(3 * self.config.top_k, 20)  # candidates from each side before fusion
+        keywords = self.store.keyword_search(question, depth)
+        fused = fuse([self.store.search(vector, depth), keywords])
+        return Retrieval(fused[: self.config.top_k], keywords)
 
-    def rerank(self, question: str, hits: list[Hit]) -> tuple[list[Hit], str | None]:
-        """Hits in the reranker's order (best first), or as retrieved and why not."""
+    def rerank(self, question: str, hits: list[Hit]) -> list[Hit]:
+        """`hits` in the reranker's order, best first, scored by relevance.
+
+        Raises openai.NotFoundError when the server has no rerank endpoint or model."""
         if not hits:
-            return hits, None
-        model = self.config.rerank_model or self.config.embed_model
-        try:
-            ranked = self.embedder.post(
-                "/rerank",
-                cast_to=RerankResponse,
-                body={
-                    "model": model,
-                    "query": question,
-                    "documents": [hit.chunk.context for hit in hits],
-                    "top_n": len(hits),
-                },
-            )
-        except openai.NotFoundError as error:
-            return hits, f"no reranking ({error.message}): kept the retrieval order"
+            return hits
+        ranked = self.embedder.post(
+            "/rerank",
+            cast_to=RerankResponse,
+            body={
+                "model": self.reranker,
+                "query": question,
+                "documents": [hit.chunk.context for hit in hits],
+                "top_n": len(hits),
+            },
+        )
         results = sorted(ranked.results, key=lambda r: r.relevance_score, reverse=True)
-        return [Hit(hits[r.index].chunk, r.relevance_score) for r in results], None
+        return [Hit(hits[r.index].chunk, r.relevance_score) for r in results]
+
+    @property
+    def reranker(self) -> str:
+        return self.config.rerank_model or self.config.embed_model
+
+    @property
+    def fuses(self) -> bool:
+        """Fuse the reranker's order with the keyword ranks (see the module's docstring)?"""
+        if self.config.rerank_fusion is not None:
+            return self.config.rerank_fusion
+        return self.reranker == self.config.embed_model
 
     def ask(self, question: str) -> Answer:
-        retrieved = self.retrieve(question)
-        ranked, note = self.rerank(question, retrieved) if self.config.rerank else (retrieved, None)
+        retrieval = self.retrieve(question)
+        retrieved = ranked = retrieval.hits
+        notes: list[str] = []
+        if self.config.rerank:
+            try:
+                ranked = self.rerank(question, retrieved)
+            except openai.NotFoundError as error:
+                notes.append(f"no reranking ({error.message}): kept the retrieval order")
+            else:
+                if self.fuses and retrieval.keywords:
+                    candidates = {hit.chunk.id for hit in retrieved}
+                    matches = [h for h in retrieval.keywords if h.chunk.id in candidates]
+                    ranked = fuse([ranked, matches])
         sources = tuple(ranked[: self.config.keep])
         reply = self.chat.chat.completions.create(
             model=self.config.chat_model,
@@ -196,16 +241,27 @@ class Pipeline:
             text=reply.choices[0].message.content or "",
             sources=sources,
             retrieved=tuple(retrieved),
-            reranked=self.config.rerank and note is None,
-            notes=(note,) if note else (),
+            reranked=self.config.rerank and not notes,
+            notes=tuple(notes),
         )
 
 
+def fuse(orders: Sequence[Sequence[Hit]], k: int = 60) -> list[Hit]:
+    """Reciprocal rank fusion: each chunk scores the sum of 1 / (k + rank) over `orders`."""
+    scores: dict[str, float] = {}
+    chunks: dict[str, Chunk] = {}
+    for order in orders:
+        for rank, hit in enumerate(order, 1):
+            scores[hit.chunk.id] = scores.get(hit.chunk.id, 0.0) + 1 / (k + rank)
+            chunks[hit.chunk.id] = hit.chunk
+    best = sorted(scores, key=lambda chunk_id: scores[chunk_id], reverse=True)  # stable: ties
+    return [Hit(chunks[chunk_id], scores[chunk_id]) for chunk_id in best]
+
+
 def prompt(question: str, sources: Sequence[Hit]) -> str:
-    numbered = "\n\n".join(
-        f"[{n}] ({source_label(hit.chunk)})\n{hit.chunk.text}" for n, hit in enumerate(sources, 1)
-    )
-    return f"Sources:\n\n{numbered}\n\nQuestion: {question}\nAnswer, citing sources like [1]:"
+    """The numbered chunks (heading trail first), then the question."""
+    numbered = "\n\n".join(f"[{n}] {hit.chunk.context}" for n, hit in enumerate(sources, 1))
+    return f"Sources:\n\n{numbered}\n\nQuestion: {question}"
 
 
 def _name(path: Path, root: Path) -> str:

@@ -1,5 +1,8 @@
 """Chunks and their vectors in Qdrant: embedded in this process (a folder) or a Qdrant server.
 
+Each point holds two vectors: `dense` (the embedding from nimble, cosine) and `lexical` (BM25
+term weights, see lexical.py, with Qdrant's IDF modifier), searched one at a time.
+
 `QdrantClient(path=...)` is Qdrant's local mode: pure Python, no server, the collection kept in
 a folder (one process at a time holds its lock). `QdrantClient(url=...)` talks to a Qdrant
 server, such as the one in deploy/compose; everything below is the same code for both.
@@ -15,7 +18,11 @@ from typing import Any
 
 from qdrant_client import QdrantClient, models
 
+from examples.rag import lexical
 from examples.rag.chunking import Chunk
+
+DENSE = "dense"
+LEXICAL = "lexical"
 
 
 class StoreError(Exception):
@@ -24,7 +31,7 @@ class StoreError(Exception):
 
 @dataclass(frozen=True)
 class Hit:
-    """A retrieved chunk and its similarity to the question (cosine, higher is closer)."""
+    """A retrieved chunk and its score (cosine, fused rank or relevance: higher is closer)."""
 
     chunk: Chunk
     score: float
@@ -66,26 +73,40 @@ class Store:
             have = self.dimensions()
             if have != dimensions:
                 raise StoreError(
-                    f"collection {self.collection!r} holds {have}-dimensional vectors, the "
-                    f"embedding model gives {dimensions}: use another collection or --recreate"
+                    f"collection {self.collection!r} holds {have or 'other'} vectors, the "
+                    f"embedding model gives {dimensions} dimensions: use another collection or "
+                    "--recreate"
                 )
             return
         self.client.create_collection(
             self.collection,
-            vectors_config=models.VectorParams(size=dimensions, distance=models.Distance.COSINE),
+            vectors_config={
+                DENSE: models.VectorParams(size=dimensions, distance=models.Distance.COSINE)
+            },
+            sparse_vectors_config={
+                LEXICAL: models.SparseVectorParams(modifier=models.Modifier.IDF)
+            },
         )
 
-    def dimensions(self) -> int:
+    def dimensions(self) -> int | None:
+        """Of the dense vectors; None for a collection that this example did not make."""
         vectors = self.client.get_collection(self.collection).config.params.vectors
-        assert isinstance(vectors, models.VectorParams)  # one unnamed vector per point
-        return vectors.size
+        dense = vectors.get(DENSE) if isinstance(vectors, dict) else None
+        return dense.size if dense else None
 
-    def upsert(self, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> None:
-        """Stable ids: ingesting a file again replaces its chunks instead of adding copies."""
+    def upsert(
+        self, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]], average_length: float
+    ) -> None:
+        """Stable ids: ingesting a file again replaces its chunks instead of adding copies.
+
+        `average_length`: terms per chunk over the documents ingested (BM25's length norm)."""
         points = [
             models.PointStruct(
                 id=point_id(chunk.id),
-                vector=list(vector),
+                vector={
+                    DENSE: list(vector),
+                    LEXICAL: _sparse(lexical.document_vector(chunk.context, average_length)),
+                },
                 payload={
                     "chunk_id": chunk.id,
                     "file": chunk.file,
@@ -112,12 +133,22 @@ class Store:
         return self.client.count(self.collection, exact=True).count
 
     def search(self, vector: Sequence[float], limit: int) -> list[Hit]:
+        """The `limit` chunks nearest to `vector` (cosine similarity)."""
+        return self._query(list(vector), DENSE, limit)
+
+    def keyword_search(self, text: str, limit: int) -> list[Hit]:
+        """The `limit` chunks that match the words of `text` best (BM25)."""
+        return self._query(_sparse(lexical.query_vector(text)), LEXICAL, limit)
+
+    def _query(self, query: list[float] | models.SparseVector, using: str, limit: int) -> list[Hit]:
         if not self.client.collection_exists(self.collection):
             raise StoreError(f"no collection {self.collection!r}: ingest documents first")
-        found = self.client.query_points(
-            self.collection, query=list(vector), limit=limit, with_payload=True
-        ).points
-        return [Hit(_chunk(point.payload or {}), point.score) for point in found]
+        found = self.client.query_points(self.collection, query=query, using=using, limit=limit)
+        return [Hit(_chunk(point.payload or {}), point.score) for point in found.points]
+
+
+def _sparse(pair: tuple[list[int], list[float]]) -> models.SparseVector:
+    return models.SparseVector(indices=pair[0], values=pair[1])
 
 
 def _chunk(payload: dict[str, Any]) -> Chunk:
