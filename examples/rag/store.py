@@ -73,9 +73,9 @@ class Store:
             have = self.dimensions()
             if have != dimensions:
                 raise StoreError(
-                    f"collection {self.collection!r} holds {have or 'other'} vectors, the "
-                    f"embedding model gives {dimensions} dimensions: use another collection or "
-                    "--recreate"
+                    f"collection {self.collection!r} holds {have or 'other'}-dimensional "
+                    f"vectors, the embedding model gives {dimensions}: use another collection "
+                    "or --recreate"
                 )
             return
         self.client.create_collection(
