@@ -96,9 +96,26 @@ class GenerationChunk:
 
 
 @dataclass(frozen=True)
+class EmbeddingTraits:
+    """How an embedding model wants its inputs (see the model manifest)."""
+
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    input_type_required: bool = False
+    dimensions: int | None = None
+    matryoshka_dimensions: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class EmbedRequest:
+    """Texts (prefixes already applied) or token id arrays, as the engine receives them.
+
+    `truncate`: END cuts the end of an input longer than the model's window, START its
+    beginning, NONE refuses it (InvalidRequest with both lengths)."""
+
     request_id: str
-    inputs: tuple[str, ...]
+    inputs: tuple[str | tuple[int, ...], ...]
+    truncate: Literal["NONE", "START", "END"] = "END"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,10 @@ class EngineConfig:
     max_running: int = 4
     engine_log: bool = False
     fake_token_delay: float = 0.0
+    # embedding engines: sequences per batch across concurrent requests, and how long the
+    # first request of a batch may wait for others (seconds)
+    embed_batch_size: int = 32
+    embed_max_wait: float = 0.002
     # where engines may keep derived files (converted weights, compiled graphs); None: none
     cache_path: Path | None = None
     # supervised engine processes (vllm): the command that starts the engine server (None:

@@ -14,6 +14,7 @@ from typing import Literal
 
 from nimble import __version__
 from nimble.engines.base import EngineConfig
+from nimble.errors import InvalidRequest
 from nimble.models.spec import ModelSpec
 from nimble.types import (
     EmbedRequest,
@@ -149,11 +150,20 @@ class FakeEngine:
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         vectors = []
-        for text in request.inputs:
+        limit = self.spec.context_length or 2048
+        texts = [i if isinstance(i, str) else " ".join(map(str, i)) for i in request.inputs]
+        for index, text in enumerate(texts):
+            words = len(text.split()) + 2
+            if words > limit and request.truncate == "NONE":
+                raise InvalidRequest(
+                    f"input {index} has {words} tokens, more than the model's {limit} "
+                    "(truncate is NONE)",
+                    param="input",
+                )
             raw = [b - 127.5 for b in _digest(text)[:_EMBED_DIM]]
             norm = math.sqrt(sum(v * v for v in raw)) or 1.0
             vectors.append(tuple(v / norm for v in raw))
-        tokens = sum(len(text.split()) + 2 for text in request.inputs)
+        tokens = sum(min(len(text.split()) + 2, limit) for text in texts)
         return EmbedResult(vectors=tuple(vectors), prompt_tokens=tokens)
 
     async def health(self) -> bool:

@@ -1,9 +1,14 @@
 """Sentence embeddings from an ONNX export (all-MiniLM-L6-v2 and alike), without torch.
 
 The pipeline is sentence-transformers' Transformer -> Pooling(mean) -> Normalize: the
-tokenizer truncates to the context length, the model gives token embeddings, which are
-averaged over the attention mask and L2-normalised. A model whose ONNX graph already
-returns a pooled `sentence_embedding` is used as it is (and normalised).
+tokenizer truncates to the context length (the end by default, the start with
+`truncate=START`; `NONE` refuses a longer input), the model gives token embeddings, which
+are averaged over the attention mask and L2-normalised. A model whose ONNX graph already
+returns a pooled `sentence_embedding` is used as it is (and normalised). Token-id inputs
+get the model's special tokens around them, as a text input would.
+
+Concurrent requests share batches (`embed_batching.EmbedBatcher`): each request is
+tokenized on its own, then its sequences join the next batch run on the worker thread.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from typing import Any, NoReturn, TypeVar
 import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Tokenizer
 
 from nimble.engines.base import EngineConfig
+from nimble.engines.embed_batching import BatchStats, EmbedBatcher
 from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
 from nimble.models.files import sha256_of
 from nimble.models.spec import ModelSpec
@@ -49,8 +55,12 @@ class OnnxEmbeddingEngine:
         self._max_length = _max_length(spec, config)
         self._executor: ThreadPoolExecutor | None = None
         self._session: ort.InferenceSession | None = None
-        self._tokenizer: Tokenizer | None = None  # truncating, for embed()
+        self._tokenizer: Tokenizer | None = None  # truncating the end, for embed()
+        self._left: Tokenizer | None = None  # truncating the start (truncate=START)
         self._counter: Tokenizer | None = None  # not truncating, for count_tokens()
+        self._wrap: tuple[list[int], list[int]] = ([], [])  # special tokens around a text
+        self._vocab = 0
+        self._batcher: EmbedBatcher | None = None
         self._inputs: frozenset[str] = frozenset()
         self._output = ""
         self._pooled = False
@@ -66,8 +76,18 @@ class OnnxEmbeddingEngine:
             if not path.is_file():
                 raise ModelLoadError(f"{path}: no such file (needed by model {self.spec.id!r})")
         self._tokenizer = _load_tokenizer(tokenizer_path, self._max_length)
+        self._left = _load_tokenizer(tokenizer_path, self._max_length, direction="left")
         self._counter = _load_tokenizer(tokenizer_path, None)
+        self._wrap = _special_wrap(self._counter)
+        self._vocab = self._counter.get_vocab_size()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nimble-onnx")
+        self._batcher = EmbedBatcher(
+            self._run_batch,
+            self._executor,
+            self._config.embed_batch_size,
+            self._config.embed_max_wait,
+            closed=lambda: Unavailable(f"model {self.spec.id!r} was stopped"),
+        )
         try:
             session, digest = await self._in_worker(self._load_weights)
             self._inspect_model(session)
@@ -108,6 +128,9 @@ class OnnxEmbeddingEngine:
 
     async def stop(self) -> None:
         # queued work now fails fast with Unavailable; the batch running finishes first
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            await batcher.close()
         executor, self._executor, self._session = self._executor, None, None
         if executor is not None:
             await asyncio.to_thread(executor.shutdown, wait=True)
@@ -145,25 +168,75 @@ class OnnxEmbeddingEngine:
         return [len(encoding.ids) for encoding in self._counter.encode_batch(list(texts))]
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
-        texts = list(request.inputs)
-        vectors, tokens = await self._in_worker(lambda: self._embed_sync(texts))
-        return EmbedResult(vectors=tuple(map(tuple, vectors.tolist())), prompt_tokens=tokens)
-
-    def _embed_sync(self, texts: list[str]) -> tuple[NDArray[np.float32], int]:
-        session, tokenizer = self._session, self._tokenizer
-        if session is None or tokenizer is None:
+        batcher = self._batcher
+        if batcher is None:
             raise Unavailable(f"model {self.spec.id!r} is not loaded")
-        if not texts:
-            return np.zeros((0, self._dimensions), dtype=np.float32), 0
-        encodings = tokenizer.encode_batch(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        sequences = self._sequences(request)
+        rows = await batcher.embed(sequences)
+        return EmbedResult(
+            vectors=tuple(map(tuple, rows.tolist())),
+            prompt_tokens=sum(len(s) for s in sequences),
+        )
+
+    @property
+    def batch_stats(self) -> BatchStats | None:
+        return self._batcher.stats if self._batcher else None
+
+    def _sequences(self, request: EmbedRequest) -> list[list[int]]:
+        """Token ids of each input, with special tokens, truncated as the request asks."""
+        right, left, counter = self._tokenizer, self._left, self._counter
+        if right is None or left is None or counter is None:
+            raise Unavailable(f"model {self.spec.id!r} is not loaded")
+        texts = [(i, text) for i, text in enumerate(request.inputs) if isinstance(text, str)]
+        out: list[list[int]] = [[] for _ in request.inputs]
+        if texts:
+            tokenizer = (
+                counter
+                if request.truncate == "NONE"
+                else (left if request.truncate == "START" else right)
+            )
+            encodings = tokenizer.encode_batch([text for _, text in texts])
+            for (i, _), encoding in zip(texts, encodings, strict=True):
+                out[i] = list(encoding.ids)
+        head, tail = self._wrap
+        room = self._max_length - len(head) - len(tail)
+        for i, item in enumerate(request.inputs):
+            if isinstance(item, str):
+                continue
+            if any(t >= self._vocab for t in item):
+                raise InvalidRequest(
+                    f"input {i}: token ids must be below the vocabulary size {self._vocab}",
+                    param="input",
+                )
+            ids = list(item)
+            if len(ids) > room and request.truncate != "NONE":
+                ids = ids[-room:] if request.truncate == "START" else ids[:room]
+            out[i] = [*head, *ids, *tail]
+        for i, ids in enumerate(out):
+            if len(ids) > self._max_length:  # only with truncate=NONE
+                raise InvalidRequest(
+                    f"input {i} has {len(ids)} tokens, more than the {self._max_length} of "
+                    f"model {self.spec.id} (truncate is NONE; use END or START to cut it)",
+                    param="input",
+                )
+        return out
+
+    def _run_batch(self, sequences: list[Sequence[int]]) -> NDArray[np.float32]:
+        session = self._session
+        if session is None:
+            raise Unavailable(f"model {self.spec.id!r} is not loaded")
+        if not sequences:
+            return np.zeros((0, self._dimensions), dtype=np.float32)
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         batches = [order[start : start + _BATCH] for start in range(0, len(order), _BATCH)]
-        pooled = np.concatenate([self._run(session, [encodings[i] for i in b]) for b in batches])
+        pooled = np.concatenate([self._run(session, [sequences[i] for i in b]) for b in batches])
         vectors = np.empty_like(pooled)
         vectors[order] = pooled  # back to the request's order
-        return _l2_normalise(vectors), sum(len(encoding.ids) for encoding in encodings)
+        return _l2_normalise(vectors)
 
-    def _run(self, session: ort.InferenceSession, batch: list[Encoding]) -> NDArray[np.float32]:
+    def _run(
+        self, session: ort.InferenceSession, batch: list[Sequence[int]]
+    ) -> NDArray[np.float32]:
         ids, mask = _pad(batch)
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         (hidden,) = session.run(
@@ -208,7 +281,7 @@ def _folder_max_length(tokenizer: Path | None) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def _load_tokenizer(path: Path, max_length: int | None) -> Tokenizer:
+def _load_tokenizer(path: Path, max_length: int | None, direction: str = "right") -> Tokenizer:
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a plain Exception
@@ -217,18 +290,28 @@ def _load_tokenizer(path: Path, max_length: int | None) -> Tokenizer:
     if max_length is None:
         tokenizer.no_truncation()
     else:
-        tokenizer.enable_truncation(max_length)
+        tokenizer.enable_truncation(max_length, direction=direction)
     return tokenizer
 
 
-def _pad(batch: list[Encoding]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    width = max(len(encoding.ids) for encoding in batch)
+def _pad(batch: list[Sequence[int]]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    width = max(len(sequence) for sequence in batch)
     ids = np.zeros((len(batch), width), dtype=np.int64)  # pad id is irrelevant: masked out
     mask = np.zeros((len(batch), width), dtype=np.int64)
-    for row, encoding in enumerate(batch):
-        ids[row, : len(encoding.ids)] = encoding.ids
-        mask[row, : len(encoding.ids)] = 1
+    for row, sequence in enumerate(batch):
+        ids[row, : len(sequence)] = sequence
+        mask[row, : len(sequence)] = 1
     return ids, mask
+
+
+def _special_wrap(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a text ([CLS] ... [SEP])."""
+    plain = tokenizer.encode("a", add_special_tokens=False).ids
+    full = tokenizer.encode("a").ids
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    return [], []
 
 
 def _mean_pool(hidden: NDArray[np.float32], mask: NDArray[np.int64]) -> NDArray[np.float32]:

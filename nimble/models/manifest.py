@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nimble.errors import ConfigError
+from nimble.types import EmbeddingTraits
 
 EngineName = Literal["llamacpp", "vllm", "transformers", "sentence_transformers", "onnx"]
 ENGINE_NAMES: frozenset[str] = frozenset(get_args(EngineName))
@@ -190,6 +191,29 @@ class Profile(_Frozen):
         return sum(s for s in sizes if s is not None) if all(sizes) else None
 
 
+class EmbeddingOptions(_Frozen):
+    """How an embedding model wants its inputs, and which sizes its vectors may take."""
+
+    query_prefix: str = Field(
+        default="", description="Put before queries (input_type=query), e.g. `query: `."
+    )
+    passage_prefix: str = Field(
+        default="", description="Put before passages (input_type=passage), e.g. `passage: `."
+    )
+    input_type_required: bool = Field(
+        default=False,
+        description="An asymmetric model: requests must say input_type (400 otherwise).",
+    )
+    dimensions: int | None = Field(default=None, ge=1, description="Size of its vectors.")
+    matryoshka_dimensions: tuple[int, ...] = Field(
+        default=(),
+        description="Sizes the vectors may be cut to (trained matryoshka-style); empty: none.",
+    )
+
+    def traits(self) -> EmbeddingTraits:
+        return EmbeddingTraits(**self.model_dump())
+
+
 class ModelManifest(_Frozen):
     """A model and all the profiles it can run as."""
 
@@ -212,6 +236,9 @@ class ModelManifest(_Frozen):
         description="Preferred engines, first best (GPU profiles still come before CPU ones).",
     )
     install_hint: str = Field(default="", description="How to get files that ship in packages.")
+    embedding: EmbeddingOptions | None = Field(
+        default=None, description="Embedding models: prefixes per input type, vector sizes."
+    )
     profiles: tuple[Profile, ...] = Field(min_length=1)
 
     @model_validator(mode="after")

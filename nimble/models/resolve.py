@@ -160,6 +160,7 @@ def _spec(selection: Selection, paths: dict[str, Path], cache: ModelCache) -> Mo
         options=options,
         profile_id=profile.id,
         profile_name=profile.name,
+        embedding=manifest.embedding.traits() if manifest.embedding else None,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nimble.types import Task
+from nimble.types import EmbeddingTraits, Task
 
 
 @dataclass(frozen=True)
@@ -26,3 +26,5 @@ class ModelSpec:
     # id and name of the profile this spec was built from (None: generated for a local path)
     profile_id: str | None = None
     profile_name: str | None = None
+    # embedding models: prefixes per input type and the vector sizes allowed
+    embedding: EmbeddingTraits | None = None
