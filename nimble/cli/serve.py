@@ -150,6 +150,8 @@ def build_runtime(
         max_running=settings.max_running,
         engine_log=settings.engine_log,
         fake_token_delay=settings.fake_token_delay,
+        embed_batch_size=settings.embed_batch_size,
+        embed_max_wait=settings.embed_max_wait_ms / 1000,
         cache_path=settings.cache_path.expanduser(),
         engine_command=command,
         engine_restart=settings.engine_restart,

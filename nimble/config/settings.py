@@ -142,6 +142,18 @@ class Settings(BaseSettings):
         description="Requests that may wait per model when all running slots are busy; "
         "beyond that the answer is 429 with Retry-After.",
     )
+    embed_batch_size: int = Field(
+        default=32,
+        ge=1,
+        description="Embedding models: inputs run in one batch across concurrent requests "
+        "(1: each request alone). Also how many embedding requests run at once.",
+    )
+    embed_max_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="Embedding models: how long the first request of a batch waits for others "
+        "to join it (milliseconds). Under load batches fill while the previous one runs.",
+    )
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024,
         ge=1024,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+
+import numpy as np
 
 from nimble.engines import Engine, EngineConfig, create_engine
 from nimble.errors import (
@@ -24,6 +27,7 @@ from nimble.observability.metrics import ModelGauges
 from nimble.observability.record import RequestRecord, current_record
 from nimble.runtime.admission import Admission
 from nimble.types import (
+    EmbeddingTraits,
     EmbedRequest,
     EmbedResult,
     EngineInfo,
@@ -83,6 +87,13 @@ class ServedModel:
 EngineFactory = Callable[[ModelSpec, EngineConfig], Engine]
 
 
+def _running_bound(spec: ModelSpec, config: RuntimeConfig) -> int:
+    """An embedding model batches across requests: let a whole batch in at once."""
+    if spec.tasks == {Task.EMBEDDING}:
+        return max(config.max_running, config.engine.embed_batch_size)
+    return config.max_running
+
+
 class Runtime:
     """Library entry point: works in-process with no HTTP."""
 
@@ -103,7 +114,7 @@ class Runtime:
             spec.id: ServedModel(
                 spec,
                 engine_factory(spec, config.engine),
-                Admission(config.max_running, config.max_waiting),
+                Admission(_running_bound(spec, config), config.max_waiting),
             )
             for spec in specs
         }
@@ -249,13 +260,28 @@ class Runtime:
                 param="logprobs",
             )
 
-    async def embed(self, model_id: str, request: EmbedRequest) -> EmbedResult:
+    async def embed(
+        self,
+        model_id: str,
+        request: EmbedRequest,
+        *,
+        input_type: str | None = None,
+        dimensions: int | None = None,
+    ) -> EmbedResult:
+        """Embed with the model's prefix for `input_type`, cut to `dimensions` if asked."""
         model = self.model(model_id, Task.EMBEDDING)
+        traits = model.spec.embedding or EmbeddingTraits()
+        request = _with_prefix(model_id, request, traits, input_type)
+        size = _dimensions(model, traits, dimensions)
         record = _record()
         async with self._slot(model, Task.EMBEDDING, record):
             result = await model.engine.embed(request)
         record.prompt_tokens += result.prompt_tokens
-        return result
+        if size is None:
+            return result
+        cut = [np.asarray(v[:size], dtype=np.float64) for v in result.vectors]
+        vectors = tuple(tuple((v / max(float(np.linalg.norm(v)), 1e-12)).tolist()) for v in cut)
+        return EmbedResult(vectors, result.prompt_tokens)
 
     @asynccontextmanager
     async def _slot(
@@ -279,6 +305,48 @@ class Runtime:
 
     def _track(self) -> _Inflight:
         return _Inflight(self)
+
+
+def _with_prefix(
+    model_id: str, request: EmbedRequest, traits: EmbeddingTraits, input_type: str | None
+) -> EmbedRequest:
+    if input_type is None:
+        if traits.input_type_required:
+            raise InvalidRequest(
+                f"input_type: model `{model_id}` embeds queries and passages differently; "
+                "say `query` or `passage`",
+                param="input_type",
+            )
+        return request
+    prefix = traits.query_prefix if input_type == "query" else traits.passage_prefix
+    if not prefix:
+        return request
+    if any(not isinstance(i, str) for i in request.inputs):
+        raise InvalidRequest(
+            f"input: model `{model_id}` puts a prefix before each {input_type}; send text, "
+            "not token arrays, with input_type",
+            param="input",
+        )
+    inputs = tuple(prefix + str(i) for i in request.inputs)
+    return dataclasses.replace(request, inputs=inputs)
+
+
+def _dimensions(model: ServedModel, traits: EmbeddingTraits, wanted: int | None) -> int | None:
+    """The size to cut vectors to (None: keep them whole); 400 if the model was not trained
+    for it."""
+    if wanted is None:
+        return None
+    native = traits.dimensions or int(model.info.extra.get("dimensions", "0") or 0) or None
+    if wanted == native:
+        return None
+    if wanted in traits.matryoshka_dimensions:
+        return wanted
+    sizes = ", ".join(map(str, traits.matryoshka_dimensions)) or f"only its native {native}"
+    raise UnsupportedParameter(
+        f"dimensions: model `{model.spec.id}` gives {native}-dimension vectors and was not "
+        f"trained to be cut to {wanted} (allowed: {sizes})",
+        param="dimensions",
+    )
 
 
 def _record() -> RequestRecord:

@@ -119,7 +119,11 @@ async def test_no_body(client: httpx.AsyncClient) -> None:
             "encoding_format",
         ),
         ("/v1/embeddings", {"model": FAKE_MODEL, "input": "x", "dimensions": 8}, "dimensions"),
-        ("/v1/embeddings", {"model": FAKE_MODEL, "input": [1, 2]}, "input"),
+        ("/v1/embeddings", {"model": FAKE_MODEL, "input": [1, "a"]}, "input"),
+        ("/v1/embeddings", {"model": FAKE_MODEL, "input": [[1, -2]]}, "input"),
+        ("/v1/embeddings", {"model": FAKE_MODEL, "input": [[]]}, "input"),
+        ("/v1/embeddings", {"model": FAKE_MODEL, "input": "x", "truncate": "MIDDLE"}, "truncate"),
+        ("/v1/embeddings", {"model": FAKE_MODEL, "input": "x", "input_type": "doc"}, "input_type"),
     ],
 )
 async def test_other_routes_bad_input(

@@ -84,11 +84,11 @@ class _Handler(BaseHTTPRequestHandler):
             mirror.hold.wait(30)
         if mirror.cut_after is not None:
             body, mirror.cut_after = body[: mirror.cut_after], None
+        mirror.sent.append(len(body))  # before writing: the client may finish first
         for offset in range(0, len(body), 16384):
             self.wfile.write(body[offset : offset + 16384])
             if mirror.chunk_delay:
                 time.sleep(mirror.chunk_delay)
-        mirror.sent.append(len(body))
 
     def _answer(self, status: int, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)

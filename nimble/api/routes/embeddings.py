@@ -11,7 +11,6 @@ from fastapi import APIRouter, Request
 from nimble.api.deps import ERROR_RESPONSES, GrantDep, RequestIdDep, RuntimeDep
 from nimble.api.schemas.embeddings import EmbeddingRequest, EmbeddingResponse
 from nimble.api.streaming import until_disconnect
-from nimble.errors import UnsupportedParameter
 from nimble.types import EmbedRequest
 
 router = APIRouter()
@@ -31,11 +30,13 @@ async def embeddings(
     grant: GrantDep,
 ) -> Any:
     grant.require_model(body.model)
-    if body.dimensions is not None:
-        raise UnsupportedParameter("dimensions is not supported by this model", param="dimensions")
-    result = await until_disconnect(
-        request, runtime.embed(body.model, EmbedRequest(request_id, body.inputs()))
+    work = runtime.embed(
+        body.model,
+        EmbedRequest(request_id, body.inputs(), truncate=body.truncate),
+        input_type=body.input_type,
+        dimensions=body.dimensions,
     )
+    result = await until_disconnect(request, work)
     return {
         "object": "list",
         "data": [
