@@ -1,0 +1,230 @@
+"""Embeddings side by side, one run: nimble with cross-request batching, the same nimble
+with batching off (`--embed-batch-size 1`), and the offline limit (the same ONNX engine
+encoding all the sentences in one batched call, in-process, no HTTP).
+
+Load: `--clients` concurrent clients (default 32), each sending one sentence per request,
+back to back, for `--requests` requests in all, over keep-alive HTTP/1.1 connections. The
+client is a minimal raw-socket HTTP client so that the load generator costs as little CPU
+as possible on the same machine. Each server runs alone, then is stopped.
+
+    python benchmarks/run_embed.py            # writes benchmarks/out/embed.md and .json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+MODEL = "all-minilm-l6-v2"
+TOPICS = ["cats", "the weather", "tax law", "GPUs", "bread", "rivers", "chess", "music"]
+SENTENCES = [
+    f"Sentence {i} is a short note about {TOPICS[i % len(TOPICS)]} for the benchmark."
+    for i in range(256)
+]
+
+
+@dataclass
+class Result:
+    target: str
+    sentences_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    requests: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_nimble(batch_size: int, port: int, log: Path) -> subprocess.Popen[bytes]:
+    command = [
+        str(Path(sys.executable).parent / "nimble"), "serve", "--model", MODEL,
+        "--port", str(port), "--embed-batch-size", str(batch_size),
+        "--max-waiting", "256", "--log-level", "warning",
+    ]  # fmt: skip
+    return subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nimble exited {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)  # polling interval
+    raise RuntimeError("nimble never became ready")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def request_bytes(port: int, sentence: str) -> bytes:
+    body = json.dumps({"model": MODEL, "input": sentence}).encode()
+    head = (
+        f"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def client(port: int, jobs: asyncio.Queue[bytes], latencies: list[float]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while True:
+            try:
+                payload = jobs.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            started = time.perf_counter()
+            writer.write(payload)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+            if status != 200:
+                raise RuntimeError(f"status {status}")
+            latencies.append(time.perf_counter() - started)
+    finally:
+        writer.close()
+
+
+async def load(port: int, clients: int, requests: int) -> tuple[float, list[float]]:
+    jobs: asyncio.Queue[bytes] = asyncio.Queue()
+    for i in range(requests):
+        jobs.put_nowait(request_bytes(port, SENTENCES[i % len(SENTENCES)]))
+    latencies: list[float] = []
+    started = time.perf_counter()
+    await asyncio.gather(*(client(port, jobs, latencies) for _ in range(clients)))
+    return time.perf_counter() - started, latencies
+
+
+def served(target: str, batch_size: int, clients: int, requests: int) -> Result:
+    port = free_port()
+    proc = start_nimble(batch_size, port, OUT / f"embed-{target}.log")
+    try:
+        wait_ready(proc, port)
+        asyncio.run(load(port, clients, min(requests, 256)))  # warm-up
+        elapsed, latencies = asyncio.run(load(port, clients, requests))
+    finally:
+        stop(proc)
+    ordered = sorted(latencies)
+    return Result(
+        target,
+        requests / elapsed,
+        statistics.median(ordered) * 1000,
+        ordered[int(0.99 * (len(ordered) - 1))] * 1000,
+        requests,
+    )
+
+
+def offline(requests: int) -> Result:
+    from nimble.engines.base import EngineConfig
+    from nimble.engines.onnx_embed import OnnxEmbeddingEngine
+    from nimble.models import resolve_model
+    from nimble.types import EmbedRequest
+
+    async def run() -> float:
+        engine = OnnxEmbeddingEngine(resolve_model(MODEL), EngineConfig(embed_batch_size=32))
+        await engine.start()
+        try:
+            texts = tuple(SENTENCES[i % len(SENTENCES)] for i in range(requests))
+            await engine.embed(EmbedRequest("warmup", texts[:256]))
+            started = time.perf_counter()
+            await engine.embed(EmbedRequest("all", texts))  # one call, micro-batches of 32
+            return time.perf_counter() - started
+        finally:
+            await engine.stop()
+
+    return Result("offline, one batched call", requests / asyncio.run(run()), None, None, requests)
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return f"{platform.node()}, {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=3000)
+    args = parser.parse_args()
+    OUT.mkdir(exist_ok=True)
+    results = [
+        served("nimble, batching (32, 2 ms)", 32, args.clients, args.requests),
+        served("nimble, no cross-request batching", 1, args.clients, args.requests),
+        offline(args.requests),
+    ]
+    batched, alone, limit = (r.sentences_per_s for r in results)
+    table = Table(title=f"{MODEL} embeddings, {args.clients} clients, one sentence per request")
+    for column in ("target", "sentences/s", "p50 ms", "p99 ms"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            r.target,
+            f"{r.sentences_per_s:.0f}",
+            f"{r.p50_ms:.1f}" if r.p50_ms else "-",
+            f"{r.p99_ms:.1f}" if r.p99_ms else "-",
+        )
+    console = Console(record=True)
+    console.print(table)
+    console.print(f"batching / no batching: {batched / alone:.2f}x (target >= 3)")
+    console.print(f"batching / offline limit: {batched / limit:.2f}x (target >= 0.8)")
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    (OUT / "embed.md").write_text(f"# {when} on {machine()}\n\n```\n{console.export_text()}```\n")
+    (OUT / "embed.json").write_text(
+        json.dumps(
+            {
+                "when": when,
+                "machine": machine(),
+                "results": [asdict(r) for r in results],
+                "ratio_vs_unbatched": batched / alone,
+                "ratio_vs_offline": batched / limit,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
