@@ -5,7 +5,14 @@ python -m examples.rag ask "Which environment variable keeps nimble off the netw
 """
 
 from examples.rag.chunking import Chunk, ChunkSettings, chunk_text
-from examples.rag.pipeline import Answer, IngestReport, Pipeline, RagConfig, RagError
+from examples.rag.pipeline import (
+    Answer,
+    IngestReport,
+    Pipeline,
+    RagConfig,
+    RagError,
+    Selection,
+)
 from examples.rag.store import Hit, Store
 
 __all__ = [
@@ -17,6 +24,7 @@ __all__ = [
     "Pipeline",
     "RagConfig",
     "RagError",
+    "Selection",
     "Store",
     "chunk_text",
 ]

@@ -88,6 +88,7 @@ def ingest(
     with (
         _errors(),
         _open(collection, store, qdrant_url, qdrant_api_key) as vectors,
+        Pipeline(config, vectors) as pipeline,
         Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -97,7 +98,7 @@ def ingest(
         ) as bar,
     ):
         task = bar.add_task("embedding chunks", total=None)
-        report = Pipeline(config, vectors).ingest(
+        report = pipeline.ingest(
             paths,
             chunking=chunking,
             recreate=recreate,
@@ -157,8 +158,12 @@ def ask(
         keep=keep,
         max_tokens=max_tokens,
     )
-    with _errors(), _open(collection, store, qdrant_url, qdrant_api_key) as vectors:
-        answer = Pipeline(config, vectors).ask(question)
+    with (
+        _errors(),
+        _open(collection, store, qdrant_url, qdrant_api_key) as vectors,
+        Pipeline(config, vectors) as pipeline,
+    ):
+        answer = pipeline.ask(question)
     for note in answer.notes:
         err.print(f"[yellow]warning:[/] {note}")
     out.print(answer.render(), markup=False, highlight=False, soft_wrap=True)

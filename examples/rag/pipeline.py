@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -68,13 +68,19 @@ class IngestReport:
 
 
 @dataclass(frozen=True)
-class Answer:
+class Selection:
+    """The chunks chosen for a question, before the chat model answers."""
+
     question: str
-    text: str  # what the chat model wrote, [n] citations included
     sources: tuple[Hit, ...]  # the chunks given to the model, numbered from 1
     retrieved: tuple[Hit, ...]  # the top-k from the vector store, before reranking
     reranked: bool
-    notes: tuple[str, ...] = field(default=())  # warnings, e.g. no rerank endpoint
+    notes: tuple[str, ...] = ()  # warnings, e.g. no rerank endpoint
+
+
+@dataclass(frozen=True)
+class Answer(Selection):
+    text: str = ""  # what the chat model wrote, [n] citations included
 
     def render(self) -> str:
         """The answer, then the numbered sources (made here, not left to the model)."""
@@ -111,6 +117,17 @@ class Pipeline:
         self.embedder = openai.OpenAI(
             base_url=config.embed_url or config.base_url, api_key=config.api_key
         )
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP clients (the store is the caller's)."""
+        self.chat.close()
+        self.embedder.close()
 
     # ingest
 
@@ -213,6 +230,10 @@ class Pipeline:
         return self.reranker == self.config.embed_model
 
     def ask(self, question: str) -> Answer:
+        return self.answer(self.select(question))
+
+    def select(self, question: str) -> Selection:
+        """Retrieve top-k, rerank, keep the best few."""
         retrieval = self.retrieve(question)
         retrieved = ranked = retrieval.hits
         notes: list[str] = []
@@ -226,24 +247,27 @@ class Pipeline:
                     candidates = {hit.chunk.id for hit in retrieved}
                     matches = [h for h in retrieval.keywords if h.chunk.id in candidates]
                     ranked = fuse([ranked, matches])
-        sources = tuple(ranked[: self.config.keep])
-        reply = self.chat.chat.completions.create(
-            model=self.config.chat_model,
-            messages=[
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": prompt(question, sources)},
-            ],
-            max_tokens=self.config.max_tokens,
-            temperature=self.config.temperature,
-        )
-        return Answer(
+        return Selection(
             question=question,
-            text=reply.choices[0].message.content or "",
-            sources=sources,
+            sources=tuple(ranked[: self.config.keep]),
             retrieved=tuple(retrieved),
             reranked=self.config.rerank and not notes,
             notes=tuple(notes),
         )
+
+    def answer(self, selection: Selection) -> Answer:
+        """The chat model's answer from the selected chunks (thread-safe: HTTP only)."""
+        reply = self.chat.chat.completions.create(
+            model=self.config.chat_model,
+            messages=[
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": prompt(selection.question, selection.sources)},
+            ],
+            max_tokens=self.config.max_tokens,
+            temperature=self.config.temperature,
+        )
+        text = reply.choices[0].message.content or ""
+        return Answer(**{f.name: getattr(selection, f.name) for f in fields(Selection)}, text=text)
 
 
 def fuse(orders: Sequence[Sequence[Hit]], k: int = 60) -> list[Hit]:

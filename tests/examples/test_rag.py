@@ -188,7 +188,7 @@ def test_answer_ends_with_deterministic_sources() -> None:
         Hit(Chunk("docs/models.md", 21, "Models > The cache", "NIMBLE_OFFLINE=1 ..."), 0.9),
         Hit(Chunk("notes.txt", 0, "", "plain"), 0.5),
     )
-    answer = Answer("q?", "Set NIMBLE_OFFLINE=1 [1].\n", sources, sources, reranked=True)
+    answer = Answer("q?", sources, sources, reranked=True, text="Set NIMBLE_OFFLINE=1 [1].\n")
     assert answer.render() == (
         "Set NIMBLE_OFFLINE=1 [1].\n\nSources:\n"
         "[1] docs/models.md — Models > The cache (chunk 21)\n"
