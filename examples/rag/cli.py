@@ -105,6 +105,9 @@ def ingest(
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
         total = vectors.count() if report.chunks else 0
+    if not report.files:
+        err.print("[red]error:[/] no .md, .markdown or .txt file there")
+        raise typer.Exit(1)
     out.print(
         f"{report.chunks} chunks from {report.files} files in {report.seconds:.1f} s "
         f"(collection {collection!r}: {total} chunks)"

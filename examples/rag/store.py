@@ -53,7 +53,10 @@ class Store:
             if path is None:
                 raise ValueError("give a folder for the embedded store or a Qdrant server URL")
             path.mkdir(parents=True, exist_ok=True)
-            self.client = QdrantClient(path=str(path))
+            try:
+                self.client = QdrantClient(path=str(path))
+            except RuntimeError as error:  # another process holds the folder
+                raise StoreError(str(error)) from error
         self.collection = collection
 
     def __enter__(self) -> Store:
