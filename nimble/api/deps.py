@@ -13,12 +13,14 @@ from nimble.runtime import Runtime
 from nimble.security.keys import ApiKey
 
 
-def _runtime(request: Request) -> Runtime:
+# dependencies are `async def`: FastAPI runs plain `def` ones on a worker thread, a thread
+# hop per dependency per request
+async def _runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def _request_id(request: Request) -> str:
+async def _request_id(request: Request) -> str:
     return str(request.state.request_id)
 
 
@@ -40,7 +42,7 @@ class Grant:
             self.key.require_tools()
 
 
-def _grant(request: Request) -> Grant:
+async def _grant(request: Request) -> Grant:
     return Grant(getattr(request.state, "api_key", None))
 
 

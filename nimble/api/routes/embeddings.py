@@ -6,8 +6,8 @@ import base64
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+import orjson
+from fastapi import APIRouter, Request, Response
 
 from nimble.api.deps import ERROR_RESPONSES, GrantDep, RequestIdDep, RuntimeDep
 from nimble.api.schemas.embeddings import EmbeddingRequest, EmbeddingResponse
@@ -38,19 +38,18 @@ async def embeddings(
         dimensions=body.dimensions,
     )
     result = await until_disconnect(request, work)
+    payload = {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
+            for i, v in enumerate(result.vectors)
+        ],
+        "model": body.model,
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    }
     # a Response skips FastAPI's re-validation and encoding of every float (the schema
-    # above still documents it): most of the cost of a one-sentence request otherwise
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
-                for i, v in enumerate(result.vectors)
-            ],
-            "model": body.model,
-            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
-        }
-    )
+    # above still documents it), and orjson writes floats ~10x faster than json
+    return Response(orjson.dumps(payload), media_type="application/json")
 
 
 def _encode(vector: tuple[float, ...], encoding: str) -> list[float] | str:
