@@ -125,6 +125,26 @@ class EmbedResult:
 
 
 @dataclass(frozen=True)
+class RankRequest:
+    """A query and the documents to score against it (a cross-encoder reads each pair).
+
+    `truncate`: END cuts a pair longer than the model's window, NONE refuses it."""
+
+    request_id: str
+    query: str
+    documents: tuple[str, ...]
+    truncate: Literal["NONE", "END"] = "END"
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """One raw score (a logit for a cross-encoder) per document, in the request's order."""
+
+    scores: tuple[float, ...]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
 class ModelFile:
     path: str
     sha256: str

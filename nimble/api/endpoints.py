@@ -9,6 +9,8 @@ ENDPOINT_PATHS: dict[str, tuple[str, ...]] = {
     "chat": ("/v1/chat/completions",),
     "completions": ("/v1/completions",),
     "embeddings": ("/v1/embeddings",),
+    "ranking": ("/v1/ranking",),
+    "rerank": ("/v1/rerank",),
     "models": ("/v1/models",),
     "metadata": ("/v1/metadata",),
     "manifest": ("/v1/manifest",),

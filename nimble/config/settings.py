@@ -30,6 +30,8 @@ ALL_ENDPOINTS = (
     "chat",
     "completions",
     "embeddings",
+    "ranking",
+    "rerank",
     "models",
     "metadata",
     "manifest",

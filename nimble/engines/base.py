@@ -7,8 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from nimble.errors import InvalidRequest
 from nimble.models.spec import ModelSpec
-from nimble.types import EmbedRequest, EmbedResult, EngineInfo, GenerateRequest, GenerationChunk
+from nimble.types import (
+    EmbedRequest,
+    EmbedResult,
+    EngineInfo,
+    GenerateRequest,
+    GenerationChunk,
+    RankRequest,
+    RankResult,
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,11 @@ class EngineConfig:
     # called (from any thread) when an engine can no longer serve and will not recover;
     # the server then stops with a non-zero exit code
     on_fatal: Callable[[str], None] | None = None
+
+
+def cannot_rank(model_id: str) -> InvalidRequest:
+    """What an engine that is not a cross-encoder answers to `rank`."""
+    return InvalidRequest(f"model {model_id} does not support ranking", param="model")
 
 
 @runtime_checkable
@@ -68,6 +82,10 @@ class Engine(Protocol):
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         """Embed the inputs (one vector each, L2-normalised where the model expects it)."""
+
+    async def rank(self, request: RankRequest) -> RankResult:
+        """Score each document against the query (cross-encoders; others raise
+        InvalidRequest: the runtime ranks with an embedding model's cosine instead)."""
 
     async def health(self) -> bool:
         """True while the engine can serve."""

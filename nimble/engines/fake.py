@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator
 from typing import Literal
 
 from nimble import __version__
-from nimble.engines.base import EngineConfig
+from nimble.engines.base import EngineConfig, cannot_rank
 from nimble.errors import InvalidRequest
 from nimble.models.spec import ModelSpec
 from nimble.types import (
@@ -22,7 +22,10 @@ from nimble.types import (
     EngineInfo,
     GenerateRequest,
     GenerationChunk,
+    RankRequest,
+    RankResult,
     SamplingParams,
+    Task,
     TokenLogprob,
     TopLogprob,
     Usage,
@@ -147,6 +150,19 @@ class FakeEngine:
             self.running -= 1
             if not finished:
                 self.aborted += 1
+
+    async def rank(self, request: RankRequest) -> RankResult:
+        """Deterministic: the number of query words a document shares, minus a little per
+        word of length (so ties break the same way every time)."""
+        if Task.RERANK not in self.spec.tasks:
+            raise cannot_rank(self.spec.id)
+        query = set(request.query.lower().split())
+        scores = tuple(
+            len(query & set(doc.lower().split())) - 0.01 * len(doc.split())
+            for doc in request.documents
+        )
+        tokens = sum(len(request.query.split()) + len(doc.split()) + 3 for doc in request.documents)
+        return RankResult(scores, tokens)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         vectors = []

@@ -33,7 +33,7 @@ import jinja2
 import torch
 import transformers
 
-from nimble.engines.base import EngineConfig
+from nimble.engines.base import EngineConfig, cannot_rank
 from nimble.engines.hf_batching import BatchStats, Job, Scheduler
 from nimble.engines.hf_choice import Choice
 from nimble.engines.hf_loading import Loaded, load
@@ -52,6 +52,8 @@ from nimble.types import (
     EngineInfo,
     GenerateRequest,
     GenerationChunk,
+    RankRequest,
+    RankResult,
     SamplingParams,
 )
 
@@ -158,6 +160,9 @@ class TransformersEngine:
                 yield chunk
         finally:
             job.cancelled = True  # the scheduler drops its rows at the next step
+
+    async def rank(self, request: RankRequest) -> RankResult:
+        raise cannot_rank(self.spec.id)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         raise InvalidRequest(

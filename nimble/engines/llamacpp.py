@@ -45,7 +45,7 @@ from typing import Any, cast
 import httpx
 import xllamacpp
 
-from nimble.engines.base import EngineConfig
+from nimble.engines.base import EngineConfig, cannot_rank
 from nimble.engines.llamacpp_gguf import GgufSummary, read_gguf_summary
 from nimble.engines.llamacpp_wire import ChunkMapper, Json, message_dicts, request_body
 from nimble.errors import EngineError, InvalidRequest, ModelLoadError, Unavailable
@@ -59,6 +59,8 @@ from nimble.types import (
     GenerateRequest,
     GenerationChunk,
     ModelFile,
+    RankRequest,
+    RankResult,
     SamplingParams,
 )
 
@@ -235,6 +237,9 @@ class LlamaCppEngine:
         finally:
             stream.cancel.set()  # llama.cpp cancels the task at its next token
             self._running.discard(stream.cancel)
+
+    async def rank(self, request: RankRequest) -> RankResult:
+        raise cannot_rank(self.spec.id)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         raise InvalidRequest(f"model {self.spec.id} does not support embeddings", param="model")

@@ -26,7 +26,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 from tokenizers import Tokenizer
 
-from nimble.engines.base import EngineConfig
+from nimble.engines.base import EngineConfig, cannot_rank
 from nimble.engines.embed_batching import BatchStats, EmbedBatcher
 from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
 from nimble.models.files import sha256_of
@@ -38,6 +38,8 @@ from nimble.types import (
     GenerateRequest,
     GenerationChunk,
     ModelFile,
+    RankRequest,
+    RankResult,
 )
 
 _T = TypeVar("_T")
@@ -166,6 +168,9 @@ class OnnxEmbeddingEngine:
         if self._counter is None:
             raise Unavailable(f"model {self.spec.id!r} is not loaded")
         return [len(encoding.ids) for encoding in self._counter.encode_batch(list(texts))]
+
+    async def rank(self, request: RankRequest) -> RankResult:
+        raise cannot_rank(self.spec.id)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         batcher = self._batcher

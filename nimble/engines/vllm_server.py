@@ -39,7 +39,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from nimble.engines.base import EngineConfig
+from nimble.engines.base import EngineConfig, cannot_rank
 from nimble.engines.llamacpp_wire import ChunkMapper, Json, message_dicts, request_body
 from nimble.errors import (
     ContextLengthExceeded,
@@ -58,6 +58,8 @@ from nimble.types import (
     GenerateRequest,
     GenerationChunk,
     ModelFile,
+    RankRequest,
+    RankResult,
     SamplingParams,
     Task,
 )
@@ -211,6 +213,9 @@ class VllmEngine:
         except httpx.HTTPError as exc:
             raise EngineError(f"vllm ({self.spec.id}): connection lost: {exc!r}") from exc
         yield GenerationChunk(usage=mapper.usage())
+
+    async def rank(self, request: RankRequest) -> RankResult:
+        raise cannot_rank(self.spec.id)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         body = {"model": self.spec.id, "input": list(request.inputs)}

@@ -45,7 +45,13 @@ def deployment_record(
         "nimble": {"version": __version__, "image": settings.image},
         "update_channel": settings.update_channel,
         "state": runtime.state.value,
-        "models": [_model(m, deployment.models.get(m.spec.id)) for m in runtime.models.values()],
+        "models": [
+            {
+                **_model(m, deployment.models.get(m.spec.id)),
+                "ranking": runtime.ranking_method(m.spec.id),
+            }
+            for m in runtime.models.values()
+        ],
         "hardware": deployment.hardware.as_record() if deployment.hardware else None,
         "endpoints": exposed,
         "health": {

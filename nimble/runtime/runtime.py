@@ -33,6 +33,8 @@ from nimble.types import (
     EngineInfo,
     GenerateRequest,
     GenerationChunk,
+    RankRequest,
+    RankResult,
     SamplingParams,
     Task,
 )
@@ -283,6 +285,41 @@ class Runtime:
         vectors = tuple(tuple((v / max(float(np.linalg.norm(v)), 1e-12)).tolist()) for v in cut)
         return EmbedResult(vectors, result.prompt_tokens)
 
+    async def rank(self, model_id: str, request: RankRequest) -> tuple[RankResult, str]:
+        """Scores of each document for the query, and how they were made: a cross-encoder
+        (`cross-encoder`: logits), or an embedding model's cosine similarity (`cosine`)."""
+        method = self.ranking_method(model_id)
+        if method is None:
+            raise InvalidRequest(
+                f"model `{model_id}` can neither rank nor embed; serve a reranker or an "
+                "embedding model",
+                param="model",
+            )
+        task = Task.RERANK if method == "cross-encoder" else Task.EMBEDDING
+        model = self.model(model_id, task)
+        record = _record()
+        async with self._slot(model, task, record):
+            if method == "cross-encoder":
+                result = await model.engine.rank(request)
+            else:
+                result = await _cosine_rank(model, request)
+        record.prompt_tokens += result.prompt_tokens
+        return result, method
+
+    def ranking_method(self, model_id: str) -> str | None:
+        """`cross-encoder`, `cosine` (an embedding model), or None (this model cannot rank)."""
+        model = self.models.get(model_id)
+        if model is None:
+            raise ModelNotFound(
+                f"The model `{model_id}` does not exist. Available: {', '.join(self.models)}",
+                param="model",
+            )
+        if Task.RERANK in model.spec.tasks:
+            return "cross-encoder"
+        if Task.EMBEDDING in model.spec.tasks:
+            return "cosine"
+        return None
+
     @asynccontextmanager
     async def _slot(
         self, model: ServedModel, task: Task, record: RequestRecord
@@ -305,6 +342,21 @@ class Runtime:
 
     def _track(self) -> _Inflight:
         return _Inflight(self)
+
+
+async def _cosine_rank(model: ServedModel, request: RankRequest) -> RankResult:
+    """Rank by the cosine of query and document embeddings (the model's own prefixes for
+    queries and passages applied): what nimble does when no cross-encoder is served."""
+    traits = model.spec.embedding or EmbeddingTraits()
+    texts = (
+        traits.query_prefix + request.query,
+        *(traits.passage_prefix + doc for doc in request.documents),
+    )
+    result = await model.engine.embed(EmbedRequest(request.request_id, texts, request.truncate))
+    vectors = np.asarray(result.vectors, dtype=np.float64)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    scores = vectors[1:] @ vectors[0]
+    return RankResult(tuple(float(x) for x in scores), result.prompt_tokens)
 
 
 def _with_prefix(

@@ -19,12 +19,23 @@ from nimble.runtime.deployment import deployment_record
 router = APIRouter()
 
 
-@router.get("/v1/models", response_model=ModelList, summary="List served models")
+@router.get(
+    "/v1/models",
+    response_model=ModelList,
+    response_model_exclude_none=True,
+    summary="List served models",
+)
 async def list_models(runtime: RuntimeDep, grant: GrantDep) -> Any:
     return {
         "object": "list",
         "data": [
-            {"id": m.spec.id, "object": "model", "created": m.created, "owned_by": "nimble"}
+            {
+                "id": m.spec.id,
+                "object": "model",
+                "created": m.created,
+                "owned_by": "nimble",
+                "ranking": runtime.ranking_method(m.spec.id),
+            }
             for m in runtime.models.values()
             if grant.allows_model(m.spec.id)
         ],

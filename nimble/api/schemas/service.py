@@ -12,6 +12,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "nimble"
+    # models that answer /v1/ranking and /v1/rerank: how they score (absent otherwise)
+    ranking: Literal["cross-encoder", "cosine"] | None = None
 
 
 class ModelList(BaseModel):

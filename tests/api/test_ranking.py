@@ -1,0 +1,191 @@
+"""/v1/ranking (NIM) and /v1/rerank (Cohere/Jina) on the fake engine: shapes, order,
+top_n, documents, the cosine fallback of an embedding model, labels, errors, key scopes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from nimble.api import create_app
+from nimble.config import Settings
+from nimble.engines import EngineConfig
+from nimble.models import resolve_model
+from nimble.runtime import Runtime, RuntimeConfig
+from nimble.types import Task
+from tests.conftest import assert_openai_error
+
+QUERY = "how do cats sleep"
+DOCS = ["dogs bark at night", "cats sleep all day long", "how cats sleep in winter", "tax law"]
+
+
+def specs() -> list:  # type: ignore[type-arg]
+    reranker = resolve_model("fake:reranker")
+    reranker = dataclasses.replace(reranker, tasks=frozenset({Task.RERANK}))
+    chat_only = dataclasses.replace(resolve_model("fake:chat"), tasks=frozenset({Task.CHAT}))
+    return [reranker, resolve_model("fake:embedder"), chat_only]
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    runtime = Runtime(specs(), RuntimeConfig(EngineConfig()))
+    app = create_app(runtime, Settings(model=("fake",)), load_on_startup=False)
+    await runtime.start()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        yield http
+    await runtime.stop()
+
+
+async def test_nim_ranking_sorted_by_logit(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/ranking",
+        json={
+            "model": "reranker",
+            "query": {"text": QUERY},
+            "passages": [{"text": d} for d in DOCS],
+        },
+    )
+    assert response.status_code == 200, response.text
+    rankings = response.json()["rankings"]
+    assert [r["index"] for r in rankings] == [2, 1, 3, 0]  # ties: the shorter first
+    logits = [r["logit"] for r in rankings]
+    assert logits == sorted(logits, reverse=True)
+    assert logits[0] == pytest.approx(3 - 0.05)  # "how", "cats", "sleep" shared; 5 words
+
+
+async def test_cohere_rerank_scores_top_n_and_documents(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/rerank",
+        json={
+            "model": "reranker",
+            "query": QUERY,
+            "documents": [DOCS[0], {"text": DOCS[1]}, DOCS[2], DOCS[3]],
+            "top_n": 2,
+            "return_documents": True,
+        },
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "reranker" and body["id"] == response.headers["x-request-id"]
+    assert [r["index"] for r in body["results"]] == [2, 1]
+    assert body["results"][0]["document"] == {"text": DOCS[2]}
+    # a cross-encoder's logit, as a probability
+    assert body["results"][0]["relevance_score"] == pytest.approx(1 / (1 + math.exp(-2.95)))
+    assert body["usage"]["total_tokens"] > 0
+    plain = await client.post(
+        "/v1/rerank", json={"model": "reranker", "query": QUERY, "documents": DOCS}
+    )
+    assert len(plain.json()["results"]) == 4 and "document" not in plain.json()["results"][0]
+
+
+async def test_an_embedding_model_ranks_by_cosine_and_says_so(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post(
+        "/v1/rerank", json={"model": "embedder", "query": "cats", "documents": ["cats", "dogs"]}
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    # the fake embedder hashes text: the identical document has cosine 1
+    assert results[0] == {"index": 0, "relevance_score": pytest.approx(1.0)}
+    models = {m["id"]: m for m in (await client.get("/v1/models")).json()["data"]}
+    assert models["reranker"]["ranking"] == "cross-encoder"
+    assert models["embedder"]["ranking"] == "cosine"
+    assert "ranking" not in models["chat"]
+    record = (await client.get("/v1/manifest")).json()
+    assert {m["id"]: m["ranking"] for m in record["models"]} == {
+        "reranker": "cross-encoder",
+        "embedder": "cosine",
+        "chat": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param"),
+    [
+        (
+            "/v1/ranking",
+            {"model": "reranker", "query": {"text": "q"}, "passages": []},
+            400,
+            "passages",
+        ),
+        (
+            "/v1/ranking",
+            {"model": "reranker", "query": {"text": ""}, "passages": [{"text": "a"}]},
+            400,
+            "query.text",
+        ),
+        (
+            "/v1/ranking",
+            {"model": "reranker", "query": "q", "passages": [{"text": "a"}]},
+            400,
+            "query",
+        ),
+        (
+            "/v1/ranking",
+            {
+                "model": "reranker",
+                "query": {"text": "q"},
+                "passages": [{"text": "a"}],
+                "truncate": "START",
+            },
+            400,
+            "truncate",
+        ),
+        (
+            "/v1/rerank",
+            {"model": "reranker", "query": "q", "documents": ["a"], "top_n": 0},
+            400,
+            "top_n",
+        ),
+        ("/v1/rerank", {"model": "reranker", "query": "q", "documents": [""]}, 400, "documents"),
+        (
+            "/v1/rerank",
+            {"model": "reranker", "query": "q", "documents": ["a"] * 1001},
+            400,
+            "documents",
+        ),
+        ("/v1/rerank", {"model": "nope", "query": "q", "documents": ["a"]}, 404, "model"),
+        ("/v1/rerank", {"model": "chat", "query": "q", "documents": ["a"]}, 400, "model"),
+    ],
+)
+async def test_bad_requests(
+    client: httpx.AsyncClient,
+    path: str,
+    body: dict,
+    status: int,
+    param: str,  # type: ignore[type-arg]
+) -> None:
+    assert_openai_error(await client.post(path, json=body), status, param)
+
+
+async def test_api_key_scopes_cover_ranking(tmp_path: Path) -> None:
+    from nimble.security.keys import hash_key
+
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(
+        "keys:\n"
+        f"  - id: embed-only\n    sha256: {hash_key('k-embed')}\n    endpoints: [embeddings]\n"
+        f"  - id: ranker\n    sha256: {hash_key('k-rank')}\n    endpoints: [ranking, rerank]\n"
+    )
+    runtime = Runtime(specs(), RuntimeConfig(EngineConfig()))
+    app = create_app(runtime, Settings(model=("fake",), api_keys_file=keys), load_on_startup=False)
+    await runtime.start()
+    body = {"model": "reranker", "query": "q", "documents": ["a"]}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as http:
+        denied = await http.post(
+            "/v1/rerank", json=body, headers={"Authorization": "Bearer k-embed"}
+        )
+        assert_openai_error(denied, 403, None)
+        allowed = await http.post(
+            "/v1/rerank", json=body, headers={"Authorization": "Bearer k-rank"}
+        )
+        assert allowed.status_code == 200
+    await runtime.stop()
