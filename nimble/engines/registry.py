@@ -17,6 +17,10 @@ _ENGINES: dict[str, tuple[str, str]] = {
     "onnx": ("nimble.engines.onnx_embed:OnnxEmbeddingEngine", "nimble[onnx]"),
     "transformers": ("nimble.engines.hf_transformers:TransformersEngine", "nimble[transformers]"),
     "vllm": ("nimble.engines.vllm_server:VllmEngine", "nimble[gpu]"),
+    "sentence_transformers": (
+        "nimble.engines.st_engine:SentenceTransformersEngine",
+        "nimble[transformers]",
+    ),
     "fake": ("nimble.engines.fake:FakeEngine", "nimble"),
 }
 
@@ -26,6 +30,7 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "llamacpp": ("xllamacpp",),
     "onnx": ("onnxruntime", "tokenizers"),
     "transformers": ("torch", "transformers"),
+    "sentence_transformers": ("torch", "transformers"),
     "fake": (),
 }
 

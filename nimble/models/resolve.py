@@ -254,6 +254,11 @@ def _hf_folder_manifest(model_id: str, path: Path) -> ModelManifest:
             {"engine": "vllm", "precision": "auto", "files": folder, **size, "hardware": gpu},
         ]
         return _manifest(model_id, ["chat", "completion"], profiles, path)
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        profiles = [
+            {"engine": "sentence_transformers", "precision": "auto", "files": folder, **size},
+        ]
+        return _manifest(model_id, ["rerank"], profiles, path)
     if (path / "modules.json").is_file():
         profiles = [
             {"engine": "sentence_transformers", "precision": "auto", "files": folder, **size},
@@ -269,8 +274,8 @@ def _hf_folder_manifest(model_id: str, path: Path) -> ModelManifest:
         return _manifest(model_id, ["embedding"], profiles, path)
     raise ModelLoadError(
         f"{path}: no engine for architecture {', '.join(architectures) or '(none given)'}: "
-        "nimble serves causal language models (…ForCausalLM) and sentence-transformers "
-        "folders (modules.json)"
+        "nimble serves causal language models (…ForCausalLM), cross-encoders "
+        "(…ForSequenceClassification) and sentence-transformers folders (modules.json)"
     )
 
 

@@ -47,8 +47,21 @@ def test_a_sentence_transformers_folder_is_an_embedding_model(tmp_path: Path) ->
     (folder / "modules.json").write_text("[]")
     manifest = manifest_for(str(folder))
     assert manifest.tasks == ("embedding",)
-    with pytest.raises(ConfigError, match="sentence_transformers is not part of this nimble"):
-        plan_model(str(folder), CPU, engine_check=_registry_check)
+    selection = plan_model(str(folder), CPU, engine_check=_registry_check)
+    assert selection.profile.name == "sentence_transformers-auto-cpu"
+
+
+def test_a_sequence_classification_folder_is_a_reranker(tmp_path: Path) -> None:
+    folder = tmp_path / "ce"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        json.dumps({"architectures": ["BertForSequenceClassification"]})
+    )
+    manifest = manifest_for(str(folder))
+    assert manifest.tasks == ("rerank",)
+    assert [p.name for p in manifest.profiles] == ["sentence_transformers-auto-cpu"]
+    with pytest.raises(ConfigError, match="engine sentence_transformers needs"):
+        plan_model(str(folder), CPU, engine_check=lambda e: f"engine {e} needs torch")
 
 
 def test_a_folder_of_an_architecture_no_engine_serves(tmp_path: Path) -> None:
