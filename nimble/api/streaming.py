@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncGenerator, Awaitable
 from typing import Any, TypeVar
 
+import orjson
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
@@ -68,15 +68,15 @@ async def prime(
 def sse_response(
     events: AsyncGenerator[dict[str, Any], None], request_id: str
 ) -> StreamingResponse:
-    async def body() -> AsyncGenerator[str, None]:
+    async def body() -> AsyncGenerator[bytes, None]:
         try:
-            async for event in events:
-                yield f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
+            async for event in events:  # orjson: one chunk per token, ~10x faster than json
+                yield b"data: " + orjson.dumps(event) + b"\n\n"
         except Exception as exc:  # an error after the stream began: one final error event
-            yield f"data: {json.dumps(sse_error_event(exc, request_id))}\n\n"
+            yield b"data: " + orjson.dumps(sse_error_event(exc, request_id)) + b"\n\n"
             return
         finally:
             await events.aclose()
-        yield "data: [DONE]\n\n"
+        yield b"data: [DONE]\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
