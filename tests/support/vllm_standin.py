@@ -7,7 +7,10 @@ Run as `python vllm_standin.py serve MODEL --port P ...`. Knobs (environment):
 STANDIN_LOG (append JSON lines: the argv, each request body, disconnects),
 STANDIN_STARTUP_DELAY (seconds before the port opens), STANDIN_EXIT_AT_START (exit code,
 before listening), STANDIN_CRASH_AFTER_TOKENS (the process dies mid-stream),
-STANDIN_TOKEN_DELAY (seconds between streamed tokens).
+STANDIN_TOKEN_DELAY (seconds between streamed tokens), STANDIN_ERROR_SHAPE ("new": errors
+as `{"error": {...}}` like recent vLLM; otherwise the older flat `{"object": "error", ...}`),
+STANDIN_WORKER (1: start a worker child in the process group, as tensor-parallel vLLM does;
+its pid is logged).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -45,6 +49,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--served-model-name", default=None)
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-logprobs", type=int, default=20)
     parser.add_argument("--api-key", default=None)
     args, _unknown = parser.parse_known_args(argv)
     return args
@@ -59,7 +64,11 @@ def words_of(body: dict[str, Any]) -> list[str]:
 
 
 def error(status: int, message: str, kind: str = "BadRequestError") -> JSONResponse:
-    body = {"object": "error", "message": message, "type": kind, "param": None, "code": status}
+    body: dict[str, Any] = {"message": message, "type": kind, "param": None, "code": status}
+    if os.environ.get("STANDIN_ERROR_SHAPE") == "new":
+        body = {"error": body}
+    else:
+        body = {"object": "error", **body}
     return JSONResponse(body, status_code=status)
 
 
@@ -122,6 +131,17 @@ def build(args: argparse.Namespace) -> FastAPI:
         body = await request.json()
         note({"path": "/v1/embeddings", "body": body})
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if any(isinstance(i, int) for i in inputs):
+            inputs = [inputs]  # one token array
+        inputs = [i if isinstance(i, str) else " ".join(f"t{t}" for t in i) for i in inputs]
+        longest = max(len(text.split()) for text in inputs)
+        if body.get("truncate_prompt_tokens") is None and longest > args.max_model_len:
+            return error(
+                400,
+                f"This model's maximum context length is {args.max_model_len} tokens. "
+                f"However, you requested {longest} tokens in the input for embedding "
+                "generation. Please reduce the length of the input.",
+            )
         data = []
         for i, text in enumerate(inputs):
             digest = hashlib.sha256(text.encode()).digest()
@@ -151,6 +171,13 @@ def build(args: argparse.Namespace) -> FastAPI:
                 f"messages, {max_tokens} in the completion). Please reduce the length of the "
                 "messages or completion.",
             )
+        wanted = body.get("top_logprobs") if chat else body.get("logprobs")
+        if isinstance(wanted, int) and wanted > args.max_logprobs:
+            return error(
+                400,
+                f"Requested sample logprobs of {wanted}, which is greater than max allowed: "
+                f"{args.max_logprobs}",
+            )
         n = int(body.get("n") or 1)
         stops = body.get("stop") or []
         pieces = [f"{prompt[i % len(prompt)] if prompt else 'x'} " for i in range(max_tokens)]
@@ -159,14 +186,14 @@ def build(args: argparse.Namespace) -> FastAPI:
 
         def choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
             item: dict[str, Any] = {"index": index, "finish_reason": finish}
-            if chat:
-                item["delta" if body.get("stream") else "message"] = (
-                    {"role": "assistant", "content": text} if text or not finish else {}
-                )
+            if chat and body.get("stream"):
+                item["delta"] = {"content": text} if text else {}
+            elif chat:
+                item["message"] = {"role": "assistant", "content": text}
             else:
                 item["text"] = text
-            if body.get("logprobs") and text:
-                top = int(body.get("top_logprobs") or body.get("logprobs") or 0)
+            if chat and body.get("logprobs") and text:
+                top = int(body.get("top_logprobs") or 0)
                 alts = [{"token": text, "logprob": -0.5, "bytes": list(text.encode())}]
                 alts += [
                     {"token": f"alt{k}", "logprob": -2.0 - k, "bytes": None} for k in range(top - 1)
@@ -180,6 +207,18 @@ def build(args: argparse.Namespace) -> FastAPI:
                             "top_logprobs": alts[:top],
                         }
                     ]
+                }
+            elif not chat and body.get("logprobs") is not None and text:
+                # OpenAI's legacy completions shape, as vLLM sends it: the sampled token
+                # and up to `logprobs` alternatives in a {token: logprob} map, unordered
+                top = int(body["logprobs"])
+                alts = {f"alt{k}": -2.0 - k for k in range(top)}
+                alts[text] = -0.5
+                item["logprobs"] = {
+                    "text_offset": [0],
+                    "token_logprobs": [-0.5],
+                    "tokens": [text],
+                    "top_logprobs": [alts],
                 }
             return item
 
@@ -214,6 +253,22 @@ def build(args: argparse.Namespace) -> FastAPI:
             try:
                 for index in range(n):
                     text, why = "", "length"
+                    if chat:  # vLLM opens each choice with the role and no content
+                        opening = {
+                            "id": "cmpl-standin",
+                            "object": kind + ".chunk",
+                            "created": created,
+                            "model": name,
+                            "choices": [
+                                {
+                                    "index": index,
+                                    "delta": {"role": "assistant", "content": ""},
+                                    "logprobs": None,
+                                    "finish_reason": None,
+                                }
+                            ],
+                        }
+                        yield f"data: {json.dumps(opening)}\n\n"
                     for piece in pieces:
                         if crash_after and sent >= crash_after:
                             note({"event": "crash"})
@@ -289,6 +344,9 @@ def main() -> None:
     if exit_code:
         print("ERROR standin: CUDA out of memory (simulated)", flush=True)
         sys.exit(exit_code)
+    if os.environ.get("STANDIN_WORKER") == "1":  # a worker in the same process group
+        worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+        note({"worker": worker.pid})
     time.sleep(float(os.environ.get("STANDIN_STARTUP_DELAY", "0")))  # a slow model load
     uvicorn.run(build(args), host=args.host, port=args.port, log_level="warning")
 

@@ -1,22 +1,35 @@
 """The vLLM adapter against a stand-in process that speaks vLLM's command line and HTTP
 protocol (tests/support/vllm_standin.py): startup, flags, requests, errors, aborts,
-metrics, a crashing engine restarted or fatal, and a clean stop."""
+metrics, a crashing engine restarted or fatal, and a clean stop of the process group."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from nimble.engines import supervisor, vllm_server
 from nimble.engines.base import EngineConfig
+from nimble.engines.supervisor import RestartPolicy
 from nimble.engines.vllm_server import VllmEngine
-from nimble.errors import ContextLengthExceeded, EngineError, ModelLoadError, Unavailable
+from nimble.engines.vllm_wire import chat_logprobs, error_of, is_error, serve_args
+from nimble.errors import (
+    ContextLengthExceeded,
+    EngineError,
+    InvalidRequest,
+    ModelLoadError,
+    Unavailable,
+    UnsupportedParameter,
+)
 from nimble.models.spec import ModelSpec
 from nimble.types import (
     ChatMessage,
@@ -38,10 +51,15 @@ def log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def entries(log: Path) -> list[dict[str, Any]]:
+def entries(log: Path, key: str | None = None) -> list[dict[str, Any]]:
     if not log.exists():
         return []
-    return [json.loads(line) for line in log.read_text().splitlines()]
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    return [row for row in rows if key is None or key in row]
+
+
+def bodies(log: Path, path: str) -> list[dict[str, Any]]:
+    return [row["body"] for row in entries(log, "path") if row["path"] == path]
 
 
 def spec(tmp_path: Path, **options: str) -> ModelSpec:
@@ -49,6 +67,7 @@ def spec(tmp_path: Path, **options: str) -> ModelSpec:
     folder.mkdir(exist_ok=True)
     (folder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     (folder / "model.safetensors").write_bytes(b"\x01" * 4096)
+    (folder / "README.md").write_text("not a weight file")
     return ModelSpec(
         id="llama-test",
         engine="vllm",
@@ -66,6 +85,15 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> 
         await asyncio.sleep(0.05)  # polling interval
 
 
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (an orphan's zombie waits for init)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 async def collect(engine: VllmEngine, request: GenerateRequest) -> list[GenerationChunk]:
     return [chunk async for chunk in engine.generate(request)]
 
@@ -74,10 +102,21 @@ def chat(text: str, **params: Any) -> GenerateRequest:
     return GenerateRequest("r1", SamplingParams(**params), messages=(ChatMessage("user", text),))
 
 
+def engine_for(tmp_path: Path, **config: Any) -> VllmEngine:
+    return VllmEngine(spec(tmp_path), EngineConfig(engine_command=COMMAND, **config))
+
+
 @pytest.fixture
 async def running(tmp_path: Path, log: Path) -> AsyncIterator[VllmEngine]:
     engine = VllmEngine(
-        spec(tmp_path, tensor_parallel_size="2", context_length="64", enforce_eager="true"),
+        spec(
+            tmp_path,
+            tensor_parallel_size="2",
+            context_length="64",
+            enforce_eager="true",
+            enable_prefix_caching="false",
+            gpu_memory_utilization="0.85",
+        ),
         EngineConfig(engine_command=COMMAND, max_running=4),
     )
     await engine.start()
@@ -87,78 +126,179 @@ async def running(tmp_path: Path, log: Path) -> AsyncIterator[VllmEngine]:
         await engine.stop()
 
 
-async def test_start_maps_the_profile_to_vllm_flags_and_hides_the_key(
-    running: VllmEngine, log: Path
-) -> None:
-    (started,) = [e for e in entries(log) if "argv" in e]
-    argv = started["argv"]
-    assert argv[:2] == ["serve", str(running.spec.weights)]
-    pairs = {
+# the command line
+
+
+def flag_values(argv: list[str]) -> dict[str, str]:
+    return {
         flag: argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else ""
         for i, flag in enumerate(argv)
         if flag.startswith("--")
     }
-    assert pairs["--host"] == "127.0.0.1"
-    assert pairs["--served-model-name"] == "llama-test"
-    assert pairs["--dtype"] == "bfloat16"
-    assert pairs["--tensor-parallel-size"] == "2"
-    assert pairs["--max-model-len"] == "64"
-    assert pairs["--max-num-seqs"] == "4"
-    assert pairs["--enforce-eager"] == "" and "--precision" not in argv
-    assert started["api_key_in_env"] and not any("--api-key" in a for a in argv)
+
+
+async def test_start_maps_the_profile_to_vllm_flags_and_hides_the_key(
+    running: VllmEngine, log: Path
+) -> None:
+    (started,) = entries(log, "argv")
+    argv = started["argv"]
+    assert argv[:2] == ["serve", str(running.spec.weights)]
+    flags = flag_values(argv)
+    assert flags["--host"] == "127.0.0.1"
+    assert flags["--served-model-name"] == "llama-test"
+    assert flags["--dtype"] == "bfloat16"
+    assert flags["--tensor-parallel-size"] == "2"
+    assert flags["--max-model-len"] == "64"
+    assert flags["--max-num-seqs"] == "4"
+    assert flags["--gpu-memory-utilization"] == "0.85"
+    assert flags["--enforce-eager"] == "" and flags["--no-enable-prefix-caching"] == ""
+    assert "--precision" not in argv and "--context-length" not in argv
+    assert started["api_key_in_env"] and not any("api-key" in a or "api_key" in a for a in argv)
     info = running.info()
     assert (info.engine, info.engine_version, info.context_length) == ("vllm", "0.11.0+standin", 64)
+    assert info.supports_logprobs
     names = {Path(f.path).name: f for f in info.files}
     assert set(names) == {"config.json", "model.safetensors"}
-    assert len(names["model.safetensors"].sha256) == 64
+    import hashlib
+
+    expected = hashlib.sha256(b"\x01" * 4096).hexdigest()
+    assert (names["model.safetensors"].sha256, names["model.safetensors"].size_bytes) == (
+        expected,
+        4096,
+    )
     assert await running.health()
 
 
-async def test_chat_completion_streams_with_usage_and_logprobs(running: VllmEngine) -> None:
-    chunks = await collect(running, chat("hello there", max_tokens=3, top_logprobs=2))
-    text = "".join(c.text for c in chunks)
-    assert text == "<|user|> hello there "
-    finals = [c for c in chunks if c.finish_reason]
-    assert [c.finish_reason for c in finals] == ["length"]
-    assert chunks[-1].usage is not None
+def test_serve_args_precedence_and_names(tmp_path: Path) -> None:
+    base = spec(tmp_path, max_model_len="8192", max_num_seqs="64", dtype="fp16", port="1")
+    args = serve_args(base, context_length=2048, max_running=4)
+    assert flag_values(args) == {
+        "--dtype": "float16",
+        "--max-model-len": "2048",
+        "--max-num-seqs": "64",
+    }
+    assert args.count("--dtype") == 1 and args.count("--max-model-len") == 1
+    fp8 = spec(tmp_path, precision="fp8", trust_remote_code="True")
+    assert flag_values(serve_args(fp8, None, 8)) == {
+        "--quantization": "fp8",
+        "--trust-remote-code": "",
+        "--max-num-seqs": "8",
+    }
+    with pytest.raises(ModelLoadError, match="not a vLLM option"):
+        serve_args(spec(tmp_path, **{"x; rm -rf": "1"}), None, 1)
+
+
+# requests
+
+
+async def test_chat_streams_text_usage_and_logprobs(running: VllmEngine, log: Path) -> None:
+    request = chat(
+        "hello there",
+        max_tokens=3,
+        top_logprobs=2,
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
+        seed=2**40,
+    )
+    chunks = await collect(running, request)
+    assert "".join(c.text for c in chunks) == "<|user|> hello there "
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["length"]
+    assert chunks[-1].usage is not None and not chunks[-1].text
     assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (4, 3)
     with_logprobs = [c for c in chunks if c.logprobs]
     assert len(with_logprobs) == 3 and len(with_logprobs[0].logprobs[0].top) == 2
+    assert with_logprobs[0].logprobs[0].bytes == tuple(b"<|user|> ")
+    (sent,) = bodies(log, "/v1/chat/completions")
+    assert sent["messages"] == [{"role": "user", "content": "hello there"}]
+    assert sent["model"] == "llama-test" and sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
+    assert (sent["presence_penalty"], sent["frequency_penalty"]) == (0.5, 0.25)
+    assert (sent["logprobs"], sent["top_logprobs"], sent["seed"]) == (True, 2, 2**40)
 
 
-async def test_completion_with_stop_and_n(running: VllmEngine, log: Path) -> None:
+async def test_completion_with_stop_n_and_legacy_logprobs(running: VllmEngine, log: Path) -> None:
     request = GenerateRequest(
         "r2",
-        SamplingParams(max_tokens=6, n=2, stop=("c",), seed=7, temperature=0.5, top_p=0.9),
+        SamplingParams(
+            max_tokens=6, n=2, stop=("c",), seed=7, temperature=0.5, top_p=0.9, top_logprobs=2
+        ),
         prompt="a b c d",
     )
     chunks = await collect(running, request)
     by_choice = {i: "".join(c.text for c in chunks if c.index == i) for i in (0, 1)}
     assert by_choice == {0: "a b ", 1: "a b "}
     assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop", "stop"]
-    sent = [e["body"] for e in entries(log) if e.get("path") == "/v1/completions"][-1]
+    first = next(c for c in chunks if c.logprobs).logprobs[0]
+    assert (first.token, first.logprob) == ("a ", -0.5)
+    assert [(t.token, t.logprob) for t in first.top] == [("a ", -0.5), ("alt0", -2.0)]
+    (sent,) = bodies(log, "/v1/completions")
+    assert sent["prompt"] == "a b c d" and sent["max_tokens"] == 6
     assert sent["seed"] == 7 and sent["temperature"] == 0.5 and sent["top_p"] == 0.9
-    assert sent["stop"] == ["c"] and sent["n"] == 2 and sent["stream"] is True
+    assert sent["stop"] == ["c"] and sent["n"] == 2 and sent["logprobs"] == 2
 
 
-async def test_tokens_embeddings_and_cache_usage(running: VllmEngine) -> None:
+async def test_tokens_embeddings_and_cache_usage(running: VllmEngine, log: Path) -> None:
     assert await running.count_prompt_tokens(chat("one two three")) == 5
+    (counted,) = bodies(log, "/tokenize")
+    assert counted["add_generation_prompt"] is True and counted["model"] == "llama-test"
+    prompt = GenerateRequest("t", SamplingParams(), prompt="one two")
+    assert await running.count_prompt_tokens(prompt) == 2
+    assert running.prompt_tokens_bound(prompt) is None
     result = await running.embed(EmbedRequest("e", ("a", "b c")))
     assert len(result.vectors) == 2 and len(result.vectors[0]) == 8
     assert result.prompt_tokens == 3
+    assert bodies(log, "/v1/embeddings")[-1]["truncate_prompt_tokens"] == -1
+    with pytest.raises(ContextLengthExceeded, match="maximum context length is 64"):
+        await running.embed(EmbedRequest("e", ("w " * 70,), truncate="NONE"))
+    with pytest.raises(UnsupportedParameter):
+        await running.embed(EmbedRequest("e", ("a",), truncate="START"))
     assert await running.cache_usage() == 0.0
 
 
+async def test_the_api_key_guards_vllm(running: VllmEngine) -> None:
+    base = f"http://127.0.0.1:{running._port}"
+    async with httpx.AsyncClient(base_url=base, trust_env=False) as client:
+        assert (await client.get("/v1/models")).status_code == 401
+        assert (await client.get("/health")).status_code == 200
+
+
 async def test_vllm_errors_map_to_nimble_errors(running: VllmEngine) -> None:
-    with pytest.raises(ContextLengthExceeded, match="maximum context length is 64 tokens"):
+    with pytest.raises(ContextLengthExceeded, match="maximum context length is 64 tokens") as ctx:
         await collect(running, chat("word " * 80, max_tokens=4))
+    assert ctx.value.param == "messages"
+    with pytest.raises(InvalidRequest, match="greater than max allowed: 20") as bad:
+        await collect(running, chat("hi", max_tokens=2, top_logprobs=25))
+    assert type(bad.value) is InvalidRequest
+
+
+def test_error_bodies_of_old_and_new_vllm() -> None:
+    old = {"object": "error", "message": "bad n", "type": "BadRequestError", "code": 400}
+    new = {"error": {"message": "bad n", "type": "BadRequestError", "param": "n", "code": 400}}
+    assert type(error_of(400, old, "prompt")) is InvalidRequest
+    assert error_of(400, new, "prompt").param == "n"
+    long = {
+        "error": {
+            "message": "The decoder prompt (length 9000) is longer than the maximum "
+            "model length of 4096.",
+            "code": 400,
+        }
+    }
+    assert isinstance(error_of(400, long, "prompt"), ContextLengthExceeded)
+    # errors inside a 200 stream carry their own code
+    assert is_error(new) and is_error(old) and not is_error({"choices": []})
+    assert type(error_of(200, new, "prompt")) is InvalidRequest
+    internal = {"error": {"message": "boom", "type": "InternalServerError", "code": 500}}
+    assert isinstance(error_of(200, internal, "prompt"), EngineError)
+    assert isinstance(error_of(503, {"message": "draining"}, "prompt"), Unavailable)
+    assert isinstance(error_of(500, "not json", "prompt"), EngineError)
+    assert chat_logprobs({"text": "x", "logprobs": None}) == {"text": "x", "logprobs": None}
 
 
 async def test_closing_the_stream_aborts_the_request_in_vllm(
     tmp_path: Path, log: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("STANDIN_TOKEN_DELAY", "0.05")
-    engine = VllmEngine(spec(tmp_path), EngineConfig(engine_command=COMMAND))
+    engine = engine_for(tmp_path)
     await engine.start()
     try:
         stream = engine.generate(chat("go", max_tokens=500))
@@ -168,7 +308,7 @@ async def test_closing_the_stream_aborts_the_request_in_vllm(
         await stream.aclose()
 
         async def disconnected() -> bool:
-            return any(e.get("event") == "disconnect" for e in entries(log))
+            return bool(entries(log, "event")) and entries(log, "event")[0]["event"] == "disconnect"
 
         await until(disconnected)
         await until(lambda: _equals(engine.cache_usage(), 0.0))
@@ -180,14 +320,20 @@ async def _equals(value: Awaitable[float | None], expected: float) -> bool:
     return await value == expected
 
 
-async def test_startup_polls_health_until_the_model_is_loaded(
-    tmp_path: Path, log: Path, monkeypatch: pytest.MonkeyPatch
+# starting
+
+
+async def test_startup_polls_health_and_reports_progress(
+    tmp_path: Path, log: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("STANDIN_STARTUP_DELAY", "1.5")
-    engine = VllmEngine(spec(tmp_path), EngineConfig(engine_command=COMMAND))
+    monkeypatch.setattr(supervisor, "PROGRESS_EVERY", 0.4)
+    engine = engine_for(tmp_path)
     try:
-        await engine.start()
+        with caplog.at_level(logging.INFO, logger="nimble.engines.vllm"):
+            await engine.start()
         assert await engine.health()
+        assert "vllm for llama-test: still loading" in caplog.text
     finally:
         await engine.stop()
 
@@ -196,12 +342,14 @@ async def test_an_engine_that_exits_while_starting(
     tmp_path: Path, log: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("STANDIN_EXIT_AT_START", "3")
-    engine = VllmEngine(spec(tmp_path), EngineConfig(engine_command=COMMAND))
+    engine = engine_for(tmp_path)
     with pytest.raises(ModelLoadError) as info:
         await engine.start()
     message = str(info.value)
-    assert str(engine.spec.weights) in message and "exited with code 3" in message
+    assert message.startswith(str(engine.spec.weights))
+    assert "exited with code 3 while starting" in message
     assert "CUDA out of memory (simulated)" in message
+    assert not await engine.health()
     await engine.stop()
 
 
@@ -209,13 +357,13 @@ async def test_an_engine_that_never_gets_healthy_is_killed(
     tmp_path: Path, log: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("STANDIN_STARTUP_DELAY", "60")
-    engine = VllmEngine(
-        spec(tmp_path), EngineConfig(engine_command=COMMAND, engine_start_timeout=1.0)
-    )
-    with pytest.raises(ModelLoadError, match="not healthy after 1 s"):
+    monkeypatch.setenv("STANDIN_WORKER", "1")
+    engine = engine_for(tmp_path, engine_start_timeout=1.0)
+    with pytest.raises(ModelLoadError, match="not healthy after 1 s") as info:
         await engine.start()
-    pids = [e for e in entries(log) if "argv" in e]
-    assert len(pids) == 1
+    assert "serving" in str(info.value)  # the last output lines
+    ((_started,), (worker,)) = entries(log, "argv"), entries(log, "worker")
+    assert not alive(worker["worker"])
     await engine.stop()
 
 
@@ -223,28 +371,37 @@ async def test_vllm_not_installed(tmp_path: Path) -> None:
     engine = VllmEngine(
         spec(tmp_path), EngineConfig(engine_command=("no-such-vllm-executable", "serve"))
     )
-    with pytest.raises(ModelLoadError, match=r"pip install 'nimble\[gpu\]'"):
+    with pytest.raises(ModelLoadError, match=r"not found: pip install 'nimble\[gpu\]'"):
         await engine.start()
+    await engine.stop()
+
+
+# supervision
 
 
 async def test_a_crashed_engine_is_restarted(
     tmp_path: Path, log: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("STANDIN_CRASH_AFTER_TOKENS", "3")
-    engine = VllmEngine(spec(tmp_path), EngineConfig(engine_command=COMMAND))
+    monkeypatch.setenv("STANDIN_WORKER", "1")
+    engine = engine_for(tmp_path)
     await engine.start()
     try:
-        first_port = engine.info().extra["port"]
+        first_pid = engine._process.pid
         with pytest.raises(EngineError, match="connection lost"):
             await collect(engine, chat("crash me", max_tokens=10))
         await until(lambda: _not(engine.health()))
         with pytest.raises(Unavailable, match="restarting"):
             await engine.count_prompt_tokens(chat("x"))
+        with pytest.raises(Unavailable, match="restarting"):
+            await collect(engine, chat("x"))
         await until(engine.health)
-        assert engine.info().extra["port"] != first_port
+        assert engine._process.pid not in (None, first_pid)
         chunks = await collect(engine, chat("again", max_tokens=2))
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 2
-        assert len([e for e in entries(log) if "argv" in e]) == 2
+        assert len(entries(log, "argv")) == 2
+        first_worker = entries(log, "worker")[0]["worker"]
+        assert not alive(first_worker)  # swept before the restart
     finally:
         await engine.stop()
 
@@ -258,10 +415,7 @@ async def test_a_crashed_engine_is_fatal_with_the_fail_policy(
 ) -> None:
     monkeypatch.setenv("STANDIN_CRASH_AFTER_TOKENS", "1")
     fatal: list[str] = []
-    engine = VllmEngine(
-        spec(tmp_path),
-        EngineConfig(engine_command=COMMAND, engine_restart="fail", on_fatal=fatal.append),
-    )
+    engine = engine_for(tmp_path, engine_restart="fail", on_fatal=fatal.append)
     await engine.start()
     try:
         with pytest.raises(EngineError):
@@ -271,20 +425,52 @@ async def test_a_crashed_engine_is_fatal_with_the_fail_policy(
             return bool(fatal)
 
         await until(told)
-        assert "exited with code 1" in fatal[0]
+        assert fatal[0].startswith("vllm for llama-test exited with code 1")
         assert not await engine.health()
-        assert len([e for e in entries(log) if "argv" in e]) == 1  # never restarted
+        with pytest.raises(Unavailable, match="not restarted"):
+            await collect(engine, chat("x"))
+        assert await engine.cache_usage() is None
+        assert len(entries(log, "argv")) == 1  # never restarted
     finally:
         await engine.stop()
 
 
-async def test_stop_ends_the_process_group(tmp_path: Path, log: Path) -> None:
-    engine = VllmEngine(spec(tmp_path), EngineConfig(engine_command=COMMAND))
+async def test_too_many_restarts_are_fatal(
+    tmp_path: Path, log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = RestartPolicy(max_restarts=2, first_delay=0.05, max_delay=0.1)
+    monkeypatch.setattr(vllm_server, "RESTARTS", policy)
+    fatal: list[str] = []
+    engine = engine_for(tmp_path, on_fatal=fatal.append)
     await engine.start()
-    proc = engine._proc
-    assert proc is not None
+    try:
+        monkeypatch.setenv("STANDIN_EXIT_AT_START", "5")  # every restart fails
+        pid = engine._process.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # the OOM killer, say
+
+        async def told() -> bool:
+            return bool(fatal)
+
+        await until(told)
+        assert "restart failed" in fatal[0] and "exited with code 5 while starting" in fatal[0]
+        assert len(entries(log, "argv")) == 3  # the start and two restarts
+        assert not await engine.health()
+    finally:
+        await engine.stop()
+
+
+async def test_stop_ends_the_process_group(
+    tmp_path: Path, log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STANDIN_WORKER", "1")
+    engine = engine_for(tmp_path)
+    await engine.start()
+    pid = engine._process.pid
+    assert pid is not None
+    (worker,) = entries(log, "worker")
+    assert alive(pid) and alive(worker["worker"])
     await engine.stop()
-    assert proc.returncode is not None
-    with pytest.raises(ProcessLookupError):
-        os.kill(proc.pid, 0)
+    assert not alive(pid) and not alive(worker["worker"])
+    assert not await engine.health()
     await engine.stop()  # twice is fine

@@ -1,0 +1,137 @@
+"""What nimble says to `vllm serve` and how it reads the answers: the command line built
+from a profile, vLLM's error bodies, its completion logprobs, the weight files to hash.
+
+Pure functions, no vLLM import (vLLM runs in its own process)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from nimble.errors import (
+    ContextLengthExceeded,
+    EngineError,
+    InvalidRequest,
+    ModelLoadError,
+    NimbleError,
+    Unavailable,
+)
+from nimble.models.files import sha256_of
+from nimble.models.spec import ModelSpec
+from nimble.types import ModelFile
+
+log = logging.getLogger("nimble.engines.vllm")
+
+Json = dict[str, Any]
+
+# profile precision -> vLLM flags (other precisions, awq-int4, gptq..., are read by vLLM
+# from the checkpoint's quantization_config)
+_PRECISION: dict[str, tuple[str, str]] = {
+    "bf16": ("--dtype", "bfloat16"),
+    "fp16": ("--dtype", "float16"),
+    "fp32": ("--dtype", "float32"),
+    "fp8": ("--quantization", "fp8"),
+}
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+_ALIASES = {"context_length": "max_model_len"}  # spec option -> vLLM argument
+_OWN = {"model", "host", "port", "served_model_name", "api_key"}  # nimble sets these
+_KEY = re.compile(r"^[a-z][a-z0-9_-]*$")
+_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".txt", ".tiktoken"}
+_WEIGHT_SUFFIXES |= {".jinja"}
+# how vLLM words a prompt longer than the window, across versions
+_CONTEXT_MESSAGES = ("maximum context length", "maximum model length", "is too long and exceeds")
+
+
+def serve_args(spec: ModelSpec, context_length: int | None, max_running: int) -> list[str]:
+    """vLLM's flags for a spec (port, host and name excluded): the profile's precision, its
+    options as `--key-with-dashes value` ("true": a bare switch, "false": `--no-key`), and
+    nimble's own context length and concurrency when the profile sets none."""
+    options = {_ALIASES.get(key, key): value for key, value in spec.options.items()}
+    flags: dict[str, str | None] = {}
+    precision = options.pop("precision", "").lower()
+    if precision in _PRECISION:
+        flag, value = _PRECISION[precision]
+        flags[flag] = value
+    if "dtype" in options:
+        options["dtype"] = _DTYPES.get(options["dtype"].lower(), options["dtype"])
+    if context_length:  # the operator's --context-length wins over the profile's
+        options["max_model_len"] = str(context_length)
+    options.setdefault("max_num_seqs", str(max_running))
+    for key, value in options.items():
+        if key in _OWN:
+            log.warning("vllm: option %s is set by nimble; the profile's value is ignored", key)
+            continue
+        if not _KEY.match(key):
+            raise ModelLoadError(f"{spec.weights}: {key!r} is not a vLLM option name")
+        flag = "--" + key.replace("_", "-")
+        if value.lower() == "true":
+            flags[flag] = None
+        elif value.lower() == "false":
+            flags.pop(flag, None)
+            flags["--no-" + key.replace("_", "-")] = None
+        else:
+            flags[flag] = value
+    args: list[str] = []
+    for flag, flag_value in flags.items():
+        args += [flag] if flag_value is None else [flag, flag_value]
+    return args
+
+
+def error_of(status: int, payload: object, param: str) -> NimbleError:
+    """vLLM's error bodies: `{"object": "error", "message", "type", "code"}` (older), or
+    `{"error": {"message", "type", "param", "code"}}` (newer, and errors inside a stream)."""
+    inner = payload.get("error") if isinstance(payload, dict) else None
+    error: Json = inner if isinstance(inner, dict) else payload if isinstance(payload, dict) else {}
+    message = str(error.get("message") or inner or f"vllm answered {status} without a message")
+    code = error.get("code")
+    status = code if isinstance(code, int) and status == 200 else status
+    if status == 400 and any(part in message for part in _CONTEXT_MESSAGES):
+        return ContextLengthExceeded(message, param=param)
+    if status in (400, 422):
+        named = error.get("param")
+        return InvalidRequest(message, param=named if isinstance(named, str) else None)
+    if status == 503:
+        return Unavailable(f"vllm: {message}")
+    return EngineError(f"vllm answered {status}: {message}")
+
+
+def is_error(payload: Json) -> bool:
+    return "error" in payload or payload.get("object") == "error"
+
+
+def chat_logprobs(choice: Json) -> Json:
+    """A /v1/completions choice with OpenAI's legacy logprobs (`tokens`, `token_logprobs`,
+    `top_logprobs` as {token: logprob}) rewritten in the chat shape (`content`) that the
+    chunk mapper reads; other choices are returned as they are."""
+    raw = choice.get("logprobs")
+    if not isinstance(raw, dict) or "tokens" not in raw:
+        return choice
+    tops = raw.get("top_logprobs") or []
+    values = raw.get("token_logprobs") or []
+    content = []
+    for i, token in enumerate(raw["tokens"]):
+        alternatives = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+        ranked = sorted(alternatives.items(), key=lambda item: -_number(item[1]))
+        content.append(
+            {
+                "token": token,
+                "logprob": values[i] if i < len(values) else None,
+                "top_logprobs": [{"token": t, "logprob": lp} for t, lp in ranked],
+            }
+        )
+    return {**choice, "logprobs": {"content": content}}
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else float("-inf")
+
+
+def weight_files(folder: Path) -> tuple[ModelFile, ...]:
+    """The files vLLM loads from a model folder (weights, config, tokenizer), hashed."""
+    if folder.is_file():
+        paths = [folder]
+    else:
+        paths = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+    return tuple(ModelFile(str(p), sha256_of(p), p.stat().st_size) for p in paths if p.is_file())
