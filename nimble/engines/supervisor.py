@@ -222,6 +222,13 @@ class Supervisor:
     # after the start
 
     async def _watch(self) -> None:
+        try:
+            await self._supervise()
+        except Exception as exc:  # a bug here must not leave a dead engine looking alive
+            self._log.exception("%s: supervision failed", self.name)
+            self._fail(f"{self.name}: supervision failed: {exc!r}")
+
+    async def _supervise(self) -> None:
         while True:
             proc = self._proc
             assert proc is not None
@@ -270,7 +277,10 @@ class Supervisor:
         )
         self._log.error("%s; not restarting: %s", message, why)
         if self._on_fatal is not None:
-            self._on_fatal(message)
+            try:
+                self._on_fatal(message)
+            except Exception:
+                self._log.exception("%s: on_fatal failed", self.name)
 
     async def _terminate(self) -> None:
         proc, self._proc = self._proc, None

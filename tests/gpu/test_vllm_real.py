@@ -1,54 +1,174 @@
-"""The vLLM engine for real, on a lent GPU machine (skipped elsewhere): a small model from
-NIMBLE_GPU_TEST_MODEL (a local Hugging Face folder; no hub access is assumed)."""
+"""The vLLM engine for real, on a lent GPU machine with vLLM installed (skipped elsewhere).
+
+The model is NIMBLE_GPU_TEST_MODEL (a local Hugging Face folder) when set, else a tiny
+random-weight Llama built here (tests/support/tiny_llama.py): no hub access is assumed.
+What the stand-in cannot prove is checked against vLLM itself: its flags are accepted, its
+stream, logprobs, /tokenize, /metrics and error wording read as nimble expects, an aborted
+stream frees the request, and a killed server (engine core and workers included) is
+swept and restarted."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import shutil
+import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from nimble.engines.base import EngineConfig
 from nimble.engines.vllm_server import VllmEngine
+from nimble.errors import ContextLengthExceeded
 from nimble.models.spec import ModelSpec
 from nimble.types import ChatMessage, GenerateRequest, SamplingParams, Task
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(
-        shutil.which("vllm") is None
-        or importlib.util.find_spec("torch") is None
-        or not os.environ.get("NIMBLE_GPU_TEST_MODEL"),
-        reason="needs vllm, a CUDA GPU and NIMBLE_GPU_TEST_MODEL (a local model folder)",
+        importlib.util.find_spec("vllm") is None
+        or shutil.which("vllm") is None
+        or shutil.which("nvidia-smi") is None,
+        reason="needs vLLM (pip install 'nimble[gpu]') and an NVIDIA GPU",
     ),
 ]
 
+CONTEXT = 512
 
-async def test_real_vllm_serves_a_chat() -> None:
-    folder = Path(os.environ["NIMBLE_GPU_TEST_MODEL"])
+
+@pytest.fixture
+def model_folder(tmp_path: Path) -> Path:
+    configured = os.environ.get("NIMBLE_GPU_TEST_MODEL")
+    if configured:
+        return Path(configured)
+    from tests.support.tiny_llama import build_tiny_llama  # torch: only here
+
+    return build_tiny_llama(tmp_path / "tiny-llama", context=CONTEXT)
+
+
+def engine_for(folder: Path, **config: Any) -> VllmEngine:
     spec = ModelSpec(
         id="gpu-test",
         engine="vllm",
         tasks=frozenset({Task.CHAT, Task.COMPLETION}),
         weights=folder,
         source=str(folder),
-        options={"precision": "bf16", "context_length": "4096"},
+        options={
+            "precision": "bf16",
+            "context_length": str(CONTEXT),
+            "gpu_memory_utilization": "0.3",
+            "enforce_eager": "true",  # no CUDA graph capture: a faster start
+        },
     )
-    engine = VllmEngine(spec, EngineConfig(max_running=8, engine_log=True))
+    settings: dict[str, Any] = {
+        "max_running": 8,
+        "engine_log": True,
+        "engine_start_timeout": 600.0,
+        **config,
+    }
+    return VllmEngine(spec, EngineConfig(**settings))
+
+
+def chat(text: str, **params: Any) -> GenerateRequest:
+    return GenerateRequest("gpu", SamplingParams(**params), messages=(ChatMessage("user", text),))
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.2)  # polling interval
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+async def running_requests(engine: VllmEngine) -> float:
+    async with httpx.AsyncClient(trust_env=False) as client:
+        text = (await client.get(f"http://127.0.0.1:{engine._port}/metrics")).text
+    lines = [line for line in text.splitlines() if line.startswith("vllm:num_requests_running")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+async def test_real_vllm_serves_through_the_engine(model_folder: Path) -> None:
+    engine = engine_for(model_folder)
     await engine.start()
     try:
         await engine.warmup()
-        request = GenerateRequest(
-            "gpu",
-            SamplingParams(max_tokens=16, temperature=0),
-            messages=(ChatMessage("user", "Say hello."),),
-        )
+        info = engine.info()
+        assert info.engine_version and info.context_length == CONTEXT
+        assert any(Path(f.path).name == "config.json" for f in info.files)
+
+        request = chat("hello cat", max_tokens=8, temperature=0, top_logprobs=2)
         chunks = [c async for c in engine.generate(request)]
-        assert "".join(c.text for c in chunks).strip()
-        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
-        assert engine.info().context_length == 4096
-        assert await engine.cache_usage() is not None
+        usage = chunks[-1].usage
+        assert usage is not None and 0 < usage.completion_tokens <= 8
+        assert usage.prompt_tokens == await engine.count_prompt_tokens(request)
+        assert [c.finish_reason for c in chunks if c.finish_reason] in (["length"], ["stop"])
+        tokens = [lp for c in chunks for lp in c.logprobs]
+        assert len(tokens) == usage.completion_tokens and all(len(t.top) == 2 for t in tokens)
+
+        completion = GenerateRequest(
+            "gpu-c", SamplingParams(max_tokens=4, n=2, seed=1, top_logprobs=1), prompt="one two"
+        )
+        chunks = [c async for c in engine.generate(completion)]
+        assert {c.index for c in chunks if c.finish_reason} == {0, 1}
+        assert any(c.logprobs and c.logprobs[0].top for c in chunks)  # the legacy shape
+
+        with pytest.raises(ContextLengthExceeded):
+            async for _ in engine.generate(chat("cat " * (CONTEXT + 10), max_tokens=4)):
+                pass
+
+        usage_share = await engine.cache_usage()
+        assert usage_share is not None and 0.0 <= usage_share <= 1.0
+
+        stream = engine.generate(chat("say yes", max_tokens=400, temperature=1.0))
+        await anext(stream)
+        await anext(stream)
+        await stream.aclose()  # vLLM aborts the request when the connection closes
+        await until(lambda: _is_zero(running_requests(engine)), timeout=30)
+    finally:
+        pid = engine._process.pid
+        await engine.stop()
+    assert pid is not None and group_members(pid) == []
+
+
+async def _is_zero(value: Awaitable[float]) -> bool:
+    return await value == 0
+
+
+async def test_a_killed_vllm_is_swept_and_restarted(model_folder: Path) -> None:
+    engine = engine_for(model_folder)
+    await engine.start()
+    try:
+        first = engine._process.pid
+        assert first is not None and len(group_members(first)) >= 1
+        os.kill(first, signal.SIGKILL)  # the API server only: its engine core is orphaned
+
+        async def down() -> bool:
+            return not await engine.health()
+
+        await until(down, timeout=30)
+        await until(lambda: _swept(first), timeout=30)
+        await until(engine.health, timeout=600)
+        chunks = [c async for c in engine.generate(chat("hello", max_tokens=2))]
+        assert chunks[-1].usage is not None
     finally:
         await engine.stop()
+
+
+async def _swept(pgid: int) -> bool:
+    return group_members(pgid) == []

@@ -474,3 +474,33 @@ async def test_stop_ends_the_process_group(
     assert not alive(pid) and not alive(worker["worker"])
     assert not await engine.health()
     await engine.stop()  # twice is fine
+
+
+async def test_output_past_the_line_limit_keeps_flowing() -> None:
+    script = "print('x' * (3 << 20)); print('after', flush=True); import time; time.sleep(60)"
+
+    async def saw_after() -> bool:
+        return "after" in process.tail()
+
+    async def nothing() -> None:
+        return None
+
+    process = supervisor.Supervisor(
+        "printer",
+        "test",
+        lambda: supervisor.Launch([sys.executable, "-c", script], {}),
+        saw_after,
+        nothing,
+        log=logging.getLogger("nimble.engines.test"),
+        show_output=False,
+        start_timeout=20.0,
+        policy=RestartPolicy(restart=False),
+        on_fatal=None,
+        install_hint="",
+    )
+    await process.start()
+    try:
+        assert process.up and process.tail().endswith("after")
+    finally:
+        await process.stop()
+    assert not process.up and process.state is supervisor.State.STOPPED
