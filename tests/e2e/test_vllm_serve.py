@@ -1,11 +1,13 @@
 """`nimble serve` choosing a vLLM profile on a (described) GPU machine, supervising the
 stand-in engine: the openai client end to end, the deployment record, the KV cache gauge,
-and a dying engine that stops nimble under `--engine-restart fail`."""
+a dying engine restarted under the default policy (503 meanwhile, then served again), and
+one that stops nimble under `--engine-restart fail`."""
 
 from __future__ import annotations
 
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -101,3 +103,33 @@ def test_a_dying_engine_stops_nimble_under_the_fail_policy(
     assert broken.status_code == 500
     assert server.proc.wait(timeout=60) == 1
     assert "engine failed: vllm for gpu-llama exited with code 1" in server.log()
+
+
+def test_a_dying_engine_is_restarted_under_the_default_policy(
+    nimble_process: type, tmp_path: Path
+) -> None:
+    args, env = setup(tmp_path)
+    env["STANDIN_CRASH_AFTER_TOKENS"] = "2"  # every instance dies on its third token
+    server = nimble_process(args, env=env).wait_ready()
+    broken = httpx.post(
+        server.base_url + "/v1/completions",
+        json={"model": "gpu-llama", "prompt": "a b", "max_tokens": 8},
+        timeout=30,
+    )
+    assert broken.status_code == 500
+    statuses: list[int] = []
+    deadline = time.monotonic() + 60
+    while not statuses or statuses[-1] != 200:
+        assert time.monotonic() < deadline, f"never served again: {statuses}"
+        answer = httpx.post(
+            server.base_url + "/v1/completions",
+            json={"model": "gpu-llama", "prompt": "a b", "max_tokens": 2},
+            timeout=30,
+        )
+        statuses.append(answer.status_code)
+        time.sleep(0.05)  # polling interval
+    assert set(statuses) <= {503, 200}  # Unavailable while it restarts, never a 500
+    assert answer.json()["choices"][0]["text"] == "a b "
+    assert server.proc.poll() is None
+    assert "vllm for gpu-llama: up again after a restart" in server.log()
+    assert server.terminate() == 0
