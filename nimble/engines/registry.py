@@ -19,7 +19,7 @@ _ENGINES: dict[str, tuple[str, str]] = {
     "vllm": ("nimble.engines.vllm_server:VllmEngine", "nimble[gpu]"),
     "sentence_transformers": (
         "nimble.engines.st_engine:SentenceTransformersEngine",
-        "nimble[transformers]",
+        "nimble[st]",
     ),
     "fake": ("nimble.engines.fake:FakeEngine", "nimble"),
 }
@@ -30,7 +30,7 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "llamacpp": ("xllamacpp",),
     "onnx": ("onnxruntime", "tokenizers"),
     "transformers": ("torch", "transformers"),
-    "sentence_transformers": ("torch", "transformers"),
+    "sentence_transformers": ("torch", "sentence_transformers"),
     "fake": (),
 }
 

@@ -1,23 +1,24 @@
 """sentence_transformers engine: cross-encoder rerankers and sentence-transformers embedding
-folders on PyTorch (through transformers, as sentence-transformers does, without it).
+folders, through the `sentence-transformers` library on PyTorch.
 
-- A reranker (`Task.RERANK`) is a sequence-classification model with one output: each
-  (query, document) pair is read together and its logit is the score (what
-  sentence-transformers' CrossEncoder returns with an identity activation). A pair longer
-  than the window loses the end of the document (`truncate=END`) or is refused (`NONE`).
-- An embedding model (`Task.EMBEDDING`) pools the token states as its folder says
-  (`1_Pooling/config.json`: CLS token or mean; mean by default) and L2-normalises.
+- A reranker (`Task.RERANK`) is loaded as a `CrossEncoder` with an identity activation, so
+  each (query, document) pair gives its raw logit (`/v1/ranking` answers logits; `/v1/rerank`
+  turns them into probabilities). A pair longer than the window loses the end of the longer
+  text, the document as a rule (`truncate=END`), or is refused (`NONE`).
+- An embedding model (`Task.EMBEDDING`) is loaded as a `SentenceTransformer`: the folder's
+  own modules (pooling, dense layers, normalisation) apply; vectors are L2-normalised.
+The window is the tokenizer's limit, capped by the model's positions and `context_length`.
 Work runs on one worker thread, so the event loop never waits on PyTorch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
+import sentence_transformers
 import torch
 import transformers
 
@@ -38,7 +39,7 @@ from nimble.types import (
 )
 
 _T = TypeVar("_T")
-_WEIGHTS = ("*.safetensors", "*.bin", "config.json", "tokenizer.json")
+_WEIGHTS = ("*.safetensors", "*.bin", "config.json", "tokenizer.json", "modules.json")
 _BATCH = 32
 
 
@@ -47,11 +48,10 @@ class SentenceTransformersEngine:
         self.spec = spec
         self._config = config
         self._rerank = Task.RERANK in spec.tasks
-        self._tokenizer: Any = None
-        self._model: Any = None
+        self._model: Any = None  # CrossEncoder or SentenceTransformer
         self._pool: ThreadPoolExecutor | None = None
         self._max_length = 512
-        self._cls_pooling = False
+        self._device = "cpu"
         self._files: tuple[ModelFile, ...] = ()
 
     async def start(self) -> None:
@@ -67,29 +67,40 @@ class SentenceTransformersEngine:
 
     def _load(self) -> None:
         folder = self.spec.weights
+        # transformers' progress bars are not log lines (global: this process's transformers)
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         if self._config.threads:
             torch.set_num_threads(self._config.threads)
-        kind = (
-            transformers.AutoModelForSequenceClassification
-            if self._rerank
-            else transformers.AutoModel
-        )
+        self._device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
-            self._tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-            self._model = kind.from_pretrained(str(folder)).eval()
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"{folder}: cannot load with transformers: {exc}") from exc
-        if self._rerank and self._model.config.num_labels != 1:
+            if self._rerank:
+                model: Any = sentence_transformers.CrossEncoder(
+                    str(folder),
+                    device=self._device,
+                    local_files_only=True,
+                    activation_fn=torch.nn.Identity(),
+                )
+            else:
+                model = sentence_transformers.SentenceTransformer(
+                    str(folder), device=self._device, local_files_only=True
+                )
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ModelLoadError(
+                f"{folder}: cannot load with sentence-transformers: {exc}"
+            ) from exc
+        if model.tokenizer is None:
+            raise ModelLoadError(f"{folder}: no tokenizer in the model folder")
+        if self._rerank and model.num_labels != 1:
             raise ModelLoadError(
                 f"{folder}: a reranker needs one output (num_labels 1), this model has "
-                f"{self._model.config.num_labels}"
+                f"{model.num_labels}"
             )
-        positions = getattr(self._model.config, "max_position_embeddings", 512) or 512
-        limit = min(int(self._tokenizer.model_max_length or positions), int(positions))
+        config = model.transformers_model.config if model.transformers_model else None
+        positions = int(getattr(config, "max_position_embeddings", 0) or 512)
+        limit = min(int(model.max_seq_length or positions), positions)
         self._max_length = min(limit, self._config.context_length or limit)
-        pooling = folder / "1_Pooling" / "config.json"
-        if pooling.is_file():
-            self._cls_pooling = bool(json.loads(pooling.read_text()).get("pooling_mode_cls_token"))
+        model.max_seq_length = self._max_length
+        self._model = model.eval()
         paths = sorted({p for pattern in _WEIGHTS for p in folder.glob(pattern) if p.is_file()})
         self._files = tuple(ModelFile(str(p), sha256_of(p), p.stat().st_size) for p in paths)
 
@@ -97,7 +108,7 @@ class SentenceTransformersEngine:
         pool, self._pool = self._pool, None
         if pool is not None:
             await asyncio.to_thread(pool.shutdown, wait=True)
-        self._model = self._tokenizer = None
+        self._model = None
 
     async def warmup(self) -> None:
         if self._rerank:
@@ -114,13 +125,15 @@ class SentenceTransformersEngine:
     def info(self) -> EngineInfo:
         return EngineInfo(
             engine="sentence_transformers",
-            engine_version=f"transformers {transformers.__version__}",
+            engine_version=f"sentence-transformers {sentence_transformers.__version__}",
             tasks=self.spec.tasks,
             context_length=self._max_length,
             supports_logprobs=False,
             files=self._files,
             extra={
                 "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "device": self._device,
                 "kind": "cross-encoder" if self._rerank else "bi-encoder",
             },
         )
@@ -131,33 +144,24 @@ class SentenceTransformersEngine:
         return await self._in_worker(lambda: self._rank_sync(request))
 
     def _rank_sync(self, request: RankRequest) -> RankResult:
-        tokenizer, model = self._tokenizer, self._model
-        queries = [request.query] * len(request.documents)
         documents = list(request.documents)
+        lengths = self._lengths([request.query] * len(documents), documents)
         if request.truncate == "NONE":
-            for i, ids in enumerate(tokenizer(queries, documents)["input_ids"]):
-                if len(ids) > self._max_length:
+            for i, n in enumerate(lengths):
+                if n > self._max_length:
                     raise InvalidRequest(
-                        f"query and passage {i} are {len(ids)} tokens together, more than the "
+                        f"query and passage {i} are {n} tokens together, more than the "
                         f"{self._max_length} of model {self.spec.id} (truncate is NONE)",
                         param="passages",
                     )
-        scores: list[float] = []
-        tokens = 0
-        for start in range(0, len(documents), _BATCH):
-            batch = tokenizer(
-                queries[start : start + _BATCH],
-                documents[start : start + _BATCH],
-                padding=True,
-                truncation="longest_first",
-                max_length=self._max_length,
-                return_tensors="pt",
-            )
-            tokens += int(batch["attention_mask"].sum())
-            with torch.inference_mode():
-                logits = model(**batch).logits[:, 0]
-            scores.extend(float(x) for x in logits)
-        return RankResult(tuple(scores), tokens)
+        logits = self._model.predict(
+            [(request.query, d) for d in documents],
+            batch_size=_BATCH,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+        )
+        tokens = sum(min(n, self._max_length) for n in lengths)
+        return RankResult(tuple(float(x) for x in logits.reshape(-1)), tokens)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         if self._rerank:
@@ -170,39 +174,34 @@ class SentenceTransformersEngine:
         return await self._in_worker(lambda: self._embed_sync(request))
 
     def _embed_sync(self, request: EmbedRequest) -> EmbedResult:
-        tokenizer, model = self._tokenizer, self._model
         texts = [str(i) for i in request.inputs]
+        lengths = self._lengths(texts)
         if request.truncate == "NONE":
-            for i, ids in enumerate(tokenizer(texts)["input_ids"]):
-                if len(ids) > self._max_length:
+            for i, n in enumerate(lengths):
+                if n > self._max_length:
                     raise InvalidRequest(
-                        f"input {i} has {len(ids)} tokens, more than the {self._max_length} of "
+                        f"input {i} has {n} tokens, more than the {self._max_length} of "
                         f"model {self.spec.id} (truncate is NONE)",
                         param="input",
                     )
-        tokenizer.truncation_side = "left" if request.truncate == "START" else "right"
-        vectors: list[tuple[float, ...]] = []
-        tokens = 0
-        for start in range(0, len(texts), _BATCH):
-            batch = tokenizer(
-                texts[start : start + _BATCH],
-                padding=True,
-                truncation=True,
-                max_length=self._max_length,
-                return_tensors="pt",
-            )
-            mask = batch["attention_mask"]
-            tokens += int(mask.sum())
-            with torch.inference_mode():
-                hidden = model(**batch).last_hidden_state
-            if self._cls_pooling:
-                pooled = hidden[:, 0]
-            else:
-                weights = mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, dim=-1)
-            vectors.extend(tuple(float(x) for x in row) for row in pooled)
-        return EmbedResult(tuple(vectors), tokens)
+        # one worker thread: the side holds for this call only
+        self._model.tokenizer.truncation_side = "left" if request.truncate == "START" else "right"
+        vectors = self._model.encode(
+            texts,
+            batch_size=_BATCH,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
+        tokens = sum(min(n, self._max_length) for n in lengths)
+        return EmbedResult(tuple(tuple(float(x) for x in row) for row in vectors), tokens)
+
+    def _lengths(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[int]:
+        """Tokens of each text (or text pair) with special tokens, before any truncation."""
+        ids = self._model.tokenizer(
+            list(texts), list(pairs) if pairs is not None else None, verbose=False
+        )["input_ids"]
+        return [len(x) for x in ids]
 
     async def count_prompt_tokens(self, request: GenerateRequest) -> int:
         self._no_generation()

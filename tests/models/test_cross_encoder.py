@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from nimble.engines.base import EngineConfig
 from nimble.engines.onnx_embed import OnnxEmbeddingEngine
@@ -37,7 +38,8 @@ async def test_a_cross_encoder_folder_is_served_as_a_reranker(reranker: Path) ->
         for query, good, bad in PAIRS:
             result = await engine.rank(RankRequest("r", query, (bad, good)))
             assert result.scores[1] > result.scores[0], query
-        # the same logits as the model called directly
+        # the same logits as the model called directly, through transformers and through
+        # sentence-transformers' CrossEncoder (whose default activation is a sigmoid)
         model = transformers.AutoModelForSequenceClassification.from_pretrained(str(reranker))
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(reranker))
         query, good, bad = PAIRS[0]
@@ -47,14 +49,22 @@ async def test_a_cross_encoder_folder_is_served_as_a_reranker(reranker: Path) ->
             ).logits[:, 0]
         ours = await engine.rank(RankRequest("r", query, (good, bad)))
         assert np.allclose(ours.scores, direct.numpy(), atol=1e-5)
+        cross = CrossEncoder(str(reranker), device="cpu", local_files_only=True)
+        probabilities = cross.predict([(query, good), (query, bad)], show_progress_bar=False)
+        assert np.allclose(1 / (1 + np.exp(-np.asarray(ours.scores))), probabilities, atol=1e-5)
+        # tokens: [CLS] query [SEP] passage [SEP] for each pair
+        pairs = tokenizer([query, query], [good, bad])["input_ids"]
+        assert ours.prompt_tokens == sum(len(ids) for ids in pairs)
         assert ours.prompt_tokens > 0
         info = engine.info()
         assert info.engine == "sentence_transformers" and info.context_length == 128
         assert info.extra["kind"] == "cross-encoder"
+        assert info.engine_version.startswith("sentence-transformers ")
         assert any(f.path.endswith("model.safetensors") and len(f.sha256) == 64 for f in info.files)
         long = "word " * 300
-        cut = await engine.rank(RankRequest("r", query, (long,)))
-        assert len(cut.scores) == 1  # cut to the window at the END
+        cut = await engine.rank(RankRequest("r", query, (long, good)))
+        assert len(cut.scores) == 2  # cut to the window at the END
+        assert cut.prompt_tokens == 128 + len(pairs[0])
         with pytest.raises(InvalidRequest, match=r"more than the 128") as refused:
             await engine.rank(RankRequest("r", query, (good, long), truncate="NONE"))
         assert refused.value.param == "passages"
@@ -78,6 +88,14 @@ async def test_the_minilm_folder_embeds_like_the_onnx_engine() -> None:
         for full, quantized in zip(ours.vectors, int8.vectors, strict=True):
             assert np.isclose(np.linalg.norm(full), 1.0)
             assert float(np.dot(full, quantized)) > 0.98  # fp32 vs the int8 export
+        direct = SentenceTransformer(str(spec.weights), device="cpu", local_files_only=True)
+        assert np.allclose(ours.vectors, direct.encode(list(texts)), atol=1e-5)
+        assert engine.info().context_length == 256  # the folder's max_seq_length
+        long = "word " * 300
+        ends = await engine.embed(EmbedRequest("e", (long + "cats",), truncate="START"))
+        assert ends.prompt_tokens == 256
+        with pytest.raises(InvalidRequest, match=r"302 tokens, more than the 256"):
+            await engine.embed(EmbedRequest("e", (long,), truncate="NONE"))
         with pytest.raises(InvalidRequest, match="does not support ranking"):
             await engine.rank(RankRequest("r", "q", ("d",)))
     finally:
