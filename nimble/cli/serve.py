@@ -165,6 +165,7 @@ def build_runtime(
             max_running=settings.max_running,
             max_waiting=settings.max_waiting,
             max_n=settings.max_n,
+            max_rank_documents=settings.max_rank_documents,
             log_prompts=settings.log_prompts,
         ),
     )

@@ -162,6 +162,12 @@ class Settings(BaseSettings):
         description="Largest accepted request body in bytes (413 beyond).",
     )
     max_n: int = Field(default=8, ge=1, description="Largest accepted `n` (choices per request).")
+    max_rank_documents: int = Field(
+        default=1000,
+        ge=1,
+        description="Most passages (`/v1/ranking`) or documents (`/v1/rerank`) per request "
+        "(400 beyond).",
+    )
     drain_timeout: float = Field(
         default=30.0,
         ge=0,

@@ -156,12 +156,24 @@ class FakeEngine:
         word of length (so ties break the same way every time)."""
         if Task.RERANK not in self.spec.tasks:
             raise cannot_rank(self.spec.id)
+        limit = self.spec.context_length or 2048
+        for index, doc in enumerate(request.documents):
+            words = len(request.query.split()) + len(doc.split()) + 3
+            if words > limit and request.truncate == "NONE":
+                raise InvalidRequest(
+                    f"query and passage {index} are {words} tokens together, more than the "
+                    f"model's {limit} (truncate is NONE)",
+                    param="passages",
+                )
         query = set(request.query.lower().split())
         scores = tuple(
             len(query & set(doc.lower().split())) - 0.01 * len(doc.split())
             for doc in request.documents
         )
-        tokens = sum(len(request.query.split()) + len(doc.split()) + 3 for doc in request.documents)
+        tokens = sum(
+            min(len(request.query.split()) + len(doc.split()) + 3, limit)
+            for doc in request.documents
+        )
         return RankResult(scores, tokens)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:

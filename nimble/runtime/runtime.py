@@ -56,6 +56,7 @@ class RuntimeConfig:
     max_running: int = 4
     max_waiting: int = 64
     max_n: int = 8
+    max_rank_documents: int = 1000
     log_prompts: bool = False
 
 
@@ -285,9 +286,18 @@ class Runtime:
         vectors = tuple(tuple((v / max(float(np.linalg.norm(v)), 1e-12)).tolist()) for v in cut)
         return EmbedResult(vectors, result.prompt_tokens)
 
-    async def rank(self, model_id: str, request: RankRequest) -> tuple[RankResult, str]:
+    async def rank(
+        self, model_id: str, request: RankRequest, *, documents_param: str = "documents"
+    ) -> tuple[RankResult, str]:
         """Scores of each document for the query, and how they were made: a cross-encoder
-        (`cross-encoder`: logits), or an embedding model's cosine similarity (`cosine`)."""
+        (`cross-encoder`: logits), or an embedding model's cosine similarity (`cosine`).
+        `documents_param`: what the API calls the documents, for errors."""
+        if len(request.documents) > self.config.max_rank_documents:
+            raise InvalidRequest(
+                f"{documents_param}: at most {self.config.max_rank_documents} per request "
+                f"(got {len(request.documents)})",
+                param=documents_param,
+            )
         method = self.ranking_method(model_id)
         if method is None:
             raise InvalidRequest(

@@ -189,3 +189,31 @@ async def test_api_key_scopes_cover_ranking(tmp_path: Path) -> None:
         )
         assert allowed.status_code == 200
     await runtime.stop()
+
+
+async def test_document_limit_and_truncate_none_name_their_param() -> None:
+    reranker = dataclasses.replace(specs()[0], context_length=8)
+    runtime = Runtime([reranker], RuntimeConfig(EngineConfig(), max_rank_documents=2))
+    app = create_app(runtime, Settings(model=("fake",)), load_on_startup=False)
+    await runtime.start()
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as http:
+        three = [{"text": "a"}] * 3
+        nim = {"model": "reranker", "query": {"text": "q"}, "passages": three}
+        response = await http.post("/v1/ranking", json=nim)
+        assert_openai_error(response, 400, "passages")
+        assert "at most 2" in response.json()["error"]["message"]
+        cohere = {"model": "reranker", "query": "q", "documents": ["a", "b", "c"]}
+        assert_openai_error(await http.post("/v1/rerank", json=cohere), 400, "documents")
+        # query (1 word) + passage (5 words) + 3 special tokens: 9 > 8
+        long = {"text": "one two three four five"}
+        nim = {"model": "reranker", "query": {"text": "q"}, "passages": [long], "truncate": "NONE"}
+        response = await http.post("/v1/ranking", json=nim)
+        assert_openai_error(response, 400, "passages")
+        assert "9 tokens together, more than the model's 8" in response.json()["error"]["message"]
+        nim["truncate"] = "END"
+        assert (await http.post("/v1/ranking", json=nim)).status_code == 200
+        chat = {"model": "nope", "query": {"text": "q"}, "passages": [long]}
+        assert_openai_error(await http.post("/v1/ranking", json=chat), 404, "model")
+    await runtime.stop()

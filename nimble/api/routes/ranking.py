@@ -36,7 +36,9 @@ async def ranking(
     grant.require_model(body.model)
     passages = tuple(p.text for p in body.passages)
     work = runtime.rank(
-        body.model, RankRequest(request_id, body.query.text, passages, body.truncate)
+        body.model,
+        RankRequest(request_id, body.query.text, passages, body.truncate),
+        documents_param="passages",
     )
     result, _method = await until_disconnect(request, work)
     order = sorted(range(len(passages)), key=lambda i: -result.scores[i])

@@ -8,8 +8,6 @@ from pydantic import BaseModel, Field, field_validator
 
 from nimble.api.schemas.common import Strict
 
-MAX_DOCUMENTS = 1000
-
 
 class Text(Strict):
     text: str = Field(min_length=1)
@@ -18,7 +16,8 @@ class Text(Strict):
 class RankingRequest(Strict):
     model: str = Field(min_length=1)
     query: Text
-    passages: list[Text] = Field(min_length=1, max_length=MAX_DOCUMENTS)
+    # at most --max-rank-documents (the runtime checks)
+    passages: list[Text] = Field(min_length=1)
     truncate: Literal["NONE", "END"] = Field(
         default="END",
         description="A query and passage pair longer than the model's window is cut at the "
@@ -38,7 +37,7 @@ class RankingResponse(BaseModel):
 class RerankRequest(Strict):
     model: str = Field(min_length=1)
     query: str = Field(min_length=1)
-    documents: list[str | Text] = Field(min_length=1, max_length=MAX_DOCUMENTS)
+    documents: list[str | Text] = Field(min_length=1)
     top_n: int | None = Field(default=None, ge=1, description="Keep the best N (default: all).")
     return_documents: bool = False
     truncate: Literal["NONE", "END"] = "END"
