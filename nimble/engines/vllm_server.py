@@ -126,6 +126,8 @@ class VllmEngine:
             request = GenerateRequest("warmup", SamplingParams(max_tokens=1), prompt="Hello")
             async for _ in self.generate(request):
                 pass
+        elif Task.RERANK in self.spec.tasks:
+            await self.rank(RankRequest("warmup", "warm up", ("a warm-up passage",)))
         else:
             await self.embed(EmbedRequest("warmup", ("warm up",)))
 
@@ -222,7 +224,23 @@ class VllmEngine:
         yield GenerationChunk(usage=mapper.usage())
 
     async def rank(self, request: RankRequest) -> RankResult:
-        raise cannot_rank(self.spec.id)
+        """A cross-encoder served by vLLM (a `…ForSequenceClassification` model with one
+        label): its score API, asked for raw logits (`activation: false`, vLLM 0.10 on)."""
+        if Task.RERANK not in self.spec.tasks:
+            raise cannot_rank(self.spec.id)
+        body: Json = {
+            "model": self.spec.id,
+            "text_1": request.query,
+            "text_2": list(request.documents),
+            "activation": False,
+        }
+        if request.truncate == "END":
+            body["truncate_prompt_tokens"] = -1  # cut at the model's window
+        answer = await self._post("/v1/score", body, "passages")
+        rows = sorted(answer["data"], key=lambda row: int(row["index"]))
+        return RankResult(
+            tuple(float(row["score"]) for row in rows), int(answer["usage"]["prompt_tokens"])
+        )
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         body: Json = {"model": self.spec.id, "input": [_input(item) for item in request.inputs]}

@@ -1,7 +1,8 @@
 """A stand-in for `vllm serve`: the same command line and the same OpenAI-compatible HTTP
 protocol (health, version, models with max_model_len, completions and chat completions
-streamed or not, tokenize, embeddings, Prometheus metrics with vLLM's names, vLLM's error
-bodies, the API key from VLLM_API_KEY), with deterministic text: the prompt's words, echoed.
+streamed or not, tokenize, embeddings, scores of text pairs, Prometheus metrics with vLLM's
+names, vLLM's error bodies, the API key from VLLM_API_KEY), with deterministic text: the
+prompt's words, echoed.
 
 Run as `python vllm_standin.py serve MODEL --port P ...`. Knobs (environment):
 STANDIN_LOG (append JSON lines: the argv, each request body, disconnects),
@@ -149,6 +150,35 @@ def build(args: argparse.Namespace) -> FastAPI:
                 {"object": "embedding", "index": i, "embedding": [b / 255 for b in digest[:8]]}
             )
         used = sum(len(t.split()) for t in inputs)
+        return {
+            "object": "list",
+            "data": data,
+            "model": name,
+            "usage": {"prompt_tokens": used, "total_tokens": used},
+        }
+
+    @app.post("/v1/score")
+    async def score(request: Request) -> Any:
+        """A cross-encoder's logits: words the pair shares, minus a little per word; with
+        `activation` left on, their sigmoid (as vLLM does for a one-label classifier)."""
+        body = await request.json()
+        note({"path": "/v1/score", "body": body})
+        query = body["text_1"]
+        documents = body["text_2"] if isinstance(body["text_2"], list) else [body["text_2"]]
+        lengths = [len(query.split()) + len(doc.split()) + 3 for doc in documents]
+        if body.get("truncate_prompt_tokens") is None and max(lengths) > args.max_model_len:
+            return error(
+                400,
+                f"This model's maximum context length is {args.max_model_len} tokens. "
+                f"However, you requested {max(lengths)} tokens in the input for score. "
+                "Please reduce the length of the input.",
+            )
+        data = []
+        for i, doc in enumerate(documents):
+            logit = len(set(query.split()) & set(doc.split())) - 0.01 * len(doc.split())
+            value = logit if body.get("activation") is False else 1 / (1 + 2.718281828**-logit)
+            data.append({"index": i, "object": "score", "score": value})
+        used = sum(min(n, args.max_model_len) for n in lengths)
         return {
             "object": "list",
             "data": data,

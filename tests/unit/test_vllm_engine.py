@@ -5,6 +5,7 @@ metrics, a crashing engine restarted or fatal, and a clean stop of the process g
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from nimble.types import (
     EmbedRequest,
     GenerateRequest,
     GenerationChunk,
+    RankRequest,
     SamplingParams,
     Task,
 )
@@ -256,6 +258,37 @@ async def test_tokens_embeddings_and_cache_usage(running: VllmEngine, log: Path)
     with pytest.raises(UnsupportedParameter):
         await running.embed(EmbedRequest("e", ("a",), truncate="START"))
     assert await running.cache_usage() == 0.0
+
+
+async def test_a_reranker_scores_pairs_through_the_score_api(tmp_path: Path, log: Path) -> None:
+    reranker = dataclasses.replace(
+        spec(tmp_path, context_length="16"), id="rerank-test", tasks=frozenset({Task.RERANK})
+    )
+    engine = VllmEngine(reranker, EngineConfig(engine_command=COMMAND))
+    await engine.start()
+    try:
+        await engine.warmup()  # a score request, not a generation
+        assert not bodies(log, "/v1/completions") and len(bodies(log, "/v1/score")) == 1
+        result = await engine.rank(RankRequest("r", "cats sleep", ("dogs bark", "cats sleep")))
+        assert result.scores == pytest.approx((-0.02, 1.98))  # logits, not probabilities
+        assert result.prompt_tokens == 14
+        sent = bodies(log, "/v1/score")[-1]
+        assert sent == {
+            "model": "rerank-test",
+            "text_1": "cats sleep",
+            "text_2": ["dogs bark", "cats sleep"],
+            "activation": False,
+            "truncate_prompt_tokens": -1,
+        }
+        long = RankRequest("r", "q", ("w " * 20,), truncate="NONE")
+        with pytest.raises(ContextLengthExceeded, match="maximum context length is 16") as cut:
+            await engine.rank(long)
+        assert cut.value.param == "passages"
+    finally:
+        await engine.stop()
+    chat_model = engine_for(tmp_path)
+    with pytest.raises(InvalidRequest, match="does not support ranking"):
+        await chat_model.rank(RankRequest("r", "q", ("d",)))
 
 
 async def test_the_api_key_guards_vllm(running: VllmEngine) -> None:
