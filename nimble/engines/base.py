@@ -51,6 +51,28 @@ def cannot_rank(model_id: str) -> InvalidRequest:
     return InvalidRequest(f"model {model_id} does not support ranking", param="model")
 
 
+class EncoderOnly:
+    """For encoder engines (embeddings, rerankers): chat and completion requests are refused
+    with the same 400, and the Protocol's generation methods need no copy per engine."""
+
+    spec: ModelSpec
+
+    async def count_prompt_tokens(self, request: GenerateRequest) -> int:
+        raise self._no_generation()
+
+    def prompt_tokens_bound(self, request: GenerateRequest) -> int | None:
+        raise self._no_generation()
+
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
+        raise self._no_generation()
+        yield GenerationChunk()  # pragma: no cover - makes this an async generator
+
+    def _no_generation(self) -> InvalidRequest:
+        return InvalidRequest(
+            f"model {self.spec.id} does not support chat/completions", param="model"
+        )
+
+
 @runtime_checkable
 class Engine(Protocol):
     """One loaded model. Requests arrive already validated (ranges, context length)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -26,7 +26,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 from tokenizers import Tokenizer
 
-from nimble.engines.base import EngineConfig, cannot_rank
+from nimble.engines.base import EncoderOnly, EngineConfig, cannot_rank
 from nimble.engines.embed_batching import BatchStats, EmbedBatcher
 from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
 from nimble.models.files import sha256_of
@@ -35,8 +35,6 @@ from nimble.types import (
     EmbedRequest,
     EmbedResult,
     EngineInfo,
-    GenerateRequest,
-    GenerationChunk,
     ModelFile,
     RankRequest,
     RankResult,
@@ -50,7 +48,7 @@ _POOLED_OUTPUTS = ("sentence_embedding",)
 _KNOWN_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
 
 
-class OnnxEmbeddingEngine:
+class OnnxEmbeddingEngine(EncoderOnly):
     def __init__(self, spec: ModelSpec, config: EngineConfig):
         self.spec = spec
         self._config = config
@@ -249,21 +247,6 @@ class OnnxEmbeddingEngine:
         )
         hidden = np.asarray(hidden, dtype=np.float32)
         return hidden if self._pooled else _mean_pool(hidden, mask)
-
-    async def count_prompt_tokens(self, request: GenerateRequest) -> int:
-        self._no_generation()
-
-    def prompt_tokens_bound(self, request: GenerateRequest) -> int | None:
-        self._no_generation()
-
-    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
-        self._no_generation()
-        yield GenerationChunk()  # pragma: no cover - makes this an async generator
-
-    def _no_generation(self) -> NoReturn:
-        raise InvalidRequest(
-            f"model {self.spec.id} does not support chat/completions", param="model"
-        )
 
     async def _in_worker(self, work: Callable[[], _T]) -> _T:
         if self._executor is None:

@@ -14,15 +14,15 @@ Work runs on one worker thread, so the event loop never waits on PyTorch.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import sentence_transformers
 import torch
 import transformers
 
-from nimble.engines.base import EngineConfig, cannot_rank
+from nimble.engines.base import EncoderOnly, EngineConfig, cannot_rank
 from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
 from nimble.models.files import sha256_of
 from nimble.models.spec import ModelSpec
@@ -30,8 +30,6 @@ from nimble.types import (
     EmbedRequest,
     EmbedResult,
     EngineInfo,
-    GenerateRequest,
-    GenerationChunk,
     ModelFile,
     RankRequest,
     RankResult,
@@ -43,7 +41,7 @@ _WEIGHTS = ("*.safetensors", "*.bin", "config.json", "tokenizer.json", "modules.
 _BATCH = 32
 
 
-class SentenceTransformersEngine:
+class SentenceTransformersEngine(EncoderOnly):
     def __init__(self, spec: ModelSpec, config: EngineConfig):
         self.spec = spec
         self._config = config
@@ -202,21 +200,6 @@ class SentenceTransformersEngine:
             list(texts), list(pairs) if pairs is not None else None, verbose=False
         )["input_ids"]
         return [len(x) for x in ids]
-
-    async def count_prompt_tokens(self, request: GenerateRequest) -> int:
-        self._no_generation()
-
-    def prompt_tokens_bound(self, request: GenerateRequest) -> int | None:
-        self._no_generation()
-
-    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
-        self._no_generation()
-        yield GenerationChunk()  # pragma: no cover - makes this an async generator
-
-    def _no_generation(self) -> NoReturn:
-        raise InvalidRequest(
-            f"model {self.spec.id} does not support chat/completions", param="model"
-        )
 
     async def _in_worker(self, work: Callable[[], _T]) -> _T:
         if self._pool is None:
