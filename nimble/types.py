@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 
 class Task(StrEnum):
@@ -17,10 +17,85 @@ class Task(StrEnum):
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A call the model made: `arguments` is the JSON text of the arguments object."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ToolFunction:
+    """A function the client declared in `tools`; `parameters` is its JSON schema."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    strict: bool = False
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str
     name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant turns that called tools
+    tool_call_id: str | None = None  # tool turns: the call this result answers
+
+
+@dataclass(frozen=True)
+class JsonSchemaConstraint:
+    """The output is one JSON value valid against `schema`."""
+
+    schema: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RegexConstraint:
+    """The whole output matches `pattern`."""
+
+    pattern: str
+
+
+@dataclass(frozen=True)
+class ChoiceConstraint:
+    """The output is exactly one of `choices`."""
+
+    choices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GrammarConstraint:
+    """The output follows `grammar`, in the engine's own grammar language (GBNF for
+    llama.cpp, what vLLM's structured-output backend takes for vLLM)."""
+
+    grammar: str
+
+
+@dataclass(frozen=True)
+class ToolCallConstraint:
+    """The output is one or more tool calls in the model's markup: each call is `begin`,
+    a JSON object valid against `call_schema`, then `end`; calls are joined by
+    `separator`. `max_calls` None means any number (at least one)."""
+
+    call_schema: dict[str, Any]
+    begin: str = ""
+    end: str = ""
+    separator: str = ""
+    max_calls: int | None = None
+
+
+Constraint = (
+    JsonSchemaConstraint
+    | RegexConstraint
+    | ChoiceConstraint
+    | GrammarConstraint
+    | ToolCallConstraint
+)
+
+# "none" | "auto" | "required" | the name of one declared function
+ToolChoice = str
 
 
 @dataclass(frozen=True)
@@ -50,6 +125,12 @@ class GenerateRequest:
     params: SamplingParams
     messages: tuple[ChatMessage, ...] | None = None
     prompt: str | None = None
+    # declared functions, for the model's chat template to render (empty: no tools)
+    tools: tuple[ToolFunction, ...] = ()
+    tool_choice: ToolChoice = "auto"
+    parallel_tool_calls: bool = True
+    # grammar-constrained decoding: the engine must only produce text that satisfies it
+    constraint: Constraint | None = None
 
     @property
     def task(self) -> Task:
@@ -82,17 +163,33 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of one tool call of a choice, as it streams: the first piece of call
+    `index` carries its `id` and `name`, later ones more `arguments` text (JSON)."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+@dataclass(frozen=True)
 class GenerationChunk:
     """A piece of output for one choice. The last chunk of a choice has `finish_reason`.
 
-    The engine ends its stream with one chunk that carries `usage` (and no text).
+    The engine ends its stream with one chunk that carries `usage` (and no text). Engines
+    produce text only; the runtime turns tool-call markup into `tool_calls`.
     """
 
     index: int = 0
     text: str = ""
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
     usage: Usage | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(frozen=True)

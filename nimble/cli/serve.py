@@ -167,6 +167,8 @@ def build_runtime(
             max_n=settings.max_n,
             max_rank_documents=settings.max_rank_documents,
             log_prompts=settings.log_prompts,
+            tool_parser=settings.tool_parser,
+            responses_max_stored=settings.responses_max_stored,
         ),
     )
     return runtime, Deployment(settings, hardware, resolved)

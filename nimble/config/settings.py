@@ -168,6 +168,17 @@ class Settings(BaseSettings):
         description="Most passages (`/v1/ranking`) or documents (`/v1/rerank`) per request "
         "(400 beyond).",
     )
+    tool_parser: str | None = Field(
+        default=None,
+        description="How tool calls are written and parsed (hermes, llama3_json, mistral, "
+        "pythonic); unset: the model profile's `tool_parser`, else hermes.",
+    )
+    responses_max_stored: int = Field(
+        default=1000,
+        ge=0,
+        description="Most `/v1/responses` kept in memory for `store` and "
+        "`previous_response_id` (the oldest go first; 0 stores none).",
+    )
     drain_timeout: float = Field(
         default=30.0,
         ge=0,

@@ -58,6 +58,8 @@ class RuntimeConfig:
     max_n: int = 8
     max_rank_documents: int = 1000
     log_prompts: bool = False
+    tool_parser: str | None = None  # overrides every model profile's parser
+    responses_max_stored: int = 1000
 
 
 class ServedModel:
