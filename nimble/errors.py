@@ -36,7 +36,13 @@ class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
 
 
-class ModelNotFound(NimbleError):
+class NotFound(NimbleError):
+    """Something the request names does not exist (404)."""
+
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
     code = "model_not_found"
 
 

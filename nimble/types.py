@@ -77,13 +77,16 @@ class GrammarConstraint:
 class ToolCallConstraint:
     """The output is one or more tool calls in the model's markup: each call is `begin`,
     a JSON object valid against `call_schema`, then `end`; calls are joined by
-    `separator`. `max_calls` None means any number (at least one)."""
+    `separator`. `max_calls` None means any number (at least one). `lazy`: the model may
+    write plain text instead; the grammar binds from the moment it writes `begin`
+    (tool_choice auto)."""
 
     call_schema: dict[str, Any]
     begin: str = ""
     end: str = ""
     separator: str = ""
     max_calls: int | None = None
+    lazy: bool = False
 
 
 Constraint = (
@@ -258,4 +261,6 @@ class EngineInfo:
     context_length: int
     supports_logprobs: bool
     files: tuple[ModelFile, ...] = ()
+    # the chat template shows `tools` and calls/results itself (else nimble writes them in)
+    renders_tools: bool = False
     extra: dict[str, str] = field(default_factory=dict)

@@ -17,7 +17,7 @@ from nimble.api.auth import AuthMiddleware
 from nimble.api.endpoints import HEALTH_PATHS, endpoint_of
 from nimble.api.errors import install_error_handlers
 from nimble.api.middleware import BodyLimitMiddleware, RecordSink, RequestContextMiddleware
-from nimble.api.routes import chat, completions, embeddings, health, ranking, service
+from nimble.api.routes import chat, completions, embeddings, health, ranking, responses, service
 from nimble.api.routes import metrics as metrics_routes
 from nimble.config import Settings
 from nimble.config.settings import ALL_ENDPOINTS
@@ -92,7 +92,7 @@ def create_app(
     install_error_handlers(app)
     add_routes(
         app,
-        (chat, completions, embeddings, ranking, service, metrics_routes, health),
+        (chat, responses, completions, embeddings, ranking, service, metrics_routes, health),
         settings.endpoints,
     )
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from nimble.config.settings import ALL_ENDPOINTS
 
 ENDPOINT_PATHS: dict[str, tuple[str, ...]] = {
-    "chat": ("/v1/chat/completions",),
+    # the Responses API generates chat turns: same scope and switch as chat completions
+    "chat": ("/v1/chat/completions", "/v1/responses", "/v1/responses/{response_id}"),
     "completions": ("/v1/completions",),
     "embeddings": ("/v1/embeddings",),
     "ranking": ("/v1/ranking",),
@@ -22,9 +23,24 @@ ENDPOINT_PATHS: dict[str, tuple[str, ...]] = {
 HEALTH_PATHS = ("/v1/health/live", "/v1/health/ready")
 
 _BY_PATH = {path: name for name, paths in ENDPOINT_PATHS.items() for path in paths}
+# paths with one `{parameter}` as their last segment: (the part before it, endpoint name)
+_TEMPLATES = tuple(
+    (path.partition("{")[0], name)
+    for name, paths in ENDPOINT_PATHS.items()
+    for path in paths
+    if path.endswith("}")
+)
 assert set(ENDPOINT_PATHS) == set(ALL_ENDPOINTS), "endpoint names drifted from the settings"
 
 
 def endpoint_of(path: str) -> str | None:
-    """The endpoint name of a path, or None (health probes, unknown paths)."""
-    return _BY_PATH.get(path)
+    """The endpoint name of a path (or of a route's path template), or None (health
+    probes, unknown paths)."""
+    name = _BY_PATH.get(path)
+    if name is not None:
+        return name
+    for prefix, candidate in _TEMPLATES:
+        rest = path.removeprefix(prefix)
+        if rest != path and rest and "/" not in rest:
+            return candidate
+    return None

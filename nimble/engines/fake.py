@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import re
 from collections.abc import AsyncGenerator
 from typing import Literal
 
 from nimble import __version__
 from nimble.engines.base import EngineConfig, cannot_rank
+from nimble.engines.fake_structured import constrained_text
 from nimble.errors import InvalidRequest
 from nimble.models.spec import ModelSpec
 from nimble.types import (
@@ -117,8 +119,19 @@ class FakeEngine:
         completion_tokens = 0
         self.running += 1
         finished = False
+        forced = None
+        if request.constraint is not None:
+            forced = constrained_text(request, request.constraint)
         try:
             for index in range(params.n):
+                if forced is not None:
+                    pieces = re.findall(r"\S+\s*", forced)[:budget]
+                    for piece in pieces:
+                        completion_tokens += 1
+                        yield GenerationChunk(index=index, text=piece)
+                    done = len(pieces) == len(re.findall(r"\S+\s*", forced))
+                    yield GenerationChunk(index=index, finish_reason="stop" if done else "length")
+                    continue
                 seed = _digest(prompt, params.seed, index)
                 natural_length = 8 + seed[0] % 8
                 text = ""

@@ -47,7 +47,13 @@ import xllamacpp
 
 from nimble.engines.base import EngineConfig, cannot_rank
 from nimble.engines.llamacpp_gguf import GgufSummary, read_gguf_summary
-from nimble.engines.llamacpp_wire import ChunkMapper, Json, message_dicts, request_body
+from nimble.engines.llamacpp_wire import (
+    ChunkMapper,
+    Json,
+    constraint_fields,
+    request_body,
+    template_body,
+)
 from nimble.errors import EngineError, InvalidRequest, ModelLoadError, Unavailable
 from nimble.models.files import sha256_of
 from nimble.models.spec import ModelSpec
@@ -87,6 +93,7 @@ class LlamaCppEngine:
         self._files: tuple[ModelFile, ...] = ()
         self._build = ""
         self._template_cost: tuple[int, int] | None = None
+        self._renders_tools = False
 
     # lifecycle
 
@@ -192,6 +199,7 @@ class LlamaCppEngine:
             context_length=self._context_length,
             supports_logprobs=True,
             files=self._files,
+            renders_tools=self._renders_tools,
             extra=extra,
         )
 
@@ -200,9 +208,7 @@ class LlamaCppEngine:
     async def count_prompt_tokens(self, request: GenerateRequest) -> int:
         prompt = request.prompt or ""
         if request.messages is not None:
-            rendered = await self._post(
-                "/apply-template", {"messages": message_dicts(request.messages)}
-            )
+            rendered = await self._post("/apply-template", template_body(request))
             prompt = str(rendered["prompt"])
         # the same flags llama.cpp's completion path tokenizes with (BOS if the model adds one)
         body = {"content": prompt, "add_special": True, "parse_special": True}
@@ -214,18 +220,26 @@ class LlamaCppEngine:
         template's own tokens were measured at warm-up."""
         if request.messages is None:
             return len((request.prompt or "").encode()) + 2  # BOS/EOS
-        if self._template_cost is None:
-            return None
+        if self._template_cost is None or request.tools:
+            return None  # the template writes the tools: count exactly
         first, each = self._template_cost
         text = sum(len(m.content.encode()) + len((m.name or "").encode()) for m in request.messages)
         return first + each * (len(request.messages) - 1) + text
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
+        prompt = None
+        if request.messages is not None and (request.tools or request.constraint is not None):
+            # rendered here and sent as a completion: llama.cpp's chat path would apply its
+            # own tool handling and grammar over ours
+            prompt = str((await self._post("/apply-template", template_body(request)))["prompt"])
+        body = request_body(request, prompt)
+        if request.constraint is not None:
+            body.update(constraint_fields(request.constraint, _to_grammar))
         stream = _Stream(asyncio.get_running_loop())
         mapper = ChunkMapper(request)
         self._running.add(stream.cancel)
         try:
-            self._submit(stream, request)
+            self._submit(stream, body, chat=request.messages is not None and prompt is None)
             while (item := await stream.get()) is not _END:
                 if isinstance(item, BaseException):
                     raise item
@@ -246,15 +260,14 @@ class LlamaCppEngine:
 
     # helpers
 
-    def _submit(self, stream: _Stream, request: GenerateRequest) -> None:
+    def _submit(self, stream: _Stream, body: Json, chat: bool) -> None:
         # no local reference to the server: stop() must be able to free it
         if self._server is None or self._pool is None:
             raise Unavailable(f"model {self.spec.id} is not loaded")
-        chat = request.messages is not None
         server = self._server
         handler = server.handle_chat_completions if chat else server.handle_completions
         try:
-            self._pool.submit(stream.run, handler, request_body(request))
+            self._pool.submit(stream.run, handler, body)
         except RuntimeError as exc:  # the pool was shut down by stop()
             raise Unavailable(f"model {self.spec.id} is stopping") from exc
 
@@ -293,6 +306,8 @@ class LlamaCppEngine:
             raise ModelLoadError(f"{self.spec.weights}: llama.cpp loaded it but {exc}") from exc
         self._context_length = min(window, int(props["default_generation_settings"]["n_ctx"]))
         self._build = str(props.get("build_info", ""))
+        # a Python dict's repr in this build ("{'supports_tools': True, ...}")
+        self._renders_tools = "'supports_tools': True" in str(props.get("chat_template_caps"))
 
     async def _get_props(self) -> Json:
         http = self._client()
@@ -399,6 +414,11 @@ def _release(box: list[Any], pool: ThreadPoolExecutor | None) -> None:
         pool.shutdown(wait=True)
     box.clear()
     gc.collect()
+
+
+def _to_grammar(schema: str) -> str:
+    """llama.cpp's own JSON-schema-to-GBNF conversion (the one its `json_schema` uses)."""
+    return str(xllamacpp.json_schema_to_grammar(schema))
 
 
 def _cpu_count() -> int:

@@ -6,9 +6,12 @@ Pure functions and one small stateful mapper, no llama.cpp import: what goes in
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
+from nimble.engines import gbnf
 from nimble.errors import (
     ContextLengthExceeded,
     EngineError,
@@ -19,9 +22,16 @@ from nimble.errors import (
 )
 from nimble.types import (
     ChatMessage,
+    ChoiceConstraint,
+    Constraint,
     GenerateRequest,
     GenerationChunk,
+    GrammarConstraint,
+    JsonSchemaConstraint,
+    RegexConstraint,
     TokenLogprob,
+    ToolCallConstraint,
+    ToolFunction,
     TopLogprob,
     Usage,
 )
@@ -30,6 +40,7 @@ from nimble.types import (
 _SEED_MODULUS = 0xFFFFFFFF
 # what OpenAI reports for a token too unlikely to have a finite logprob
 _UNLIKELY = -9999.0
+_TRIGGER_WORD = 1  # llama.cpp's COMMON_GRAMMAR_TRIGGER_TYPE_WORD
 _FIELD = re.compile(r"Field '(\w+)'")
 # llama.cpp error `type` -> nimble error; anything else is a server-side fault
 _ERRORS: dict[str, type[NimbleError]] = {
@@ -42,19 +53,46 @@ _ERRORS: dict[str, type[NimbleError]] = {
 Json = dict[str, Any]
 
 
-def message_dicts(messages: tuple[ChatMessage, ...]) -> list[dict[str, str]]:
+def message_dicts(messages: tuple[ChatMessage, ...]) -> list[Json]:
     """Chat messages as llama.cpp wants them; it applies the model's own chat template."""
     out = []
     for message in messages:
-        item = {"role": message.role, "content": message.content}
+        item: Json = {"role": message.role, "content": message.content}
         if message.name is not None:
             item["name"] = message.name
+        if message.tool_calls:
+            item["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in message.tool_calls
+            ]
+        if message.tool_call_id is not None:
+            item["tool_call_id"] = message.tool_call_id
         out.append(item)
     return out
 
 
-def request_body(request: GenerateRequest) -> Json:
-    """The JSON body for llama.cpp: always streamed, always with usage at the end."""
+def template_body(request: GenerateRequest) -> Json:
+    """The body of llama.cpp's /apply-template: the conversation, and the tools if any."""
+    body: Json = {"messages": message_dicts(request.messages or ())}
+    if request.tools:
+        body["tools"] = [tool_json(tool) for tool in request.tools]
+    return body
+
+
+def tool_json(tool: ToolFunction) -> Json:
+    function: Json = {"name": tool.name, "parameters": tool.parameters}
+    if tool.description:
+        function["description"] = tool.description
+    return {"type": "function", "function": function}
+
+
+def request_body(request: GenerateRequest, prompt: str | None = None) -> Json:
+    """The JSON body for llama.cpp: always streamed, always with usage at the end. With
+    `prompt` (a conversation already rendered by the template) it is a completion body."""
     params = request.params
     body: Json = {
         "stream": True,
@@ -63,10 +101,11 @@ def request_body(request: GenerateRequest) -> Json:
         "presence_penalty": params.presence_penalty,
         "frequency_penalty": params.frequency_penalty,
     }
-    if request.messages is not None:
-        body["messages"] = message_dicts(request.messages)
+    chat = request.messages is not None and prompt is None
+    if chat:
+        body["messages"] = message_dicts(request.messages or ())
     else:
-        body["prompt"] = request.prompt or ""
+        body["prompt"] = prompt if prompt is not None else request.prompt or ""
     optional = {"max_tokens": params.max_tokens, "temperature": params.temperature}
     optional["top_p"] = params.top_p
     body.update({key: value for key, value in optional.items() if value is not None})
@@ -77,9 +116,34 @@ def request_body(request: GenerateRequest) -> Json:
     if params.top_logprobs is not None:
         # llama.cpp sends no logprobs at all for 0 alternatives: ask for 1, drop it later
         top = max(params.top_logprobs, 1)
-        chat = request.messages is not None
         body.update({"logprobs": True, "top_logprobs": top} if chat else {"logprobs": top})
     return body
+
+
+def constraint_fields(constraint: Constraint, to_grammar: Callable[[str], str]) -> Json:
+    """llama.cpp's sampling fields for a constraint: `json_schema` (llama.cpp converts
+    it), or a GBNF `grammar`, lazy for tool calls the model may or may not make."""
+    match constraint:
+        case JsonSchemaConstraint(schema=schema):
+            return {"json_schema": schema}
+        case RegexConstraint(pattern=pattern):
+            return {"grammar": gbnf.regex_grammar(pattern)}
+        case ChoiceConstraint(choices=choices):
+            return {"grammar": gbnf.choice_grammar(choices)}
+        case GrammarConstraint(grammar=grammar):
+            return {"grammar": grammar}
+        case ToolCallConstraint() as calls:
+            call = to_grammar(json.dumps(calls.call_schema))
+            grammar = gbnf.tool_calls_grammar(
+                call, calls.begin, calls.end, calls.separator, calls.max_calls
+            )
+            fields: Json = {"grammar": grammar}
+            if calls.lazy and calls.begin:
+                trigger = calls.begin.strip() or calls.begin
+                fields["grammar_lazy"] = True
+                fields["grammar_triggers"] = [{"type": _TRIGGER_WORD, "value": trigger}]
+            return fields
+    raise AssertionError(f"unknown constraint {constraint!r}")
 
 
 def error_from(payload: Json, param: str) -> NimbleError:

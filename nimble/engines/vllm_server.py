@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import socket
 from collections.abc import AsyncGenerator
@@ -34,7 +35,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from nimble.engines.base import EngineConfig, cannot_rank
-from nimble.engines.llamacpp_wire import ChunkMapper, message_dicts, request_body
+from nimble.engines.llamacpp_wire import ChunkMapper, message_dicts, request_body, tool_json
 from nimble.engines.supervisor import Launch, RestartPolicy, State, Supervisor
 from nimble.engines.vllm_wire import (
     Json,
@@ -43,6 +44,7 @@ from nimble.engines.vllm_wire import (
     is_error,
     log,
     serve_args,
+    structured_fields,
     weight_files,
 )
 from nimble.errors import EngineError, ModelLoadError, Unavailable, UnsupportedParameter
@@ -190,10 +192,17 @@ class VllmEngine:
         body = {**request_body(request), "model": self.spec.id}
         if request.params.seed is not None:
             body["seed"] = request.params.seed  # vLLM takes any int (llama.cpp: uint32)
+        wrap = ("", "")
+        if request.constraint is not None:
+            fields, wrap = structured_fields(request.constraint)
+            body.update(fields)
+        if request.tools:  # the template shows them; nimble reads the calls from the text
+            body.update(tools=[tool_json(tool) for tool in request.tools], tool_choice="none")
         path = "/v1/chat/completions" if chat else "/v1/completions"
         mapper = ChunkMapper(request)
         param = _param(request)
         done = False
+        opened: set[int] = set()
         try:
             async with client.stream(
                 "POST", self._url(path), json=body, headers=self._auth()
@@ -214,7 +223,8 @@ class VllmEngine:
                         choices = payload.get("choices") or ()
                         payload["choices"] = [chat_logprobs(choice) for choice in choices]
                     for chunk in mapper.map(payload):
-                        yield chunk
+                        for piece in wrapped(chunk, wrap, opened):
+                            yield piece
         except httpx.ConnectError as exc:  # nothing listens: the engine is down
             raise self._unavailable() from exc
         except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
@@ -324,6 +334,27 @@ class VllmEngine:
         if response.status_code != 200 or not isinstance(payload, dict):
             raise error_of(response.status_code, payload, param)
         return payload
+
+
+def wrapped(
+    chunk: GenerationChunk, wrap: tuple[str, str], opened: set[int]
+) -> list[GenerationChunk]:
+    """The chunk with `wrap`'s opening text before a choice's first text and its closing
+    text before the choice's finish."""
+    begin, end = wrap
+    if not begin and not end:
+        return [chunk]
+    out = []
+    if chunk.index not in opened and (chunk.text or chunk.finish_reason is not None):
+        opened.add(chunk.index)
+        out.append(GenerationChunk(index=chunk.index, text=begin))
+    if chunk.finish_reason is not None:
+        if chunk.text or chunk.logprobs:
+            out.append(dataclasses.replace(chunk, finish_reason=None))
+        out.append(GenerationChunk(index=chunk.index, text=end))
+        out.append(GenerationChunk(index=chunk.index, finish_reason=chunk.finish_reason))
+        return out
+    return [*out, chunk]
 
 
 def _param(request: GenerateRequest) -> str:

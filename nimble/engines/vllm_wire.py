@@ -5,6 +5,7 @@ Pure functions, no vLLM import (vLLM runs in its own process)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -20,7 +21,15 @@ from nimble.errors import (
 )
 from nimble.models.files import sha256_of
 from nimble.models.spec import ModelSpec
-from nimble.types import ModelFile
+from nimble.types import (
+    ChoiceConstraint,
+    Constraint,
+    GrammarConstraint,
+    JsonSchemaConstraint,
+    ModelFile,
+    RegexConstraint,
+    ToolCallConstraint,
+)
 
 log = logging.getLogger("nimble.engines.vllm")
 
@@ -51,6 +60,7 @@ def serve_args(spec: ModelSpec, context_length: int | None, max_running: int) ->
     options = {_ALIASES.get(key, key): value for key, value in spec.options.items()}
     flags: dict[str, str | None] = {}
     precision = options.pop("precision", "").lower()
+    options.pop("tool_parser", None)  # nimble parses tool calls itself
     if precision in _PRECISION:
         flag, value = _PRECISION[precision]
         flags[flag] = value
@@ -77,6 +87,38 @@ def serve_args(spec: ModelSpec, context_length: int | None, max_running: int) ->
     for flag, flag_value in flags.items():
         args += [flag] if flag_value is None else [flag, flag_value]
     return args
+
+
+def structured_fields(constraint: Constraint) -> tuple[Json, tuple[str, str]]:
+    """vLLM's `structured_outputs` for a constraint, and the text nimble puts around what
+    vLLM writes: a forced tool call is a JSON schema for vLLM, its markers are nimble's."""
+    wrap = ("", "")
+    match constraint:
+        case JsonSchemaConstraint(schema=schema):
+            fields: Json = {"json": schema}
+        case RegexConstraint(pattern=pattern):
+            fields = {"regex": pattern}
+        case ChoiceConstraint(choices=choices):
+            fields = {"choice": list(choices)}
+        case GrammarConstraint(grammar=grammar):
+            fields = {"grammar": grammar}
+        case ToolCallConstraint(lazy=True) as calls:
+            tag = {
+                "type": "structural_tag",
+                "structures": [
+                    {"begin": calls.begin, "schema": calls.call_schema, "end": calls.end}
+                ],
+                "triggers": [calls.begin.strip() or calls.begin],
+            }
+            fields = {"structural_tag": json.dumps(tag)}
+        case ToolCallConstraint() as calls:
+            schema = calls.call_schema
+            if calls.max_calls != 1:
+                schema = {"type": "array", "items": schema, "minItems": 1}
+            fields, wrap = {"json": schema}, (calls.begin, calls.end)
+        case _:
+            raise AssertionError(f"unknown constraint {constraint!r}")
+    return {"structured_outputs": fields}, wrap
 
 
 def error_of(status: int, payload: object, param: str) -> NimbleError:

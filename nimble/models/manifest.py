@@ -239,6 +239,11 @@ class ModelManifest(_Frozen):
     embedding: EmbeddingOptions | None = Field(
         default=None, description="Embedding models: prefixes per input type, vector sizes."
     )
+    tool_parser: str | None = Field(
+        default=None,
+        description="How the model writes tool calls (hermes, llama3_json, mistral, pythonic); "
+        "a profile's `settings.extra.tool_parser` and the `tool_parser` setting override it.",
+    )
     profiles: tuple[Profile, ...] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -146,6 +146,8 @@ def resolve_model(
 def _spec(selection: Selection, paths: dict[str, Path], cache: ModelCache) -> ModelSpec:
     manifest, profile = selection.manifest, selection.profile
     options = _options(profile)
+    if manifest.tool_parser:
+        options.setdefault("tool_parser", manifest.tool_parser)
     if selection.selected.context is not None:
         options["context_length"] = str(selection.selected.context)
     weights, tokenizer = _entry_point(profile, paths, cache)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from nimble.types import GenerationChunk, TokenLogprob, Usage
+from nimble.types import GenerationChunk, TokenLogprob, ToolCall, ToolCallDelta, Usage
 
 
 @dataclass
@@ -14,6 +14,20 @@ class Choice:
     text: str = ""
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    calls: list[list[str]] = field(default_factory=list)  # [id, name, arguments] per call
+
+    def add_calls(self, deltas: tuple[ToolCallDelta, ...]) -> None:
+        for delta in deltas:
+            while len(self.calls) <= delta.index:
+                self.calls.append(["", "", ""])
+            call = self.calls[delta.index]
+            call[0] = delta.id or call[0]
+            call[1] = delta.name or call[1]
+            call[2] += delta.arguments
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        return tuple(ToolCall(*call) for call in self.calls)
 
 
 @dataclass
@@ -32,6 +46,7 @@ async def collect(chunks: AsyncIterator[GenerationChunk], n: int) -> Completion:
         choice = choices[chunk.index]
         choice.text += chunk.text
         choice.logprobs.extend(chunk.logprobs)
+        choice.add_calls(chunk.tool_calls)
         if chunk.finish_reason is not None:
             choice.finish_reason = chunk.finish_reason
     return Completion(choices=choices, usage=usage)

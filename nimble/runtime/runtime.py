@@ -26,6 +26,8 @@ from nimble.models import ModelSpec
 from nimble.observability.metrics import ModelGauges
 from nimble.observability.record import RequestRecord, current_record
 from nimble.runtime.admission import Admission
+from nimble.runtime.response_store import ResponseStore
+from nimble.runtime.tools import ToolFormat, parse_calls, prepare, tool_format, uses_tools
 from nimble.types import (
     EmbeddingTraits,
     EmbedRequest,
@@ -112,6 +114,8 @@ class Runtime:
         duplicates = {i for i in ids if ids.count(i) > 1}
         if duplicates:
             raise ModelLoadError(f"two models are served under the same name: {duplicates}")
+        for spec in specs:  # an unknown tool_parser stops the start, not a request
+            tool_format(config.tool_parser or spec.options.get("tool_parser"))
         self.config = config
         self.state = ServiceState.STARTING
         self.failure: str | None = None
@@ -123,6 +127,7 @@ class Runtime:
             )
             for spec in specs
         }
+        self.responses = ResponseStore(config.responses_max_stored)
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -234,13 +239,20 @@ class Runtime:
         """
         model = self.model(model_id, request.task)
         self._check_params(model, request.params)
+        calls_format: ToolFormat | None = None
+        if uses_tools(request):
+            fmt = tool_format(self.config.tool_parser or model.spec.options.get("tool_parser"))
+            offered = bool(request.tools) and request.tool_choice != "none"
+            request = prepare(request, fmt, model.info.renders_tools)
+            calls_format = fmt if offered else None
         await self.check_context(model, request)
         record = _record()
         texts: dict[int, list[str]] = {}
         if self.config.log_prompts:
             log.info("prompt: %s", request.messages or request.prompt)
         async with self._slot(model, request.task, record):
-            chunks = model.engine.generate(request)
+            produced = model.engine.generate(request)
+            chunks = produced if calls_format is None else parse_calls(produced, calls_format)
             try:
                 async for chunk in chunks:
                     _note(record, chunk)
@@ -249,6 +261,7 @@ class Runtime:
                     yield chunk
             finally:
                 await chunks.aclose()
+                await produced.aclose()  # a wrapper's close does not reach the engine
                 if self.config.log_prompts:
                     for index, parts in sorted(texts.items()):
                         log.info("completion %d: %s", index, "".join(parts))

@@ -41,16 +41,16 @@ CHAT_CASES: list[tuple[str, dict[str, Any], int, str | None]] = [
         "messages.0.x",
     ),
     (
-        "tools not yet",
-        chat_body(tools=[{"type": "function", "function": {"name": "f"}}]),
+        "tool of an unknown type",
+        chat_body(tools=[{"type": "code_interpreter"}]),
         400,
-        "tools",
+        "tools.0.type",
     ),
     (
-        "json mode not yet",
-        chat_body(response_format={"type": "json_object"}),
+        "unknown response_format type",
+        chat_body(response_format={"type": "xml"}),
         400,
-        "response_format",
+        "response_format.type",
     ),
     ("logit_bias not yet", chat_body(logit_bias={"1": 5}), 400, "logit_bias"),
     (

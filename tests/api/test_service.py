@@ -69,6 +69,8 @@ async def test_openapi_lists_every_route_with_schemas(client: httpx.AsyncClient)
         "/v1/embeddings",
         "/v1/ranking",
         "/v1/rerank",
+        "/v1/responses",
+        "/v1/responses/{response_id}",
         "/v1/models",
         "/v1/health/live",
         "/v1/health/ready",

@@ -12,8 +12,8 @@ from nimble.api.logprobs import chat_logprobs
 from nimble.api.schemas.chat import ChatCompletionRequest, ChatCompletionResponse
 from nimble.api.schemas.common import usage_out
 from nimble.api.streaming import prime, sse_response, until_disconnect
-from nimble.runtime.aggregate import collect
-from nimble.types import GenerateRequest, GenerationChunk
+from nimble.runtime.aggregate import Choice, collect
+from nimble.types import GenerationChunk, ToolCallDelta
 
 router = APIRouter()
 
@@ -35,12 +35,7 @@ async def chat_completions(
     if body.tools or body.functions:
         grant.require_tools()
     body.refuse_unsupported_chat()
-    generate = GenerateRequest(
-        request_id=request_id,
-        params=body.sampling(body.max_new_tokens(), body.wanted_top_logprobs()),
-        messages=body.chat_messages(),
-    )
-    stream = runtime.generate(body.model, generate)
+    stream = runtime.generate(body.model, body.generate_request(request_id))
     head = {"id": f"chatcmpl-{request_id}", "created": now(), "model": body.model}
     if body.stream:
         primed = await prime(request, stream)
@@ -52,13 +47,31 @@ async def chat_completions(
         "choices": [
             {
                 "index": choice.index,
-                "message": {"role": "assistant", "content": choice.text},
+                "message": _message(choice),
                 "logprobs": chat_logprobs(choice.logprobs) if body.logprobs else None,
                 "finish_reason": choice.finish_reason,
             }
             for choice in result.choices
         ],
         "usage": usage_out(result.usage),
+    }
+
+
+def _message(choice: Choice) -> dict[str, Any]:
+    calls = choice.tool_calls
+    if not calls:
+        return {"role": "assistant", "content": choice.text}
+    return {
+        "role": "assistant",
+        "content": choice.text or None,
+        "tool_calls": [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in calls
+        ],
     }
 
 
@@ -82,8 +95,22 @@ async def _chunks(
             if chunk.logprobs:
                 choice["logprobs"] = chat_logprobs(chunk.logprobs)
             yield {**head, "choices": [choice]}
+        if chunk.tool_calls:
+            deltas = [_call_delta(delta) for delta in chunk.tool_calls]
+            yield {**head, "choices": [_choice(chunk.index, {"tool_calls": deltas})]}
         if chunk.finish_reason is not None:
             yield {**head, "choices": [_choice(chunk.index, {}, chunk.finish_reason)]}
+
+
+def _call_delta(delta: ToolCallDelta) -> dict[str, Any]:
+    if delta.id is None:
+        return {"index": delta.index, "function": {"arguments": delta.arguments}}
+    return {
+        "index": delta.index,
+        "id": delta.id,
+        "type": "function",
+        "function": {"name": delta.name, "arguments": delta.arguments},
+    }
 
 
 def _choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:

@@ -35,8 +35,9 @@ async def completions(
     grant.require_model(body.model)
     body.refuse_unsupported_completion()
     params = body.sampling(body.max_tokens, body.logprobs)
+    constraint = body.constraint()
     requests = [
-        GenerateRequest(request_id=f"{request_id}-{i}", params=params, prompt=prompt)
+        GenerateRequest(f"{request_id}-{i}", params, prompt=prompt, constraint=constraint)
         for i, prompt in enumerate(body.prompts())
     ]
     head = {

@@ -12,8 +12,10 @@ from nimble.api.schemas.common import (
     SamplingFields,
     UsageOut,
 )
-from nimble.errors import UnsupportedParameter
-from nimble.types import ChatMessage
+from nimble.api.schemas.structured import StructuredFields
+from nimble.errors import InvalidRequest
+from nimble.runtime.structured import check_json_schema
+from nimble.types import ChatMessage, GenerateRequest, ToolCall, ToolFunction
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -24,12 +26,25 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCallIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    arguments: str = Field(description="The arguments as JSON text.")
+
+
+class ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Role
     content: str | list[TextPart] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
     refusal: str | None = None
 
@@ -37,6 +52,10 @@ class MessageIn(BaseModel):
     def _content_required(self) -> MessageIn:
         if self.content is None and self.role != "assistant":
             raise ValueError(f"content: required for role {self.role!r}")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("tool_call_id: required for role 'tool'")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("tool_calls: only assistant messages carry them")
         return self
 
     def text(self) -> str:
@@ -46,8 +65,82 @@ class MessageIn(BaseModel):
             return self.content
         return "".join(part.text for part in self.content)
 
+    def chat_message(self) -> ChatMessage:
+        calls = tuple(
+            ToolCall(call.id, call.function.name, call.function.arguments)
+            for call in self.tool_calls or ()
+        )
+        return ChatMessage(self.role, self.text(), self.name, calls, self.tool_call_id)
 
-class ChatCompletionRequest(SamplingFields):
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoiceIn = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+def declared_tools(tools: list[ToolDef] | None) -> tuple[ToolFunction, ...]:
+    """The declared functions, each schema checked for what constrained decoding enforces."""
+    out = []
+    names = set()
+    for index, tool in enumerate(tools or ()):
+        function = tool.function
+        if function.name in names:
+            raise InvalidRequest(
+                f"tools[{index}].function.name: {function.name!r} is declared twice",
+                param=f"tools[{index}].function.name",
+            )
+        names.add(function.name)
+        parameters = function.parameters or {"type": "object", "properties": {}}
+        check_json_schema(parameters, f"tools[{index}].function.parameters")
+        out.append(
+            ToolFunction(
+                function.name, function.description or "", parameters, bool(function.strict)
+            )
+        )
+    return tuple(out)
+
+
+def tool_choice_name(choice: ToolChoiceIn | None, tools: tuple[ToolFunction, ...]) -> str:
+    """`tool_choice` as nimble's ToolChoice: none, auto, required or a function name."""
+    if choice is None:
+        return "auto" if tools else "none"
+    if isinstance(choice, NamedToolChoice):
+        name = choice.function.name
+        if name not in {tool.name for tool in tools}:
+            raise InvalidRequest(
+                f"tool_choice: function {name!r} is not among the declared tools",
+                param="tool_choice",
+            )
+        return name
+    if choice != "none" and not tools:
+        raise InvalidRequest(f"tool_choice {choice!r} needs tools", param="tool_choice")
+    return choice
+
+
+class ChatCompletionRequest(SamplingFields, StructuredFields):
     """OpenAI chat completion request. Unknown fields are refused."""
 
     messages: list[MessageIn] = Field(min_length=1)
@@ -55,11 +148,10 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    # known OpenAI fields that later issues implement; refused with a clear 400 for now
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoiceIn | None = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    # known OpenAI fields that are not implemented; refused with a clear 400
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     modalities: list[str] | None = None
@@ -78,26 +170,34 @@ class ChatCompletionRequest(SamplingFields):
         return value
 
     def refuse_unsupported_chat(self) -> None:
-        fmt = (self.response_format or {}).get("type", "text")
-        if fmt != "text":
-            raise UnsupportedParameter(
-                f"response_format type {fmt!r} is not supported yet", param="response_format"
-            )
-        for message in self.messages:
-            if message.tool_calls:
-                raise UnsupportedParameter(
-                    "assistant tool_calls are not supported yet", param="messages"
-                )
         self.refuse_unsupported(
             {
-                "tools": self.tools,
-                "tool_choice": self.tool_choice,
                 "functions": self.functions,
                 "function_call": self.function_call,
                 "audio": self.audio,
                 "prediction": self.prediction,
                 "modalities": None if self.modalities in (None, ["text"]) else self.modalities,
             }
+        )
+
+    def generate_request(self, request_id: str) -> GenerateRequest:
+        tools = declared_tools(self.tools)
+        choice = tool_choice_name(self.tool_choice, tools)
+        constraint = self.constraint()
+        if constraint is not None and choice not in ("none", "auto"):
+            raise InvalidRequest(
+                f"tool_choice {choice!r} forces a tool call; it cannot be combined with "
+                "response_format or guided decoding",
+                param="tool_choice",
+            )
+        return GenerateRequest(
+            request_id=request_id,
+            params=self.sampling(self.max_new_tokens(), self.wanted_top_logprobs()),
+            messages=self.chat_messages(),
+            tools=tools,
+            tool_choice=choice,
+            parallel_tool_calls=self.parallel_tool_calls is not False,
+            constraint=constraint,
         )
 
     def max_new_tokens(self) -> int | None:
@@ -107,12 +207,24 @@ class ChatCompletionRequest(SamplingFields):
         return (self.top_logprobs or 0) if self.logprobs else None
 
     def chat_messages(self) -> tuple[ChatMessage, ...]:
-        return tuple(ChatMessage(role=m.role, content=m.text(), name=m.name) for m in self.messages)
+        return tuple(m.chat_message() for m in self.messages)
+
+
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
 
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -132,9 +244,22 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageOut
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDeltaOut(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class ChunkDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDeltaOut] | None = None
 
 
 class ChunkChoice(BaseModel):

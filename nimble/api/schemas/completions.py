@@ -7,10 +7,11 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from nimble.api.schemas.common import FinishReason, SamplingFields, UsageOut
+from nimble.api.schemas.structured import StructuredFields
 from nimble.errors import UnsupportedParameter
 
 
-class CompletionRequest(SamplingFields):
+class CompletionRequest(SamplingFields, StructuredFields):
     """OpenAI (legacy) completion request. Unknown fields are refused."""
 
     prompt: str | list[str] = Field(description="A prompt, or a list of prompts.")
