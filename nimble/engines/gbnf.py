@@ -13,8 +13,8 @@ string literals, character classes, `( )`, `|`, `*`, `+`, `?` and `{m,n}`; the s
   a grammar cannot express raise `ValueError` naming them: backreferences, lookarounds,
   conditionals, possessive quantifiers and atomic groups, `\\b`/`\\B`, case-insensitive
   matching, anchors other than a leading `^`/`\\A` or trailing `$`/`\\Z`, and repetition counts
-  above `MAX_REPEAT` (llama.cpp refuses 2000 or more repetitions of one item, and silently
-  reads a maximum above 2000 as unbounded).
+  above `MAX_REPEAT` (llama.cpp refuses counts above 2000, and 2000 itself in some versions,
+  and silently reads a maximum above 2000 as unbounded).
 - `tool_calls_grammar`: one or more tool calls between begin/end markers around the grammar of
   one call. That grammar may be GBNF (start rule `root`) or llguidance's Lark format (it starts
   with `%llguidance`, start rule `start`): xllamacpp's `json_schema_to_grammar` returns the
@@ -37,8 +37,8 @@ else:
     from re import _constants as _c
     from re import _parser
 
-# the most repetitions of one item llama.cpp's grammar parser takes (MAX_REPETITION_THRESHOLD
-# is 2000, and it refuses `n_prev_rules * count >= 2000`)
+# the most repetitions of one item every llama.cpp grammar parser takes (MAX_REPETITION_THRESHOLD
+# is 2000; some versions refuse `rules in the repeated item * count >= 2000`)
 MAX_REPEAT = 1999
 MAX_CODE_POINT = 0x10FFFF
 
@@ -290,8 +290,9 @@ def _nullable(node: Node) -> bool:
 def _non_empty(node: Node) -> Node | None:
     """The strings of `node` less the empty one (None: nothing is left).
 
-    llama.cpp rejects `x*` when `x` can match the empty string (left recursion), so an
-    unbounded repeat of such an `x` is written as a repeat of `_non_empty(x)`: same strings.
+    An unbounded repeat of an `x` that can match the empty string is written as a repeat of
+    `_non_empty(x)`: the same strings, and no rule that reaches itself without reading a
+    character (llama.cpp refuses left recursion, and an empty match repeated is ambiguous).
     """
     if not _nullable(node):
         return node

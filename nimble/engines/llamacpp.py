@@ -32,6 +32,8 @@ Logs: llama.cpp writes to stderr. Only its errors are shown (verbosity 1), unles
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import gc
 import os
 import secrets
@@ -54,7 +56,13 @@ from nimble.engines.llamacpp_wire import (
     request_body,
     template_body,
 )
-from nimble.errors import EngineError, InvalidRequest, ModelLoadError, Unavailable
+from nimble.errors import (
+    EngineError,
+    InvalidRequest,
+    ModelLoadError,
+    Unavailable,
+    UnsupportedParameter,
+)
 from nimble.models.files import sha256_of
 from nimble.models.spec import ModelSpec
 from nimble.types import (
@@ -68,6 +76,8 @@ from nimble.types import (
     RankRequest,
     RankResult,
     SamplingParams,
+    ToolCallConstraint,
+    Usage,
 )
 
 MAX_DEFAULT_CONTEXT = 8192  # without a configured window, the trained one is capped here
@@ -211,9 +221,7 @@ class LlamaCppEngine:
             rendered = await self._post("/apply-template", template_body(request))
             prompt = str(rendered["prompt"])
         # the same flags llama.cpp's completion path tokenizes with (BOS if the model adds one)
-        body = {"content": prompt, "add_special": True, "parse_special": True}
-        tokens = await self._post("/tokenize", body)
-        return len(tokens["tokens"])
+        return await self._count_tokens(prompt, special=True)
 
     def prompt_tokens_bound(self, request: GenerateRequest) -> int | None:
         """Every token covers at least one byte of text, so bytes bound tokens; the
@@ -232,11 +240,72 @@ class LlamaCppEngine:
             # rendered here and sent as a completion: llama.cpp's chat path would apply its
             # own tool handling and grammar over ours
             prompt = str((await self._post("/apply-template", template_body(request)))["prompt"])
+        constraint = request.constraint
+        if isinstance(constraint, ToolCallConstraint) and constraint.lazy and prompt is not None:
+            async for chunk in self._text_then_calls(request, prompt, constraint):
+                yield chunk
+            return
+        mapper = ChunkMapper(request)
+        async for chunk in self._run(request, prompt, mapper):
+            yield chunk
+        yield GenerationChunk(usage=mapper.usage())
+
+    async def _text_then_calls(
+        self, request: GenerateRequest, prompt: str, calls: ToolCallConstraint
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """tool_choice auto: the model writes freely; once it opens a call, that
+        generation stops and a second one, on the prompt plus what it wrote, finishes the
+        calls under the grammar. (llama.cpp's own lazy grammars do not bind lazily with the
+        llguidance grammars its JSON-schema conversion writes.)"""
+        if request.params.n > 1:
+            raise UnsupportedParameter(
+                "n > 1 with tools (tool_choice auto) is not supported on llama.cpp", param="n"
+            )
+        trigger = calls.begin.strip() or calls.begin
+        free = dataclasses.replace(request, constraint=None)
+        first = ChunkMapper(free)
+        written = ""
+        opened = False
+        async with contextlib.aclosing(self._run(free, prompt, first)) as chunks:
+            async for chunk in chunks:
+                at = (written + chunk.text).find(trigger)
+                if at < 0:
+                    written += chunk.text
+                    yield chunk
+                    continue
+                head = chunk.text[: at + len(trigger) - len(written)]
+                written += head
+                if head:
+                    yield GenerationChunk(index=chunk.index, text=head)
+                opened = True
+                break  # closing the stream cancels the free generation
+        if not opened:
+            yield GenerationChunk(usage=first.usage())
+            return
+        rest = calls.begin[len(trigger) :] if calls.begin.startswith(trigger) else ""
+        if rest:
+            yield GenerationChunk(text=rest)
+        spent = await self._count_tokens(written + rest, special=False)
+        params = request.params
+        if params.max_tokens is not None:
+            params = dataclasses.replace(params, max_tokens=max(1, params.max_tokens - spent))
+        bound = dataclasses.replace(calls, begin="", separator=calls.separator + calls.begin)
+        second = dataclasses.replace(request, params=params, constraint=bound, messages=None)
+        mapper = ChunkMapper(second)
+        async for chunk in self._run(second, prompt + written + rest, mapper):
+            yield chunk
+        prompt_tokens = await self._count_tokens(prompt, special=True)
+        usage = mapper.usage()
+        yield GenerationChunk(usage=Usage(prompt_tokens, spent + usage.completion_tokens))
+
+    async def _run(
+        self, request: GenerateRequest, prompt: str | None, mapper: ChunkMapper
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """One llama.cpp generation's chunks (its usage goes to `mapper`)."""
         body = request_body(request, prompt)
         if request.constraint is not None:
             body.update(constraint_fields(request.constraint, _to_grammar))
         stream = _Stream(asyncio.get_running_loop())
-        mapper = ChunkMapper(request)
         self._running.add(stream.cancel)
         try:
             self._submit(stream, body, chat=request.messages is not None and prompt is None)
@@ -247,10 +316,13 @@ class LlamaCppEngine:
                     yield chunk
             if stream.cancel.is_set():  # stop() cut it short
                 raise Unavailable(f"model {self.spec.id} was stopped during the generation")
-            yield GenerationChunk(usage=mapper.usage())
         finally:
             stream.cancel.set()  # llama.cpp cancels the task at its next token
             self._running.discard(stream.cancel)
+
+    async def _count_tokens(self, text: str, special: bool) -> int:
+        body = {"content": text, "add_special": special, "parse_special": True}
+        return len((await self._post("/tokenize", body))["tokens"])
 
     async def rank(self, request: RankRequest) -> RankResult:
         raise cannot_rank(self.spec.id)

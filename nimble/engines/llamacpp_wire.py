@@ -125,7 +125,7 @@ def constraint_fields(constraint: Constraint, to_grammar: Callable[[str], str]) 
     it), or a GBNF `grammar`, lazy for tool calls the model may or may not make."""
     match constraint:
         case JsonSchemaConstraint(schema=schema):
-            return {"json_schema": schema}
+            return {"json_schema": _guidance(schema)}
         case RegexConstraint(pattern=pattern):
             return {"grammar": gbnf.regex_grammar(pattern)}
         case ChoiceConstraint(choices=choices):
@@ -133,7 +133,7 @@ def constraint_fields(constraint: Constraint, to_grammar: Callable[[str], str]) 
         case GrammarConstraint(grammar=grammar):
             return {"grammar": grammar}
         case ToolCallConstraint() as calls:
-            call = to_grammar(json.dumps(calls.call_schema))
+            call = to_grammar(json.dumps(_guidance(calls.call_schema)))
             grammar = gbnf.tool_calls_grammar(
                 call, calls.begin, calls.end, calls.separator, calls.max_calls
             )
@@ -144,6 +144,15 @@ def constraint_fields(constraint: Constraint, to_grammar: Callable[[str], str]) 
                 fields["grammar_triggers"] = [{"type": _TRIGGER_WORD, "value": trigger}]
             return fields
     raise AssertionError(f"unknown constraint {constraint!r}")
+
+
+def _guidance(schema: dict[str, Any]) -> dict[str, Any]:
+    """llguidance options for llama.cpp's JSON-schema conversion: compact JSON (a small
+    model otherwise may write whitespace until max_tokens) and `oneOf` read as `anyOf`
+    (llguidance refuses a oneOf whose branches it cannot prove disjoint, and llama.cpp then
+    generates unconstrained text without saying so)."""
+    options = {"whitespace_flexible": False, "coerce_one_of": True}
+    return {**schema, "x-guidance": {**options, **schema.get("x-guidance", {})}}
 
 
 def error_from(payload: Json, param: str) -> NimbleError:

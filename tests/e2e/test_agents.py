@@ -52,6 +52,8 @@ TIME = {
 }
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
 CITIES = ["Paris", "Tokyo", "Lima", "Oslo", "Cairo"]
+# strings are bounded: sampled at temperature 0.8-1.0, the 135M model sometimes rambles
+# inside an unbounded string until max_tokens, which no grammar can prevent
 PERSON = {
     "type": "object",
     "properties": {
@@ -60,11 +62,19 @@ PERSON = {
         "role": {"type": "string", "enum": ["engineer", "doctor", "artist"]},
         "address": {
             "type": "object",
-            "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
+            "properties": {
+                "city": {"type": "string", "maxLength": 40},
+                "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+            },
             "required": ["city", "zip"],
             "additionalProperties": False,
         },
-        "skills": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3},
+        "skills": {
+            "type": "array",
+            "items": {"type": "string", "maxLength": 30},
+            "minItems": 1,
+            "maxItems": 3,
+        },
     },
     "required": ["name", "age", "role", "address", "skills"],
     "additionalProperties": False,
@@ -155,9 +165,9 @@ def test_named_tool_call_streams_as_the_sdk_expects(server: NimbleProcess) -> No
             tools=[WEATHER, TIME],  # type: ignore[list-item]
             tool_choice={"type": "function", "function": {"name": "get_time"}},
             parallel_tool_calls=False,
-            temperature=1.0,
+            temperature=0.7,  # at 1.0 the 135M model may ramble inside a string to the limit
             seed=100 + i,
-            max_tokens=80,
+            max_tokens=160,
             stream=True,
         )
         chunks = list(stream)
@@ -200,7 +210,9 @@ def test_tool_round_trip(server: NimbleProcess) -> None:
     )
     answer = second.choices[0]
     assert answer.finish_reason in {"stop", "length"} and not answer.message.tool_calls
-    assert answer.message.content and "<tool_" not in answer.message.content
+    # the answer uses the result (the 135M model often just repeats it, <tool_response>
+    # wrapper and all: its writing, not markup of a call)
+    assert answer.message.content and "<tool_call>" not in answer.message.content
     assert "21" in answer.message.content
 
 
@@ -240,7 +252,7 @@ def test_json_schema_output_always_validates(server: NimbleProcess) -> None:
             model=CHAT_MODEL,
             messages=[{"role": "user", "content": f"Invent person number {i} as JSON."}],
             response_format=fmt,  # type: ignore[arg-type]
-            temperature=1.0,
+            temperature=0.8,
             seed=300 + i,
             max_tokens=200,
         )
@@ -344,13 +356,13 @@ def test_responses_api_streams_and_calls_tools(server: NimbleProcess) -> None:
         model=CHAT_MODEL,
         input="Which city is the capital of France?",
         instructions="Answer in one short sentence.",
-        max_output_tokens=24,
+        max_output_tokens=64,
         temperature=0,
     ) as stream:
         kinds = [event.type for event in stream]
+        assert kinds[-1] == "response.completed", kinds
         final = stream.get_final_response()
     assert kinds[:2] == ["response.created", "response.in_progress"]
-    assert kinds[-1] in {"response.completed", "response.incomplete"}
     assert "response.output_text.delta" in kinds and "Paris" in final.output_text
     tool = {"type": "function", **WEATHER["function"]}
     called = client.responses.create(

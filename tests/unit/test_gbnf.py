@@ -234,7 +234,7 @@ def test_choice_grammar_is_one_literal_per_choice() -> None:
         (r"[-\]^\\]", "root ::= [\\x2D\\x5C-\\x5E]"),
         (r"[^\s\S]?x", 'root ::= [^\\x00-\\U0010FFFF]? "x"'),
         (r"(ab){2,5}?c{3,}", 'root ::= part-1{2,5} "c"{3,}\npart-1 ::= "ab"'),
-        # llama.cpp refuses `x*` when x can be empty (left recursion): x less "" is repeated
+        # a repeat of what can be empty repeats its non-empty part (no left recursion)
         (r"(a?b?)+c", 'root ::= part-1* "c"\npart-1 ::= "a" "b"? | "b"'),
         (r"(a*)*", 'root ::= part-1*\npart-1 ::= "a"+'),
         (r"", 'root ::= ""'),
@@ -370,7 +370,7 @@ def test_tool_calls_grammar_renames_only_the_root_rule() -> None:
     parsed = Gbnf(grammar)
     assert parsed.accepts("<c>{a}</c>")
     assert parsed.accepts("<c>{{rootr}}</c>,<c>{b}</c>,<c>{c}</c>")
-    for wrong in ("", "<c>{a}</c>,", "<c>{a}</c><c>{b}</c>", "{a}", "<c>{root}</c>"):
+    for wrong in ("", "<c>{a}</c>,", "<c>{a}</c><c>{b}</c>", "{a}", "<c>{root1}</c>"):
         assert not parsed.accepts(wrong), wrong
 
 
@@ -501,6 +501,18 @@ def test_the_model_writes_only_what_the_regex_accepts(
         text, finish = generate(server, prompt, grammar, max_tokens=48, **sampling)
         assert finish == "stop", (pattern, sampling, text)
         assert re.fullmatch(pattern, text), (pattern, sampling, text)
+
+
+@pytest.mark.models
+def test_llama_cpp_takes_nested_and_large_repeats(server: Any) -> None:
+    # a repeated group inside a repeated group: llama.cpp refuses `("a" "b"){40}{60}`, which
+    # multiplies the rules, but takes rules that refer to each other
+    grammar = regex_grammar(r"((ab){40}){60}x{1999}")
+    assert grammar == 'root ::= part-2{60} "x"{1999}\npart-1 ::= "ab"\npart-2 ::= part-1{40}\n'
+    text, finish = generate(server, "Letters:", grammar, max_tokens=8)
+    assert finish == "length"
+    assert len(text) >= 8
+    assert ("ab" * 2400).startswith(text)
 
 
 @pytest.mark.models
