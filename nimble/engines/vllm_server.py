@@ -45,6 +45,7 @@ from nimble.engines.vllm_wire import (
     log,
     serve_args,
     structured_fields,
+    template_shows_tools,
     weight_files,
 )
 from nimble.errors import EngineError, ModelLoadError, Unavailable, UnsupportedParameter
@@ -162,6 +163,7 @@ class VllmEngine:
             context_length=self._context_length,
             supports_logprobs=True,
             files=self._files,
+            renders_tools=template_shows_tools(self.spec.weights),
         )
 
     # requests

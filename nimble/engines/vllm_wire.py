@@ -170,6 +170,28 @@ def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) else float("-inf")
 
 
+def template_shows_tools(folder: Path) -> bool:
+    """Whether the model folder's chat template renders `tools` (its tokenizer_config.json
+    `chat_template`, or chat_template.jinja). If not, nimble writes the tools in itself."""
+    if not folder.is_dir():
+        return False
+    texts = []
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        texts.append(jinja.read_text(errors="replace"))
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            template = json.loads(config.read_text()).get("chat_template")
+        except (ValueError, AttributeError):
+            template = None
+        if isinstance(template, list):  # named templates: [{"name", "template"}]
+            texts += [str(t.get("template", "")) for t in template if isinstance(t, dict)]
+        elif isinstance(template, str):
+            texts.append(template)
+    return any("tools" in text for text in texts)
+
+
 def weight_files(folder: Path) -> tuple[ModelFile, ...]:
     """The files vLLM loads from a model folder (weights, config, tokenizer), hashed."""
     if folder.is_file():

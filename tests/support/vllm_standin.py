@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +31,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from nimble.engines.fake_structured import instance
 
 VERSION = "0.11.0+standin"
 
@@ -211,6 +214,22 @@ def build(args: argparse.Namespace) -> FastAPI:
         n = int(body.get("n") or 1)
         stops = body.get("stop") or []
         pieces = [f"{prompt[i % len(prompt)] if prompt else 'x'} " for i in range(max_tokens)]
+        if chat and body.get("tools") is not None and body.get("tool_choice") != "none":
+            return error(400, '"auto" tool choice requires --enable-auto-tool-choice')
+        structured = body.get("structured_outputs")
+        if structured is not None:  # vLLM's structured outputs: the simplest valid text
+            if "json" in structured:
+                forced = json.dumps(instance(structured["json"], structured["json"]))
+            elif "choice" in structured:
+                forced = structured["choice"][0]
+            elif "structural_tag" in structured:
+                json.loads(structured["structural_tag"])  # free text until a trigger
+                forced = None
+            else:
+                return error(400, f"the stand-in cannot follow {sorted(structured)}")
+            if forced is not None:
+                pieces = re.findall(r"\S+\s*", forced)[:max_tokens]
+        natural = "length" if len(pieces) == max_tokens else "stop"  # the text came to its end
         kind = "chat.completion" if chat else "text_completion"
         created = int(time.time())
 
@@ -256,7 +275,7 @@ def build(args: argparse.Namespace) -> FastAPI:
             for stop in stops:
                 if stop in text:
                     return text[: text.index(stop)], "stop"
-            return text, "length"
+            return text, "length"  # no stop string: the caller decides
 
         usage = {
             "prompt_tokens": len(prompt),
@@ -267,7 +286,7 @@ def build(args: argparse.Namespace) -> FastAPI:
             choices = []
             for index in range(n):
                 text, why = finished("".join(pieces))
-                choices.append(choice(index, text, why))
+                choices.append(choice(index, text, natural if why == "length" else why))
             return {
                 "id": "cmpl-standin",
                 "object": kind,
@@ -328,6 +347,8 @@ def build(args: argparse.Namespace) -> FastAPI:
                         yield f"data: {json.dumps(chunk)}\n\n"
                         if token_delay:
                             await asyncio.sleep(token_delay)
+                    else:
+                        why = natural
                     last = {
                         "id": "cmpl-standin",
                         "object": kind + ".chunk",

@@ -22,7 +22,13 @@ from nimble.engines import supervisor, vllm_server
 from nimble.engines.base import EngineConfig
 from nimble.engines.supervisor import RestartPolicy
 from nimble.engines.vllm_server import VllmEngine
-from nimble.engines.vllm_wire import chat_logprobs, error_of, is_error, serve_args
+from nimble.engines.vllm_wire import (
+    chat_logprobs,
+    error_of,
+    is_error,
+    serve_args,
+    template_shows_tools,
+)
 from nimble.errors import (
     ContextLengthExceeded,
     EngineError,
@@ -32,14 +38,18 @@ from nimble.errors import (
     UnsupportedParameter,
 )
 from nimble.models.spec import ModelSpec
+from nimble.runtime.tools import FORMATS
 from nimble.types import (
     ChatMessage,
     EmbedRequest,
     GenerateRequest,
     GenerationChunk,
+    JsonSchemaConstraint,
     RankRequest,
     SamplingParams,
     Task,
+    ToolCallConstraint,
+    ToolFunction,
 )
 
 STANDIN = Path(__file__).parents[1] / "support" / "vllm_standin.py"
@@ -216,6 +226,41 @@ async def test_chat_streams_text_usage_and_logprobs(running: VllmEngine, log: Pa
     assert sent["stream_options"] == {"include_usage": True}
     assert (sent["presence_penalty"], sent["frequency_penalty"]) == (0.5, 0.25)
     assert (sent["logprobs"], sent["top_logprobs"], sent["seed"]) == (True, 2, 2**40)
+
+
+async def test_structured_output_and_tool_calls_go_to_vllm_structured_outputs(
+    running: VllmEngine, log: Path
+) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    chunks = await collect(
+        running,
+        dataclasses.replace(chat("hi", max_tokens=20), constraint=JsonSchemaConstraint(schema)),
+    )
+    assert "".join(c.text for c in chunks) == '{"a": 0}'
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
+    assert bodies(log, "/v1/chat/completions")[-1]["structured_outputs"] == {"json": schema}
+
+    weather = ToolFunction("get_weather", "", schema)
+    call = FORMATS["hermes"].call_schema((weather,), parallel=False)
+    forced = ToolCallConstraint(call, "<tool_call>\n", "\n</tool_call>", "\n", max_calls=1)
+    request = dataclasses.replace(chat("hi", max_tokens=30), tools=(weather,), constraint=forced)
+    text = "".join(c.text for c in await collect(running, request))
+    # vLLM writes the JSON, nimble the markers around it
+    assert text == '<tool_call>\n{"name": "get_weather", "arguments": {"a": 0}}\n</tool_call>'
+    sent = bodies(log, "/v1/chat/completions")[-1]
+    assert sent["structured_outputs"] == {"json": call}
+    assert sent["tool_choice"] == "none"  # vLLM renders the tools; nimble reads the calls
+    assert sent["tools"][0]["function"]["name"] == "get_weather"
+
+    lazy = dataclasses.replace(forced, lazy=True, max_calls=None)
+    await collect(running, dataclasses.replace(request, constraint=lazy))
+    tag = json.loads(
+        bodies(log, "/v1/chat/completions")[-1]["structured_outputs"]["structural_tag"]
+    )
+    assert tag["triggers"] == ["<tool_call>"]
+    assert tag["structures"] == [
+        {"begin": "<tool_call>\n", "schema": call, "end": "\n</tool_call>"}
+    ]
 
 
 async def test_completion_with_stop_n_and_legacy_logprobs(running: VllmEngine, log: Path) -> None:
@@ -541,3 +586,17 @@ async def test_output_past_the_line_limit_keeps_flowing() -> None:
     finally:
         await process.stop()
     assert not process.up and process.state is supervisor.State.STOPPED
+
+
+def test_the_folder_template_says_whether_it_shows_tools(tmp_path: Path) -> None:
+    folder = spec(tmp_path).weights
+    assert not template_shows_tools(folder)
+    config = folder / "tokenizer_config.json"
+    config.write_text(json.dumps({"chat_template": "{{ messages }}"}))
+    assert not template_shows_tools(folder)
+    named = [{"name": "default", "template": "{% if tools %}{{ tools }}{% endif %}"}]
+    config.write_text(json.dumps({"chat_template": named}))
+    assert template_shows_tools(folder)
+    config.unlink()
+    (folder / "chat_template.jinja").write_text("{% for tool in tools %}{% endfor %}")
+    assert template_shows_tools(folder)
