@@ -18,6 +18,8 @@ from nimble.config import Settings
 from nimble.models.hardware import HardwareInfo
 from nimble.models.resolve import ResolvedModel
 from nimble.runtime.runtime import Runtime, ServedModel
+from nimble.runtime.tools import tool_format
+from nimble.types import Task
 
 RECORD_SCHEMA = "nimble.deployment/v1"
 
@@ -76,7 +78,7 @@ def deployment_record(
             "endpoint": redact_url(settings.otlp_endpoint),
             "service_name": settings.otel_service_name,
         },
-        "tool_calling": {"supported": False, "enabled": False},
+        "tool_calling": _tool_calling(settings, runtime),
         "auth": {
             "mode": "api_keys" if settings.api_keys_file else "none",
             "keys_file": str(settings.api_keys_file) if settings.api_keys_file else None,
@@ -86,6 +88,35 @@ def deployment_record(
         },
         "configuration": effective_configuration(settings),
     }
+
+
+def _tool_calling(settings: Settings, runtime: Runtime) -> dict[str, Any]:
+    """Who parses tool calls for which model, and what constrained decoding is offered."""
+    models = {}
+    for served in runtime.models.values():
+        if Task.CHAT not in served.spec.tasks:
+            continue
+        fmt = tool_format(settings.tool_parser or served.spec.options.get("tool_parser"))
+        shows = served.info.renders_tools if served.loaded else None
+        models[served.spec.id] = {"parser": fmt.name, "template_renders_tools": shows}
+    return {
+        "supported": True,
+        "enabled": "chat" in settings.endpoints,
+        "parser_setting": settings.tool_parser,
+        "models": models,
+        "structured_output": list(STRUCTURED_OUTPUT),
+        "responses_store": settings.responses_max_stored,
+    }
+
+
+STRUCTURED_OUTPUT = (
+    "response_format.json_object",
+    "response_format.json_schema",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+)
 
 
 def effective_configuration(settings: Settings) -> dict[str, Any]:

@@ -54,7 +54,11 @@ async def test_record_says_what_runs_and_redacts_secrets(monkeypatch: pytest.Mon
     assert record["health"]["ready"] == "/v1/health/ready"
     assert record["auth"]["mode"] == "none"
     assert record["hardware"]["cpu_cores"] >= 1
-    assert record["tool_calling"] == {"supported": False, "enabled": False}
+    tools = record["tool_calling"]
+    assert (tools["supported"], tools["enabled"], tools["parser_setting"]) == (True, True, None)
+    # not loaded in this test: whether its template shows tools is not known yet
+    assert tools["models"] == {"fake-model": {"parser": "hermes", "template_renders_tools": None}}
+    assert "response_format.json_schema" in tools["structured_output"]
     (model,) = record["models"]
     assert model["id"] == "fake-model" and model["engine"]["name"] == "fake"
     assert json.dumps(record).count(SECRET) == 0
