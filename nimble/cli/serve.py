@@ -8,6 +8,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -149,6 +150,7 @@ def build_runtime(
         context_length=settings.context_length,
         max_running=settings.max_running,
         engine_log=settings.engine_log,
+        chat_template=read_template(settings.chat_template),
         fake_token_delay=settings.fake_token_delay,
         embed_batch_size=settings.embed_batch_size,
         embed_max_wait=settings.embed_max_wait_ms / 1000,
@@ -172,6 +174,15 @@ def build_runtime(
         ),
     )
     return runtime, Deployment(settings, hardware, resolved)
+
+
+def read_template(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.expanduser().read_text()
+    except OSError as exc:
+        raise ConfigError(f"chat_template: cannot read {path}: {exc.strerror}") from exc
 
 
 def serve(values: dict[str, Any]) -> int:

@@ -168,6 +168,11 @@ class Settings(BaseSettings):
         description="Most passages (`/v1/ranking`) or documents (`/v1/rerank`) per request "
         "(400 beyond).",
     )
+    chat_template: Path | None = Field(
+        default=None,
+        description="A Jinja chat template file used instead of the chat models' own (for "
+        "example one that shows tools to a model whose template cannot).",
+    )
     tool_parser: str | None = Field(
         default=None,
         description="How tool calls are written and parsed (hermes, llama3_json, mistral, "

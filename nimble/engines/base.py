@@ -29,6 +29,8 @@ class EngineConfig:
     max_running: int = 4
     engine_log: bool = False
     fake_token_delay: float = 0.0
+    # a chat template (Jinja text) used instead of the model's own; None: the model's
+    chat_template: str | None = None
     # embedding engines: sequences per batch across concurrent requests, and how long the
     # first request of a batch may wait for others (seconds)
     embed_batch_size: int = 32

@@ -368,6 +368,8 @@ class LlamaCppEngine:
         params.endpoint_slots = True  # internal listener only: for cache_usage()
         params.endpoint_metrics = False
         params.verbosity = _VERBOSITY_INFO if self._config.engine_log else _VERBOSITY_ERRORS
+        if self._config.chat_template:
+            params.chat_template = self._config.chat_template
         return params
 
     async def _read_props(self, window: int) -> None:

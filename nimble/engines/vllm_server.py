@@ -163,7 +163,9 @@ class VllmEngine:
             context_length=self._context_length,
             supports_logprobs=True,
             files=self._files,
-            renders_tools=template_shows_tools(self.spec.weights),
+            renders_tools="tools" in self._config.chat_template
+            if self._config.chat_template
+            else template_shows_tools(self.spec.weights),
         )
 
     # requests
@@ -274,6 +276,8 @@ class VllmEngine:
         args = [str(self.spec.weights), "--host", "127.0.0.1", "--port", str(self._port)]
         args += ["--served-model-name", self.spec.id]
         args += serve_args(self.spec, self._config.context_length, self._config.max_running)
+        if self._config.chat_template:  # vLLM takes the template text itself, too
+            args += ["--chat-template", self._config.chat_template]
         return Launch([*self._command, *args], {"VLLM_API_KEY": self._key})
 
     async def _probe(self) -> bool:

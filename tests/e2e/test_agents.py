@@ -391,3 +391,49 @@ def test_responses_api_streams_and_calls_tools(server: NimbleProcess) -> None:
 
 def test_log_has_no_traceback(server: NimbleProcess) -> None:
     assert "Traceback" not in Path(server.log_path).read_text()
+
+
+def test_a_chat_template_that_shows_tools(tmp_path: Path) -> None:
+    """--chat-template: the template itself shows the tools and the conversation's calls
+    and results (llama.cpp reports it supports tools); nimble still binds and parses."""
+    template = Path(__file__).parents[1] / "support" / "chatml_tools.jinja"
+    args = ["--model", CHAT_MODEL, "--chat-template", str(template)]
+    process = NimbleProcess(args, tmp_path / "nimble.log")
+    try:
+        process.wait_ready()
+        record = process.client().get("/manifest", cast_to=object)
+        assert isinstance(record, dict)
+        model = record["tool_calling"]["models"][CHAT_MODEL]
+        assert model == {"parser": "hermes", "template_renders_tools": True}
+        client = process.client()
+        messages: list[Any] = ask(3)
+        first = client.chat.completions.create(
+            model=CHAT_MODEL,
+            messages=messages,
+            tools=[WEATHER],  # type: ignore[list-item]
+            tool_choice="required",
+            parallel_tool_calls=False,
+            temperature=0,
+            max_tokens=120,
+        )
+        (call,) = first.choices[0].message.tool_calls or []
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS["get_weather"])
+        messages += [
+            first.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "-3 C and snow"},
+        ]
+        second = client.chat.completions.create(
+            model=CHAT_MODEL,
+            messages=messages,
+            tools=[WEATHER],  # type: ignore[list-item]
+            temperature=0,
+            max_tokens=60,
+        )
+        # whatever the model chooses now, a call is valid and no markup is in the text
+        message = second.choices[0].message
+        assert "<tool_call>" not in (message.content or "")
+        for again in message.tool_calls or ():
+            jsonschema.validate(json.loads(again.function.arguments), SCHEMAS["get_weather"])
+        assert "Traceback" not in process.log()
+    finally:
+        process.terminate()

@@ -60,3 +60,15 @@ def test_settings_frozen() -> None:
 def test_docs_table_is_current() -> None:
     doc = Path(__file__).parents[2] / "docs" / "configuration.md"
     assert settings_table() in doc.read_text(), "regenerate: nimble settings-doc"
+
+
+def test_chat_template_file_is_read_or_refused(tmp_path: Path) -> None:
+    from nimble.cli.serve import read_template
+    from nimble.errors import ConfigError
+
+    template = tmp_path / "t.jinja"
+    template.write_text("{{ messages }}")
+    assert read_template(template) == "{{ messages }}"
+    assert read_template(None) is None
+    with pytest.raises(ConfigError, match="chat_template: cannot read .*nope"):
+        read_template(tmp_path / "nope")
