@@ -160,6 +160,20 @@ async def test_scopes_models_endpoints_tools(tmp_path: Path) -> None:
             "/v1/chat/completions", json=chat_body(), headers=bearer("nb-no-tools")
         )
         assert plain.status_code == 200
+        flat = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+        no_tools = await client.post(
+            "/v1/responses",
+            json={"model": FAKE_MODEL, "input": "hi", "tools": [flat]},
+            headers=bearer("nb-no-tools"),
+        )
+        assert assert_openai_error(no_tools, 403, "tools")["code"] == "tools_denied"
+        # a key that may use tools gets its call
+        called = await client.post(
+            "/v1/chat/completions",
+            json=chat_body(tools=[tool], tool_choice="required"),
+            headers=bearer(ADMIN),
+        )
+        assert called.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "f"
 
 
 async def test_requests_per_minute(tmp_path: Path) -> None:
