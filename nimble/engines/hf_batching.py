@@ -33,6 +33,7 @@ import torch
 from transformers import DynamicCache
 
 from nimble.engines.hf_choice import Choice
+from nimble.engines.hf_constrain import ConstraintFailed
 from nimble.errors import EngineError, Unavailable
 from nimble.types import GenerationChunk, Usage
 
@@ -140,6 +141,8 @@ class Scheduler:
         # only the last position's logits in a prefill (a prompt-sized logits tensor is big)
         accepts = inspect.signature(model.forward).parameters
         self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
+        # transformers 5.x renamed `past_key_values` to `cache` (the old name warns)
+        self._cache_arg = "cache" if "cache" in accepts else "past_key_values"
         self._thread = threading.Thread(target=self._run, name="nimble-transformers", daemon=True)
 
     def start(self) -> None:
@@ -227,8 +230,8 @@ class Scheduler:
         out = self._model(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
-            past_key_values=cache,
             use_cache=True,
+            **{self._cache_arg: cache},
             **self._last_logits_only,
         )
         logits = out.logits[0, -1].float()
@@ -240,8 +243,7 @@ class Scheduler:
         self._rows.extend(_Row(job, choice) for choice in job.choices)
         self.stats.prefills += 1
         for choice in job.choices:
-            job.send(choice.step(logits), choice)
-            self.stats.tokens += 1
+            self._advance(job, choice, logits)
 
     def _step(self) -> None:
         rows = self._rows
@@ -253,8 +255,8 @@ class Scheduler:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=self._cache,
             use_cache=True,
+            **{self._cache_arg: self._cache},
         )
         self._mask = mask
         logits = out.logits[:, -1].float()
@@ -262,8 +264,19 @@ class Scheduler:
         self.stats.steps += 1
         self.stats.max_batch = max(self.stats.max_batch, len(rows))
         for i, row in enumerate(rows):
-            row.job.send(row.choice.step(logits[i]), row.choice)
-            self.stats.tokens += 1
+            self._advance(row.job, row.choice, logits[i])
+
+    def _advance(self, job: Job, choice: Choice, logits: torch.Tensor) -> None:
+        """Sample one token of `choice`; a broken grammar fails its request alone."""
+        try:
+            chunks = choice.step(logits)
+        except ConstraintFailed as exc:
+            log.error("constrained decoding failed: %s", exc)
+            job.fail(exc)
+            job.cancelled = True  # its rows leave the batch after this step
+            return
+        job.send(chunks, choice)
+        self.stats.tokens += 1
 
     def _join(self, cache: Any, mask: torch.Tensor) -> None:
         """Append the rows of a prefilled cache to the batch, left-padding the shorter side."""

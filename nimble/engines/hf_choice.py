@@ -5,14 +5,20 @@ Runs on the scheduler's thread only. Text is produced by decoding the whole comp
 and sending the new suffix, so multi-token characters are never split: a suffix that ends in
 an incomplete UTF-8 sequence (U+FFFD) or in the start of a stop string is held back until the
 next token settles it.
+
+A choice with a constraint (`hf_constrain.Constrained`) masks its row's logits before anything
+reads them (sampling, penalties and logprobs all see the masked distribution), feeds the
+chosen token to its grammar, and stops with "stop" once the grammar is complete.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
 
+from nimble.engines.hf_constrain import Constrained
 from nimble.types import GenerationChunk, SamplingParams, TokenLogprob, TopLogprob
 
 _INCOMPLETE = "\ufffd"  # what a decoder shows for a partial UTF-8 sequence
@@ -31,6 +37,7 @@ class Choice:
         tokenizer: Any,
         eos_ids: frozenset[int],
         generator: torch.Generator,
+        constraint: Constrained | None = None,
     ):
         self.index = index
         self.prompt_length = prompt_length
@@ -43,6 +50,7 @@ class Choice:
         self._tokenizer = tokenizer
         self._eos = eos_ids
         self._generator = generator
+        self._constraint = constraint
         self._stops = tuple(stop for stop in params.stop if stop)
         self._longest_stop = max((len(stop) for stop in self._stops), default=0)
         self._counts: torch.Tensor | None = None  # token counts, only with penalties
@@ -61,7 +69,12 @@ class Choice:
 
     def step(self, logits: torch.Tensor) -> list[GenerationChunk]:
         """Pick the next token from this row's logits (1-D, float32); the chunks to send."""
+        constraint = self._constraint
+        if constraint is not None:
+            logits = constraint.masked(logits)
         token = self._choose(logits)
+        if constraint is not None:
+            token = constraint.accept(token, self.tokens)
         logprob = self._logprob(logits, token) if self._params.top_logprobs is not None else None
         return self._accept(token, logprob)
 
@@ -94,7 +107,8 @@ class Choice:
         return logits - frequency * self._counts - presence * seen
 
     def _logprob(self, logits: torch.Tensor, token: int) -> TokenLogprob:
-        """The model's own log-probabilities (before penalties, temperature and top_p)."""
+        """The model's own log-probabilities (before penalties, temperature and top_p; after a
+        grammar's mask, so over the tokens the choice could pick)."""
         logprobs = torch.log_softmax(logits, dim=-1)
         top: tuple[TopLogprob, ...] = ()
         if self._params.top_logprobs:
@@ -104,6 +118,7 @@ class Choice:
                 for piece, value in zip(
                     (self._piece(int(i)) for i in ids.tolist()), values.tolist(), strict=True
                 )
+                if not math.isinf(value)  # a token a grammar forbids is no alternative
             )
         piece = self._piece(token)
         return TokenLogprob(piece, float(logprobs[token].item()), tuple(piece.encode()), top)
@@ -131,6 +146,8 @@ class Choice:
         cut = self._stop_at()
         if cut is not None:
             return self._finish("stop", cut)
+        if self._constraint is not None and self._constraint.finished:
+            return self._finish("stop", len(self._text))
         if len(self.tokens) >= self._budget:
             return self._finish("length", len(self._text))
         safe = self._safe_end()

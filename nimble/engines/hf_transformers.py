@@ -16,6 +16,10 @@ How it works
 - Sampling per choice (`hf_choice.Choice`): temperature (0: greedy; unset: the model's
   generation_config when it samples by default, else 1), top_p, presence and frequency
   penalties, stop strings, seed (a torch.Generator per choice), logprobs with alternatives.
+- Constraints (`hf_constrain`): JSON schema, regex, choice, grammar (Lark, or GBNF) and tool
+  calls (forced, or lazy for tool_choice auto) are enforced while decoding by masking each
+  constrained row's logits with llguidance; a grammar it cannot compile is a 400 before any
+  token. Unconstrained rows pay nothing for it.
 
 Models whose cache is not a plain key/value cache per layer (state-space or linear-attention
 layers) are not supported by the batching code.
@@ -36,6 +40,7 @@ import transformers
 from nimble.engines.base import EngineConfig, cannot_rank
 from nimble.engines.hf_batching import BatchStats, Job, Scheduler
 from nimble.engines.hf_choice import Choice
+from nimble.engines.hf_constrain import Constrained, Grammars
 from nimble.engines.hf_loading import Loaded, load
 from nimble.errors import (
     ContextLengthExceeded,
@@ -69,6 +74,7 @@ class TransformersEngine:
         self._config = config
         self._loaded: Loaded | None = None
         self._scheduler: Scheduler | None = None
+        self._grammars: Grammars | None = None
 
     # lifecycle
 
@@ -88,10 +94,11 @@ class TransformersEngine:
         )
         scheduler.start()
         self._loaded, self._scheduler = loaded, scheduler
+        self._grammars = Grammars(loaded.tokenizer, loaded.eos_ids)
 
     async def stop(self) -> None:
         scheduler, loaded = self._scheduler, self._loaded
-        self._scheduler, self._loaded = None, None
+        self._scheduler, self._loaded, self._grammars = None, None, None
         if scheduler is not None:
             await asyncio.to_thread(scheduler.close)
         if loaded is not None:
@@ -153,7 +160,13 @@ class TransformersEngine:
                 param="n",
             )
         ids = await asyncio.to_thread(self._encode, request)
-        job = Job(ids, self._choices(loaded, request, ids), asyncio.get_running_loop())
+        constraints: list[Constrained] | None = None
+        if request.constraint is not None:
+            if (grammars := self._grammars) is None:
+                raise Unavailable(f"model {self.spec.id} is not loaded")
+            constraints = await asyncio.to_thread(grammars.compile, request.constraint, params.n)
+        choices = self._choices(loaded, request, ids, constraints)
+        job = Job(ids, choices, asyncio.get_running_loop())
         scheduler.submit(job)
         try:
             while (chunk := await job.get()) is not None:
@@ -178,7 +191,13 @@ class TransformersEngine:
             raise Unavailable(f"model {self.spec.id} is not loaded")
         return self._loaded, self._scheduler
 
-    def _choices(self, loaded: Loaded, request: GenerateRequest, ids: list[int]) -> list[Choice]:
+    def _choices(
+        self,
+        loaded: Loaded,
+        request: GenerateRequest,
+        ids: list[int],
+        constraints: list[Constrained] | None = None,
+    ) -> list[Choice]:
         params = request.params
         where = "messages" if request.messages is not None else "prompt"
         if not ids:
@@ -206,6 +225,7 @@ class TransformersEngine:
                 tokenizer=loaded.tokenizer,
                 eos_ids=loaded.eos_ids,
                 generator=_generator(loaded.device, seed, index),
+                constraint=constraints[index] if constraints else None,
             )
             for index in range(params.n)
         ]

@@ -70,5 +70,5 @@ def test_chat_template_file_is_read_or_refused(tmp_path: Path) -> None:
     template.write_text("{{ messages }}")
     assert read_template(template) == "{{ messages }}"
     assert read_template(None) is None
-    with pytest.raises(ConfigError, match="chat_template: cannot read .*nope"):
+    with pytest.raises(ConfigError, match=r"chat_template: cannot read .*nope"):
         read_template(tmp_path / "nope")
