@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Literal
 
-from nimble.engines import gbnf
+from nimble.engines import gbnf, gbnf_regex
 from nimble.errors import (
     ContextLengthExceeded,
     EngineError,
@@ -127,7 +127,7 @@ def constraint_fields(constraint: Constraint, to_grammar: Callable[[str], str]) 
         case JsonSchemaConstraint(schema=schema):
             return {"json_schema": _guidance(schema)}
         case RegexConstraint(pattern=pattern):
-            return {"grammar": gbnf.regex_grammar(pattern)}
+            return {"grammar": gbnf_regex.regex_grammar(pattern)}
         case ChoiceConstraint(choices=choices):
             return {"grammar": gbnf.choice_grammar(choices)}
         case GrammarConstraint(grammar=grammar):

@@ -19,7 +19,7 @@ from jsonschema.validators import (  # type: ignore[import-untyped]
     validator_for,
 )
 
-from nimble.engines.gbnf import regex_grammar
+from nimble.engines.gbnf_regex import regex_grammar
 from nimble.errors import InvalidRequest, UnsupportedParameter
 
 # what llama.cpp's json-schema-to-grammar enforces

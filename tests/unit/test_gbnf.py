@@ -20,13 +20,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from nimble.engines.gbnf import (
-    MAX_REPEAT,
-    choice_grammar,
-    literal,
-    regex_grammar,
-    tool_calls_grammar,
-)
+from nimble.engines.gbnf import MAX_REPEAT, choice_grammar, literal, tool_calls_grammar
+from nimble.engines.gbnf_regex import regex_grammar
 from nimble.models import resolve_model
 
 # -- a GBNF oracle -------------------------------------------------------------------------------
