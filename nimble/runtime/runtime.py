@@ -187,6 +187,19 @@ class Runtime:
             for model in self.models.values()
         ]
 
+    async def unhealthy_models(self, timeout: float = 2.0) -> list[str]:
+        """Models whose engine cannot serve right now (a supervised vLLM restarting, a
+        stopped llama.cpp loop, a dead scheduler thread): readiness turns 503 meanwhile."""
+
+        async def healthy(model: ServedModel) -> bool:
+            try:
+                return await asyncio.wait_for(model.engine.health(), timeout)
+            except Exception:  # a probe that fails or hangs is an unhealthy engine
+                return False
+
+        results = await asyncio.gather(*(healthy(m) for m in self.models.values()))
+        return [model_id for model_id, ok in zip(self.models, results, strict=True) if not ok]
+
     # ----- lookup -----
     def model(self, model_id: str, task: Task) -> ServedModel:
         model = self.models.get(model_id)

@@ -35,6 +35,21 @@ async def test_health_before_and_after_load_and_while_draining() -> None:
         assert "Retry-After" in response.headers
 
 
+async def test_readiness_follows_engine_health() -> None:
+    async with fake_service() as (runtime, client):
+        engine = runtime.models[FAKE_MODEL].engine
+        engine.started = False  # type: ignore[attr-defined]  # as if its server died
+        down = await client.get("/v1/health/ready")
+        assert down.status_code == 503
+        assert down.json() == {
+            "object": "health.response",
+            "status": "engine_down",
+            "message": f"Service is not ready: the engine of {FAKE_MODEL} is down.",
+        }
+        engine.started = True  # type: ignore[attr-defined]
+        assert (await client.get("/v1/health/ready")).status_code == 200
+
+
 async def test_version_and_metadata(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v1/version")).json()["release"] == __version__
     meta = (await client.get("/v1/metadata")).json()

@@ -117,6 +117,11 @@ def test_a_dying_engine_is_restarted_under_the_default_policy(
         timeout=30,
     )
     assert broken.status_code == 500
+    # readiness turns 503 while the engine restarts (the supervisor saw it die before the
+    # 500 went out), so a load balancer stops sending requests here meanwhile
+    restarting = httpx.get(server.base_url + "/v1/health/ready", timeout=10)
+    assert restarting.status_code == 503, restarting.text
+    assert restarting.json()["status"] == "engine_down"
     statuses: list[int] = []
     deadline = time.monotonic() + 60
     while not statuses or statuses[-1] != 200:
@@ -132,4 +137,5 @@ def test_a_dying_engine_is_restarted_under_the_default_policy(
     assert answer.json()["choices"][0]["text"] == "a b "
     assert server.proc.poll() is None
     assert "vllm for gpu-llama: up again after a restart" in server.log()
+    assert httpx.get(server.base_url + "/v1/health/ready", timeout=10).status_code == 200
     assert server.terminate() == 0

@@ -23,14 +23,19 @@ async def live() -> Any:
     "/v1/health/ready",
     response_model=HealthResponse,
     responses={503: {"model": HealthResponse, "description": "Loading, draining or failed"}},
-    summary="Readiness probe: 200 only after every model passed a real warm-up",
+    summary="Readiness probe: 200 only after every model passed a real warm-up, and while "
+    "every engine answers healthy",
 )
 async def ready(runtime: RuntimeDep) -> Any:
-    if runtime.state is ServiceState.READY:
-        return {"object": "health.response", "status": "ready", "message": "Service is ready."}
-    body = {
-        "object": "health.response",
-        "status": runtime.state.value,
-        "message": f"Service is not ready: {runtime.state.value}.",
-    }
+    if runtime.state is not ServiceState.READY:
+        return _not_ready(runtime.state.value, f"Service is not ready: {runtime.state.value}.")
+    down = await runtime.unhealthy_models()
+    if down:
+        names = ", ".join(down)
+        return _not_ready("engine_down", f"Service is not ready: the engine of {names} is down.")
+    return {"object": "health.response", "status": "ready", "message": "Service is ready."}
+
+
+def _not_ready(status: str, message: str) -> JSONResponse:
+    body = {"object": "health.response", "status": status, "message": message}
     return JSONResponse(body, status_code=503)
