@@ -199,3 +199,18 @@ async def test_bad_structured_output_is_400(
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]
     assert error["param"] == param and words in error["message"]
+
+
+async def test_the_sdk_stream_helper_assembles_the_calls(oai: openai.AsyncOpenAI) -> None:
+    """The SDK's own accumulator (chat.completions.stream) reads nimble's deltas."""
+    async with oai.chat.completions.stream(
+        model=FAKE_MODEL, messages=ASK, tools=TOOLS, tool_choice="required"
+    ) as stream:
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_completion()
+    assert "tool_calls.function.arguments.delta" in kinds
+    assert "tool_calls.function.arguments.done" in kinds
+    (call,) = final.choices[0].message.tool_calls or []
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "xxx", "unit": "celsius", "days": 1}
+    assert final.choices[0].finish_reason == "tool_calls"
