@@ -10,6 +10,7 @@ swept and restarted."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import os
 import shutil
@@ -144,6 +145,63 @@ async def test_real_vllm_serves_through_the_engine(model_folder: Path) -> None:
         pid = engine._process.pid
         await engine.stop()
     assert pid is not None and group_members(pid) == []
+
+
+async def test_real_vllm_follows_structured_outputs(model_folder: Path) -> None:
+    """vLLM's `structured_outputs` as nimble sends them (a random-weight model writes only
+    what the grammar allows): a JSON schema, a regex, a choice, and a forced tool call that
+    nimble wraps in the hermes markers and reads back."""
+    import json
+    import re
+
+    import jsonschema
+
+    from nimble.runtime.tools import FORMATS
+    from nimble.runtime.tools.parse import CallParser
+    from nimble.types import (
+        ChoiceConstraint,
+        JsonSchemaConstraint,
+        RegexConstraint,
+        ToolCallConstraint,
+        ToolFunction,
+    )
+
+    schema = {
+        "type": "object",
+        "properties": {"n": {"enum": [1, 2, 3]}, "tag": {"enum": ["a", "b"]}},  # bounded
+        "required": ["n", "tag"],
+        "additionalProperties": False,
+    }
+    engine = engine_for(model_folder)
+    await engine.start()
+    try:
+
+        async def text(constraint: Any, **extra: Any) -> str:
+            request = dataclasses.replace(
+                chat("go", max_tokens=60, temperature=1.0), constraint=constraint, **extra
+            )
+            return "".join([c.text async for c in engine.generate(request)])
+
+        jsonschema.validate(json.loads(await text(JsonSchemaConstraint(schema))), schema)
+        assert re.fullmatch(r"[0-9]{3}-[a-z]{2}", await text(RegexConstraint(r"[0-9]{3}-[a-z]{2}")))
+        assert await text(ChoiceConstraint(("yes", "no"))) in {"yes", "no"}
+        weather = ToolFunction("get_weather", parameters=schema)
+        hermes = FORMATS["hermes"]
+        forced = ToolCallConstraint(
+            hermes.call_schema((weather,), parallel=False),
+            hermes.grammar_begin,
+            hermes.grammar_end,
+            hermes.grammar_separator,
+            max_calls=1,
+        )
+        written = await text(forced, tools=(weather,))
+        parser = CallParser(hermes)
+        deltas = [*parser.feed(written).calls, *parser.finish().calls]
+        assert deltas[0].name == "get_weather"
+        arguments = "".join(d.arguments for d in deltas)
+        jsonschema.validate(json.loads(arguments), schema)
+    finally:
+        await engine.stop()
 
 
 async def _is_zero(value: Awaitable[float]) -> bool:
