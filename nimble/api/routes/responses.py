@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request
 
 from nimble.api.deps import ERROR_RESPONSES, Grant, GrantDep, RequestIdDep, RuntimeDep
 from nimble.api.responses_events import ResponseBuilder, collect_response, stream_events
-from nimble.api.schemas.responses import CreateResponseRequest, ResponseObject
+from nimble.api.schemas.responses import CreateResponseRequest
+from nimble.api.schemas.responses_out import ResponseObject
 from nimble.api.streaming import prime, sse_response, until_disconnect
 from nimble.errors import UnsupportedParameter
 from nimble.runtime.response_store import StoredResponse

@@ -1,4 +1,5 @@
-"""`POST /v1/responses` request and response shapes (the OpenAI Responses API).
+"""`POST /v1/responses` request shapes (the OpenAI Responses API; the response object is in
+`responses_out.py`).
 
 What is supported: text input (a string, or message items with text parts), function
 tools and their calls and results, `previous_response_id`, `store`, `text.format`.
@@ -8,10 +9,9 @@ Everything else that OpenAI knows is refused with a 400 that names the field.
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -375,79 +375,3 @@ def _result(item: InputItem, index: int, before: tuple[ChatMessage, ...]) -> Cha
             param=f"input.{index}.call_id",
         )
     return ChatMessage("tool", _text(item.output), name=name, tool_call_id=call_id)
-
-
-# ----- response: what POST answers (and GET returns); the OpenAPI document shows these -----
-class OutputText(BaseModel):
-    type: Literal["output_text"] = "output_text"
-    text: str
-    annotations: list[Any] = []
-    logprobs: list[Any] = []
-
-
-class OutputMessage(BaseModel):
-    type: Literal["message"] = "message"
-    id: str
-    status: Literal["in_progress", "completed", "incomplete"]
-    role: Literal["assistant"] = "assistant"
-    content: list[OutputText]
-
-
-class FunctionCallItem(BaseModel):
-    type: Literal["function_call"] = "function_call"
-    id: str
-    call_id: str
-    name: str
-    arguments: str
-    status: Literal["in_progress", "completed", "incomplete"]
-
-
-OutputItem = Annotated[OutputMessage | FunctionCallItem, Field(discriminator="type")]
-
-
-class InputTokensDetails(BaseModel):
-    cached_tokens: int = 0
-    cache_write_tokens: int = 0
-
-
-class OutputTokensDetails(BaseModel):
-    reasoning_tokens: int = 0
-
-
-class ResponseUsage(BaseModel):
-    input_tokens: int
-    input_tokens_details: InputTokensDetails
-    output_tokens: int
-    output_tokens_details: OutputTokensDetails
-    total_tokens: int
-
-
-class IncompleteDetails(BaseModel):
-    reason: Literal["max_output_tokens"]
-
-
-class ResponseObject(BaseModel):
-    id: str
-    object: Literal["response"] = "response"
-    created_at: int
-    completed_at: int | None = None
-    status: Literal["in_progress", "completed", "incomplete", "failed"]
-    error: dict[str, Any] | None = None
-    incomplete_details: IncompleteDetails | None = None
-    model: str
-    output: list[OutputItem]
-    instructions: str | None = None
-    previous_response_id: str | None = None
-    max_output_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    parallel_tool_calls: bool
-    tool_choice: str | dict[str, Any]
-    tools: list[dict[str, Any]]
-    text: dict[str, Any]
-    truncation: Literal["disabled"] = "disabled"
-    store: bool
-    background: bool = False
-    metadata: dict[str, str]
-    user: str | None = None
-    usage: ResponseUsage | None = None
