@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from nimble.errors import InvalidRequest
 from nimble.models.spec import ModelSpec
@@ -17,6 +17,7 @@ from nimble.types import (
     GenerationChunk,
     RankRequest,
     RankResult,
+    ToolFunction,
 )
 
 
@@ -46,6 +47,26 @@ class EngineConfig:
     # called (from any thread) when an engine can no longer serve and will not recover;
     # the server then stops with a non-zero exit code
     on_fatal: Callable[[str], None] | None = None
+
+
+def tool_json(tool: ToolFunction) -> dict[str, Any]:
+    """A declared function in OpenAI's `tools` shape (what chat templates and vLLM read)."""
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        function["description"] = tool.description
+    function["parameters"] = tool.parameters or {"type": "object", "properties": {}}
+    return {"type": "function", "function": function}
+
+
+def llguidance_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with llguidance's options, for the engines whose grammars llguidance
+    compiles (llama.cpp's JSON-schema conversion in the xllamacpp build, the transformers
+    engine): compact JSON (a small model otherwise may write whitespace until max_tokens)
+    and `oneOf` read as `anyOf` (llguidance refuses a oneOf whose branches it cannot prove
+    disjoint, and llama.cpp then generates unconstrained text without saying so). The
+    schema's own `x-guidance` wins."""
+    options = {"whitespace_flexible": False, "coerce_one_of": True}
+    return {**schema, "x-guidance": {**options, **schema.get("x-guidance", {})}}
 
 
 def cannot_rank(model_id: str) -> InvalidRequest:

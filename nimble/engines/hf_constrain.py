@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from nimble.engines.base import llguidance_schema
 from nimble.errors import EngineError, UnsupportedParameter
 from nimble.types import (
     ChoiceConstraint,
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
     from llguidance import LLMatcher, LLTokenizer
 
 _BITS = 32  # tokens per word of llguidance's bitmask
-_JSON_OPTIONS = {"whitespace_flexible": False, "coerce_one_of": True}
 _INSTALL = "pip install 'nimble[transformers]'"
 
 
@@ -221,7 +221,7 @@ def _grammar(constraint: Constraint) -> tuple[str, str | None]:
 
     match constraint:
         case JsonSchemaConstraint(schema=schema):
-            return LLMatcher.grammar_from_json_schema(json.dumps(_guidance(schema))), None
+            return LLMatcher.grammar_from_json_schema(json.dumps(llguidance_schema(schema))), None
         case RegexConstraint(pattern=pattern):
             return LLMatcher.grammar_from_regex(pattern), None
         case ChoiceConstraint(choices=choices):
@@ -256,7 +256,7 @@ def _tool_calls(calls: ToolCallConstraint, trigger: str) -> str:
         more = "*" if calls.max_calls is None else f"{{0,{calls.max_calls - 1}}}"
         start = f"first_call next_call{more}"
         rules.append(f"next_call: {around(calls.separator + calls.begin)}")
-    rules.append(f"call: %json {json.dumps(_guidance(calls.call_schema))}")
+    rules.append(f"call: %json {json.dumps(llguidance_schema(calls.call_schema))}")
     return "\n".join([_lark_start(start), *rules]) + "\n"
 
 
@@ -267,10 +267,3 @@ def _lark_start(body: str) -> str:
 def _string(text: str) -> str:
     """A Lark string literal (a JSON string, with DEL escaped too)."""
     return json.dumps(text).replace("\x7f", "\\u007f")
-
-
-def _guidance(schema: dict[str, Any]) -> dict[str, Any]:
-    """llguidance's JSON options: compact JSON (a small model otherwise may write whitespace
-    until max_tokens) and `oneOf` read as `anyOf` (llguidance refuses a oneOf whose branches
-    it cannot prove disjoint); the schema's own `x-guidance` wins."""
-    return {**schema, "x-guidance": {**_JSON_OPTIONS, **schema.get("x-guidance", {})}}

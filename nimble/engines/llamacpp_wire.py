@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from nimble.engines import gbnf, gbnf_regex
+from nimble.engines.base import llguidance_schema, tool_json
 from nimble.errors import (
     ContextLengthExceeded,
     EngineError,
@@ -31,7 +32,6 @@ from nimble.types import (
     RegexConstraint,
     TokenLogprob,
     ToolCallConstraint,
-    ToolFunction,
     TopLogprob,
     Usage,
 )
@@ -83,13 +83,6 @@ def template_body(request: GenerateRequest) -> Json:
     return body
 
 
-def tool_json(tool: ToolFunction) -> Json:
-    function: Json = {"name": tool.name, "parameters": tool.parameters}
-    if tool.description:
-        function["description"] = tool.description
-    return {"type": "function", "function": function}
-
-
 def request_body(request: GenerateRequest, prompt: str | None = None) -> Json:
     """The JSON body for llama.cpp: always streamed, always with usage at the end. With
     `prompt` (a conversation already rendered by the template) it is a completion body."""
@@ -125,7 +118,7 @@ def constraint_fields(constraint: Constraint, to_grammar: Callable[[str], str]) 
     it), or a GBNF `grammar`, lazy for tool calls the model may or may not make."""
     match constraint:
         case JsonSchemaConstraint(schema=schema):
-            return {"json_schema": _guidance(schema)}
+            return {"json_schema": llguidance_schema(schema)}
         case RegexConstraint(pattern=pattern):
             return {"grammar": gbnf_regex.regex_grammar(pattern)}
         case ChoiceConstraint(choices=choices):
@@ -133,7 +126,7 @@ def constraint_fields(constraint: Constraint, to_grammar: Callable[[str], str]) 
         case GrammarConstraint(grammar=grammar):
             return {"grammar": grammar}
         case ToolCallConstraint() as calls:
-            call = to_grammar(json.dumps(_guidance(calls.call_schema)))
+            call = to_grammar(json.dumps(llguidance_schema(calls.call_schema)))
             grammar = gbnf.tool_calls_grammar(
                 call, calls.begin, calls.end, calls.separator, calls.max_calls
             )
@@ -144,15 +137,6 @@ def constraint_fields(constraint: Constraint, to_grammar: Callable[[str], str]) 
                 fields["grammar_triggers"] = [{"type": _TRIGGER_WORD, "value": trigger}]
             return fields
     raise AssertionError(f"unknown constraint {constraint!r}")
-
-
-def _guidance(schema: dict[str, Any]) -> dict[str, Any]:
-    """llguidance options for llama.cpp's JSON-schema conversion: compact JSON (a small
-    model otherwise may write whitespace until max_tokens) and `oneOf` read as `anyOf`
-    (llguidance refuses a oneOf whose branches it cannot prove disjoint, and llama.cpp then
-    generates unconstrained text without saying so)."""
-    options = {"whitespace_flexible": False, "coerce_one_of": True}
-    return {**schema, "x-guidance": {**options, **schema.get("x-guidance", {})}}
 
 
 def error_from(payload: Json, param: str) -> NimbleError:

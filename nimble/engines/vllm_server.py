@@ -34,8 +34,8 @@ import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from nimble.engines.base import EngineConfig, cannot_rank
-from nimble.engines.llamacpp_wire import ChunkMapper, message_dicts, request_body, tool_json
+from nimble.engines.base import EngineConfig, cannot_rank, tool_json
+from nimble.engines.llamacpp_wire import ChunkMapper, message_dicts, request_body
 from nimble.engines.supervisor import Launch, RestartPolicy, State, Supervisor
 from nimble.engines.vllm_wire import (
     Json,

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from nimble.engines.base import tool_json
 from nimble.runtime.schemas import close_objects
 from nimble.types import ChatMessage, ToolCall, ToolFunction
 
@@ -82,15 +83,6 @@ class ToolFormat:
             if not parallel:
                 schema["maxItems"] = 1
         return schema
-
-
-def tool_json(tool: ToolFunction) -> dict[str, Any]:
-    """A declared function in OpenAI's `tools` shape (what chat templates expect)."""
-    function: dict[str, Any] = {"name": tool.name}
-    if tool.description:
-        function["description"] = tool.description
-    function["parameters"] = tool.parameters or {"type": "object", "properties": {}}
-    return {"type": "function", "function": function}
 
 
 def _call_json(call: ToolCall, args_key: str) -> str:
