@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,3 +138,10 @@ class Engine(Protocol):
 
     async def cache_usage(self) -> float | None:
         """Share (0..1) of the engine's KV cache in use; None where it has no such cache."""
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (a container's cpuset, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

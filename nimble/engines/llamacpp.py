@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import os
 import secrets
 import threading
 from collections import deque
@@ -47,7 +46,7 @@ from typing import Any, cast
 import httpx
 import xllamacpp
 
-from nimble.engines.base import EngineConfig, cannot_rank
+from nimble.engines.base import EngineConfig, cannot_rank, usable_cpus
 from nimble.engines.llamacpp_gguf import GgufSummary, read_gguf_summary
 from nimble.engines.llamacpp_wire import (
     ChunkMapper,
@@ -353,7 +352,7 @@ class LlamaCppEngine:
 
     def _params(self, window: int, secret: str) -> Any:
         slots = self._config.max_running
-        threads = self._config.threads or _cpu_count()
+        threads = self._config.threads or usable_cpus()
         params = xllamacpp.CommonParams()
         params.model.path = str(self.spec.weights)
         params.n_parallel = slots
@@ -493,9 +492,3 @@ def _release(box: list[Any], pool: ThreadPoolExecutor | None) -> None:
 def _to_grammar(schema: str) -> str:
     """llama.cpp's own JSON-schema-to-GBNF conversion (the one its `json_schema` uses)."""
     return str(xllamacpp.json_schema_to_grammar(schema))
-
-
-def _cpu_count() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1

@@ -8,14 +8,17 @@ returns a pooled `sentence_embedding` is used as it is (and normalised). Token-i
 get the model's special tokens around them, as a text input would.
 
 Concurrent requests share batches (`embed_batching.EmbedBatcher`): each request is
-tokenized on its own, then its sequences join the next batch run on the worker thread.
+tokenized on its own, then its sequences (cut into jobs of 32 / threads, at least 8) join
+the next batch. Batches run side by side, one per CPU thread (the `threads` setting,
+default all cores), each as a single-threaded ONNX Runtime run of the shared session: two
+runs on one thread each beat one run on two threads, whose every operator waits for the
+slower thread (measured: benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +29,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 from tokenizers import Tokenizer
 
-from nimble.engines.base import EncoderOnly, EngineConfig, cannot_rank
+from nimble.engines.base import EncoderOnly, EngineConfig, cannot_rank, usable_cpus
 from nimble.engines.embed_batching import BatchStats, EmbedBatcher
 from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
 from nimble.models.files import sha256_of
@@ -80,13 +83,16 @@ class OnnxEmbeddingEngine(EncoderOnly):
         self._counter = _load_tokenizer(tokenizer_path, None)
         self._wrap = _special_wrap(self._counter)
         self._vocab = self._counter.get_vocab_size()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nimble-onnx")
+        lanes = self._config.threads or usable_cpus()
+        self._executor = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="nimble-onnx")
         self._batcher = EmbedBatcher(
             self._run_batch,
             self._executor,
             self._config.embed_batch_size,
             self._config.embed_max_wait,
             closed=lambda: Unavailable(f"model {self.spec.id!r} was stopped"),
+            lanes=lanes,
+            chunk=max(8, _BATCH // lanes),  # a big request spreads over the lanes too
         )
         try:
             session, digest = await self._in_worker(self._load_weights)
@@ -100,7 +106,7 @@ class OnnxEmbeddingEngine(EncoderOnly):
     def _load_weights(self) -> tuple[ort.InferenceSession, str]:
         path = self.spec.weights
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self._config.threads or os.cpu_count() or 1
+        options.intra_op_num_threads = 1  # parallel across batches, not inside one
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: ORT warns on stderr otherwise
         try:

@@ -56,6 +56,22 @@ async def test_concurrent_requests_share_batches_and_match_solo_vectors(
         assert np.allclose(result.vectors[0], alone, atol=1e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+async def test_batches_run_side_by_side_one_per_thread(threads: int) -> None:
+    engine = await started(embed_batch_size=32, embed_max_wait=0.01, threads=threads)
+    try:
+        alone = (await engine.embed(EmbedRequest("alone", tuple(SENTENCES)))).vectors
+        results = await asyncio.gather(
+            *(engine.embed(EmbedRequest(f"c{i}", (t,))) for i, t in enumerate(SENTENCES))
+        )
+        stats = engine.batch_stats
+        assert stats is not None and stats.most_at_once == threads
+        for result, vector in zip(results, alone, strict=True):  # same rows, same order
+            assert np.allclose(result.vectors[0], vector, atol=1e-5)
+    finally:
+        await engine.stop()
+
+
 async def test_batch_size_one_runs_each_request_alone() -> None:
     engine = await started(embed_batch_size=1, embed_max_wait=0.01)
     try:
