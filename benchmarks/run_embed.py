@@ -2,6 +2,8 @@
 with batching off (`--embed-batch-size 1`), and the offline limit (the same ONNX engine
 encoding all the sentences in one batched call, in-process, no HTTP).
 
+Also the engine's own limit without batching: each sentence in its own call, in-process.
+
 Load: `--clients` concurrent clients (default 32), each sending one sentence per request,
 back to back, for `--requests` requests in all, over keep-alive HTTP/1.1 connections. The
 client is a minimal raw-socket HTTP client so that the load generator costs as little CPU
@@ -151,25 +153,36 @@ def served(target: str, batch_size: int, clients: int, requests: int) -> Result:
     )
 
 
-def offline(requests: int) -> Result:
+def offline(requests: int, one_at_a_time: bool = False) -> Result:
+    """The engine in-process, no HTTP: all sentences in one call (the limit), or with
+    `one_at_a_time` one call per sentence, all submitted at once to the engine with batching
+    off (`embed_batch_size=1`: each runs alone, as many side by side as the engine runs):
+    the limit of the engine without cross-request batching."""
     from nimble.engines.base import EngineConfig
     from nimble.engines.onnx_embed import OnnxEmbeddingEngine
     from nimble.models import resolve_model
     from nimble.types import EmbedRequest
 
     async def run() -> float:
-        engine = OnnxEmbeddingEngine(resolve_model(MODEL), EngineConfig(embed_batch_size=32))
+        batch = 1 if one_at_a_time else 32
+        engine = OnnxEmbeddingEngine(resolve_model(MODEL), EngineConfig(embed_batch_size=batch))
         await engine.start()
         try:
             texts = tuple(SENTENCES[i % len(SENTENCES)] for i in range(requests))
             await engine.embed(EmbedRequest("warmup", texts[:256]))
             started = time.perf_counter()
-            await engine.embed(EmbedRequest("all", texts))  # one call, micro-batches of 32
+            if one_at_a_time:
+                await asyncio.gather(
+                    *(engine.embed(EmbedRequest(f"r{i}", (t,))) for i, t in enumerate(texts))
+                )
+            else:
+                await engine.embed(EmbedRequest("all", texts))
             return time.perf_counter() - started
         finally:
             await engine.stop()
 
-    return Result("offline, one batched call", requests / asyncio.run(run()), None, None, requests)
+    name = "offline, one sentence per call" if one_at_a_time else "offline, one batched call"
+    return Result(name, requests / asyncio.run(run()), None, None, requests)
 
 
 def machine() -> str:
@@ -184,32 +197,69 @@ def machine() -> str:
     return f"{platform.node()}, {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+TARGETS = (
+    "nimble, batching (32, 2 ms)",
+    "nimble, no cross-request batching",
+    "offline, one batched call",
+    "offline, one sentence per call",
+)
+
+
+def one_round(clients: int, requests: int) -> list[Result]:
+    return [
+        served(TARGETS[0], 32, clients, requests),
+        served(TARGETS[1], 1, clients, requests),
+        offline(requests),
+        offline(requests, one_at_a_time=True),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds over all targets")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
-    results = [
-        served("nimble, batching (32, 2 ms)", 32, args.clients, args.requests),
-        served("nimble, no cross-request batching", 1, args.clients, args.requests),
-        offline(args.requests),
-    ]
-    batched, alone, limit = (r.sentences_per_s for r in results)
+    rounds = [one_round(args.clients, args.requests) for _ in range(args.repeat)]
     table = Table(title=f"{MODEL} embeddings, {args.clients} clients, one sentence per request")
-    for column in ("target", "sentences/s", "p50 ms", "p99 ms"):
+    columns = ("round", *(f"{t} /s" for t in TARGETS), "÷ no batching", "÷ offline")
+    for column in columns:
         table.add_column(column)
-    for r in results:
+    ratios = []
+    for number, results in enumerate(rounds, 1):
+        batched, alone, limit, single = (r.sentences_per_s for r in results)
+        ratios.append((batched / alone, batched / limit))
         table.add_row(
-            r.target,
-            f"{r.sentences_per_s:.0f}",
-            f"{r.p50_ms:.1f}" if r.p50_ms else "-",
-            f"{r.p99_ms:.1f}" if r.p99_ms else "-",
+            str(number),
+            *(f"{r.sentences_per_s:.0f}" for r in results),
+            f"{batched / alone:.2f}x",
+            f"{batched / limit:.2f}x",
         )
+    columns_of_rounds = zip(*rounds, strict=True)
+    medians = [statistics.median(r.sentences_per_s for r in col) for col in columns_of_rounds]
+    batched, alone, limit, single = medians
+    table.add_row(
+        "median",
+        *(f"{m:.0f}" for m in medians),
+        f"{statistics.median(r[0] for r in ratios):.2f}x",
+        f"{statistics.median(r[1] for r in ratios):.2f}x",
+    )
     console = Console(record=True)
     console.print(table)
-    console.print(f"batching / no batching: {batched / alone:.2f}x (target >= 3)")
-    console.print(f"batching / offline limit: {batched / limit:.2f}x (target >= 0.8)")
+    console.print(
+        f"batching / no batching (median of rounds): "
+        f"{statistics.median(r[0] for r in ratios):.2f}x (target >= 3)"
+    )
+    console.print(
+        f"batching / offline limit (median of rounds): "
+        f"{statistics.median(r[1] for r in ratios):.2f}x (target >= 0.8)"
+    )
+    console.print(
+        f"the engine's own batching gain, offline (one batched call / one call per "
+        f"sentence): {limit / single:.2f}x (the most any batching can add; a server without "
+        "batching is also slower than that limit by its HTTP work)"
+    )
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     (OUT / "embed.md").write_text(f"# {when} on {machine()}\n\n```\n{console.export_text()}```\n")
     (OUT / "embed.json").write_text(
@@ -217,9 +267,9 @@ def main() -> None:
             {
                 "when": when,
                 "machine": machine(),
-                "results": [asdict(r) for r in results],
-                "ratio_vs_unbatched": batched / alone,
-                "ratio_vs_offline": batched / limit,
+                "rounds": [[asdict(r) for r in results] for results in rounds],
+                "ratios_vs_unbatched": [r[0] for r in ratios],
+                "ratios_vs_offline": [r[1] for r in ratios],
             },
             indent=2,
         )
