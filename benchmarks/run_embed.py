@@ -245,7 +245,7 @@ def main() -> None:
         f"{statistics.median(r[0] for r in ratios):.2f}x",
         f"{statistics.median(r[1] for r in ratios):.2f}x",
     )
-    console = Console(record=True)
+    console = Console(record=True, width=150)
     console.print(table)
     console.print(
         f"batching / no batching (median of rounds): "
