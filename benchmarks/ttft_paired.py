@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import random
 import statistics
@@ -41,13 +42,15 @@ from run_llm import (  # noqa: E402
 )
 
 GAP_S = 0.05  # between requests: llama.cpp's threads stop polling for work before the next
+WARMUP = 4  # pairs sent first and not counted
 
 
 def start(name: str, settings: Settings) -> tuple[subprocess.Popen[bytes], str, Path]:
     target, port = TARGETS[name], free_port()
     log = OUT / f"ttft-{name}.log"
     argv = target.command(settings, port)
-    proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    with log.open("wb") as sink:  # the child keeps its own copy of the file
+        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{port}", log
 
 
@@ -57,29 +60,40 @@ def bootstrap(diffs: list[float], rounds: int = 2000) -> tuple[float, float]:
     return medians[int(0.025 * rounds)], medians[int(0.975 * rounds)]
 
 
+async def alternate(
+    clients: dict[str, httpx.AsyncClient], pairs: int, max_tokens: int
+) -> dict[str, list[float]]:
+    """Each prompt to every server, one request at a time, in a shuffled order: TTFTs (ms)."""
+    models = {name: await first_model(client) for name, client in clients.items()}
+    ttft: dict[str, list[float]] = {name: [] for name in clients}
+    order = list(clients)
+    for i, text in enumerate(prompts(pairs + WARMUP)):
+        random.Random(i).shuffle(order)
+        for name in order:
+            result = await stream_one(clients[name], chat_body(models[name], text, max_tokens))
+            if not result.ok or result.ttft is None:
+                raise RuntimeError(f"{name}: {result.error}")
+            if i >= WARMUP:
+                ttft[name].append(result.ttft * 1000)
+            time.sleep(GAP_S)  # nothing else runs here; the loop may as well block
+    return ttft
+
+
 async def run(settings: Settings, pairs: int, max_tokens: int) -> str:
-    servers = {name: start(name, settings) for name in ("nimble", "engine")}
+    servers: dict[str, tuple[subprocess.Popen[bytes], str, Path]] = {}
     try:
+        for name in ("nimble", "engine"):
+            servers[name] = start(name, settings)  # stopped below even if the next fails
         for name, (proc, url, log) in servers.items():
             await wait_ready(proc, url + TARGETS[name].ready_path, log)
-        clients = {
-            name: httpx.AsyncClient(base_url=url, timeout=120, trust_env=False)
-            for name, (_, url, _) in servers.items()
-        }
-        models = {name: await first_model(client) for name, client in clients.items()}
-        ttft: dict[str, list[float]] = {name: [] for name in servers}
-        order = list(servers)
-        for i, text in enumerate(prompts(pairs + 4)):
-            random.Random(i).shuffle(order)
-            for name in order:
-                result = await stream_one(clients[name], chat_body(models[name], text, max_tokens))
-                if not result.ok or result.ttft is None:
-                    raise RuntimeError(f"{name}: {result.error}")
-                if i >= 4:  # the first pairs warm both up
-                    ttft[name].append(result.ttft * 1000)
-                time.sleep(GAP_S)  # nothing else runs here; the loop may as well block
-        for client in clients.values():
-            await client.aclose()
+        async with contextlib.AsyncExitStack() as stack:
+            clients = {
+                name: await stack.enter_async_context(
+                    httpx.AsyncClient(base_url=url, timeout=120, trust_env=False)
+                )
+                for name, (_, url, _) in servers.items()
+            }
+            ttft = await alternate(clients, pairs, max_tokens)
     finally:
         for proc, _, _ in servers.values():
             stop(proc)
