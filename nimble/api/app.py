@@ -84,6 +84,10 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json" if "openapi" in settings.endpoints else None,
+        # nimble makes its own request spans (observability/tracing.py); FastAPI's native
+        # OpenTelemetry would add a second span per request whenever a global provider is
+        # set, and checks the providers on every request even when none is
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.runtime = runtime
     app.state.deployment = deployment or Deployment(settings, None, {})

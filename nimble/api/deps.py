@@ -1,4 +1,5 @@
-"""FastAPI dependencies: the runtime and the request id."""
+"""FastAPI dependencies: the runtime, the request id and the caller's grant (also as plain
+functions of the request, for routes that skip dependency solving: `api/body.py`)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,16 @@ from nimble.security.keys import ApiKey
 # dependencies are `async def`: FastAPI runs plain `def` ones on a worker thread, a thread
 # hop per dependency per request
 async def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+    return runtime_of(request)
 
 
 async def _request_id(request: Request) -> str:
     return str(request.state.request_id)
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,10 @@ class Grant:
 
 
 async def _grant(request: Request) -> Grant:
+    return grant_of(request)
+
+
+def grant_of(request: Request) -> Grant:
     return Grant(getattr(request.state, "api_key", None))
 
 

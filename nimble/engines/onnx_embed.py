@@ -204,7 +204,10 @@ class OnnxEmbeddingEngine(EncoderOnly):
                 if request.truncate == "NONE"
                 else (left if request.truncate == "START" else right)
             )
-            encodings = tokenizer.encode_batch([text for _, text in texts])
+            if len(texts) == 1:  # encode_batch hands even one text to its thread pool
+                encodings = [tokenizer.encode(texts[0][1])]
+            else:
+                encodings = tokenizer.encode_batch([text for _, text in texts])
             for (i, _), encoding in zip(texts, encodings, strict=True):
                 out[i] = list(encoding.ids)
         head, tail = self._wrap

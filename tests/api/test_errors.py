@@ -91,17 +91,37 @@ async def test_streaming_refusal_is_plain_http_error(client: httpx.AsyncClient) 
     assert_openai_error(response, 404, "model")
 
 
-async def test_malformed_json(client: httpx.AsyncClient) -> None:
+# /v1/embeddings parses its body itself (api/body.py): the same answers as FastAPI's
+BODY_PATHS = ("/v1/chat/completions", "/v1/embeddings")
+
+
+@pytest.mark.parametrize("path", BODY_PATHS)
+async def test_malformed_json(client: httpx.AsyncClient, path: str) -> None:
     response = await client.post(
-        "/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"}
+        path, content=b'{"model": ', headers={"content-type": "application/json"}
     )
     error = assert_openai_error(response, 400, None)
-    assert "JSON" in error["message"]
+    assert "not valid JSON" in error["message"]
 
 
-async def test_no_body(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/chat/completions")
+@pytest.mark.parametrize("path", BODY_PATHS)
+async def test_no_body(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.post(path)
+    error = assert_openai_error(response, 400, None)
+    assert error["message"] == "The request needs a JSON body."
+
+
+@pytest.mark.parametrize("path", BODY_PATHS)
+async def test_body_not_an_object(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.post(path, json=["model", FAKE_MODEL])
     assert_openai_error(response, 400, None)
+
+
+async def test_embeddings_unknown_field_is_named(client: httpx.AsyncClient) -> None:
+    body = {"model": FAKE_MODEL, "input": "x", "frobnicate": 1}
+    response = await client.post("/v1/embeddings", json=body)
+    error = assert_openai_error(response, 400, "frobnicate")
+    assert error["message"] == "Unrecognized request argument supplied: frobnicate"
 
 
 @pytest.mark.parametrize(

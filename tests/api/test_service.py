@@ -101,6 +101,15 @@ async def test_openapi_lists_every_route_with_schemas(client: httpx.AsyncClient)
         "ChatCompletionRequest"
     )
     assert "text/event-stream" in chat["responses"]["200"]["content"]
+    # /v1/embeddings parses its own body (api/body.py): its schema is still documented
+    embeddings_body = paths["/v1/embeddings"]["post"]["requestBody"]
+    schema = embeddings_body["content"]["application/json"]["schema"]
+    assert embeddings_body["required"] is True
+    assert {"model", "input"} <= set(schema["required"])
+    assert {"encoding_format", "dimensions", "input_type", "truncate"} <= set(schema["properties"])
+    assert doc["paths"]["/v1/embeddings"]["post"]["responses"]["200"]["content"][
+        "application/json"
+    ]["schema"]["$ref"].endswith("EmbeddingResponse")
     for status in ("400", "404", "429", "503"):
         assert chat["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith(
             "ErrorResponse"
