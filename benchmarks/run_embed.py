@@ -2,7 +2,9 @@
 with batching off (`--embed-batch-size 1`), and the offline limit (the same ONNX engine
 encoding all the sentences in one batched call, in-process, no HTTP).
 
-Also the engine's own limit without batching: each sentence in its own call, in-process.
+Also the engine's own limit without batching: each sentence in its own call, in-process; and
+the same engine behind a bare ASGI app (`bare_embed_server.py`): what an HTTP layer in
+Python can reach at best here, without a framework or any of nimble's per-request work.
 
 Load: `--clients` concurrent clients (default 32), each sending one sentence per request,
 back to back, for `--requests` requests in all, over keep-alive HTTP/1.1 connections. The
@@ -58,13 +60,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_nimble(batch_size: int, port: int, log: Path) -> subprocess.Popen[bytes]:
-    command = [
-        str(Path(sys.executable).parent / "nimble"), "serve", "--model", MODEL,
-        "--port", str(port), "--embed-batch-size", str(batch_size),
-        "--max-waiting", "256", "--log-level", "warning",
-    ]  # fmt: skip
-    return subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+def start_nimble(batch_size: int | None, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """nimble serving the model; with `batch_size` None, the bare ASGI server instead."""
+    if batch_size is None:
+        command = [sys.executable, str(HERE / "bare_embed_server.py"), str(port)]
+    else:
+        command = [
+            str(Path(sys.executable).parent / "nimble"), "serve", "--model", MODEL,
+            "--port", str(port), "--embed-batch-size", str(batch_size),
+            "--max-waiting", "256", "--log-level", "warning",
+        ]  # fmt: skip
+    with log.open("wb") as out:  # the child has its own copy
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float = 120) -> None:
@@ -134,7 +141,7 @@ async def load(port: int, clients: int, requests: int) -> tuple[float, list[floa
     return time.perf_counter() - started, latencies
 
 
-def served(target: str, batch_size: int, clients: int, requests: int) -> Result:
+def served(target: str, batch_size: int | None, clients: int, requests: int) -> Result:
     port = free_port()
     proc = start_nimble(batch_size, port, OUT / f"embed-{target}.log")
     try:
@@ -202,6 +209,7 @@ TARGETS = (
     "nimble, no cross-request batching",
     "offline, one batched call",
     "offline, one sentence per call",
+    "bare ASGI server, same engine",
 )
 
 
@@ -211,6 +219,7 @@ def one_round(clients: int, requests: int) -> list[Result]:
         served(TARGETS[1], 1, clients, requests),
         offline(requests),
         offline(requests, one_at_a_time=True),
+        served(TARGETS[4], None, clients, requests),
     ]
 
 
@@ -223,27 +232,27 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     rounds = [one_round(args.clients, args.requests) for _ in range(args.repeat)]
     table = Table(title=f"{MODEL} embeddings, {args.clients} clients, one sentence per request")
-    columns = ("round", *(f"{t} /s" for t in TARGETS), "÷ no batching", "÷ offline")
+    columns = (
+        "round", *(f"{t} /s" for t in TARGETS), "÷ no batching", "÷ offline", "bare ÷ offline"
+    )  # fmt: skip
     for column in columns:
         table.add_column(column)
     ratios = []
     for number, results in enumerate(rounds, 1):
-        batched, alone, limit, single = (r.sentences_per_s for r in results)
-        ratios.append((batched / alone, batched / limit))
+        batched, alone, limit, single, bare = (r.sentences_per_s for r in results)
+        ratios.append((batched / alone, batched / limit, bare / limit))
         table.add_row(
             str(number),
             *(f"{r.sentences_per_s:.0f}" for r in results),
-            f"{batched / alone:.2f}x",
-            f"{batched / limit:.2f}x",
+            *(f"{ratio:.2f}x" for ratio in ratios[-1]),
         )
     columns_of_rounds = zip(*rounds, strict=True)
     medians = [statistics.median(r.sentences_per_s for r in col) for col in columns_of_rounds]
-    batched, alone, limit, single = medians
+    batched, alone, limit, single, bare = medians
     table.add_row(
         "median",
         *(f"{m:.0f}" for m in medians),
-        f"{statistics.median(r[0] for r in ratios):.2f}x",
-        f"{statistics.median(r[1] for r in ratios):.2f}x",
+        *(f"{statistics.median(r[i] for r in ratios):.2f}x" for i in range(3)),
     )
     console = Console(record=True, width=150)
     console.print(table)
@@ -260,6 +269,11 @@ def main() -> None:
         f"sentence): {limit / single:.2f}x (the most any batching can add; a server without "
         "batching is also slower than that limit by its HTTP work)"
     )
+    console.print(
+        f"bare ASGI server / offline limit (median of rounds): "
+        f"{statistics.median(r[2] for r in ratios):.2f}x (the same engine with no framework, "
+        "middleware or validation: the most an HTTP layer in Python gets here)"
+    )
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     (OUT / "embed.md").write_text(f"# {when} on {machine()}\n\n```\n{console.export_text()}```\n")
     (OUT / "embed.json").write_text(
@@ -270,6 +284,7 @@ def main() -> None:
                 "rounds": [[asdict(r) for r in results] for results in rounds],
                 "ratios_vs_unbatched": [r[0] for r in ratios],
                 "ratios_vs_offline": [r[1] for r in ratios],
+                "bare_vs_offline": [r[2] for r in ratios],
             },
             indent=2,
         )
