@@ -34,12 +34,27 @@ async def json_body(request: Request, model: type[M]) -> M:
     if not raw.strip():
         missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
         raise RequestValidationError([missing])
+    if not _is_json(request.headers.get("content-type")):  # refused as FastAPI refuses it
+        refused = {
+            "type": "model_attributes_type",
+            "loc": ("body",),
+            "msg": "Input should be a valid dictionary or object to extract fields from",
+            "input": raw,
+        }
+        raise RequestValidationError([refused])
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:  # locations as FastAPI gives them: under "body"
         raise RequestValidationError(
             [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         ) from None
+
+
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 def body_doc(model: type[BaseModel]) -> dict[str, Any]:

@@ -112,6 +112,19 @@ async def test_no_body(client: httpx.AsyncClient, path: str) -> None:
 
 
 @pytest.mark.parametrize("path", BODY_PATHS)
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+async def test_a_body_not_sent_as_json_is_refused_alike(
+    client: httpx.AsyncClient, path: str, content_type: str
+) -> None:
+    body = b'{"model": "%s", "input": "x", "messages": [{"role": "user", "content": "x"}]}'
+    response = await client.post(
+        path, content=body % FAKE_MODEL.encode(), headers={"content-type": content_type}
+    )
+    error = assert_openai_error(response, 400, None)
+    assert "valid dictionary" in error["message"]
+
+
+@pytest.mark.parametrize("path", BODY_PATHS)
 async def test_body_not_an_object(client: httpx.AsyncClient, path: str) -> None:
     response = await client.post(path, json=["model", FAKE_MODEL])
     assert_openai_error(response, 400, None)
