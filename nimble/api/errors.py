@@ -103,6 +103,10 @@ def _param_of(loc: tuple[Any, ...]) -> str | None:
     return ".".join(parts) or None
 
 
+# the whole body is not an object: a JSON array or string, or a body not sent as JSON
+_NOT_AN_OBJECT = frozenset({"model_attributes_type", "model_type"})
+
+
 def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     first = errors[0]
     if first.get("type") == "json_invalid":
@@ -112,6 +116,11 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
         return f"Unrecognized request argument supplied: {param}", param
     if first.get("type") == "missing" and tuple(first["loc"]) == ("body",):
         return "The request needs a JSON body.", None
+    if first.get("type") in _NOT_AN_OBJECT and tuple(first["loc"]) == ("body",):
+        return (
+            "The request body must be a JSON object, sent with Content-Type: application/json.",
+            None,
+        )
     param = _param_of(tuple(first["loc"]))
     msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if param and not msg.startswith(param):
