@@ -31,7 +31,7 @@ class RequestOnlyRoute(APIRoute):
 
 async def json_body(request: Request, model: type[M]) -> M:
     raw = await request.body()
-    if not raw.strip():
+    if not raw:  # as FastAPI: a body of blanks is there, and is not valid JSON
         missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
         raise RequestValidationError([missing])
     if not _is_json(request.headers.get("content-type")):  # refused as FastAPI refuses it

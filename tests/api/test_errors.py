@@ -97,9 +97,10 @@ NOT_AN_OBJECT = "The request body must be a JSON object, sent with Content-Type:
 
 
 @pytest.mark.parametrize("path", BODY_PATHS)
-async def test_malformed_json(client: httpx.AsyncClient, path: str) -> None:
+@pytest.mark.parametrize("content", [b'{"model": ', b"  \n"])
+async def test_malformed_json(client: httpx.AsyncClient, path: str, content: bytes) -> None:
     response = await client.post(
-        path, content=b'{"model": ', headers={"content-type": "application/json"}
+        path, content=content, headers={"content-type": "application/json"}
     )
     error = assert_openai_error(response, 400, None)
     assert "not valid JSON" in error["message"]
