@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 import uvicorn
 
-from nimble.engines.base import EngineConfig
-from nimble.engines.onnx_embed import OnnxEmbeddingEngine
+from nimble.engines.config import EngineConfig
+from nimble.engines.onnx.engine import OnnxEmbeddingEngine
 from nimble.models import resolve_model
 from nimble.types import EmbedRequest
 
@@ -30,8 +30,7 @@ async def app(scope: Message, receive: Any, send: Any) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await engine.start()
-                await engine.warmup()
+                await engine.start()  # with its warm-up
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await engine.stop()

@@ -165,8 +165,8 @@ def offline(requests: int, one_at_a_time: bool = False) -> Result:
     `one_at_a_time` one call per sentence, all submitted at once to the engine with batching
     off (`embed_batch_size=1`: each runs alone, as many side by side as the engine runs):
     the limit of the engine without cross-request batching."""
-    from nimble.engines.base import EngineConfig
-    from nimble.engines.onnx_embed import OnnxEmbeddingEngine
+    from nimble.engines.config import EngineConfig
+    from nimble.engines.onnx.engine import OnnxEmbeddingEngine
     from nimble.models import resolve_model
     from nimble.types import EmbedRequest
 

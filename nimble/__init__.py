@@ -1,10 +1,25 @@
-"""nimble: open inference microservices."""
+"""nimble: open inference microservices.
 
-from importlib.metadata import PackageNotFoundError, version
+`nimble.create_app(settings)` is the library entry point: the ASGI app (FastAPI) with the
+runtime built from the settings (`nimble.runtime.assemble`). It is imported on first use,
+so that `import nimble` stays light (no FastAPI, no engine library).
+"""
 
-try:
-    __version__ = version("nimble")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+local"
+from __future__ import annotations
 
-__all__ = ["__version__"]
+from typing import TYPE_CHECKING, Any
+
+from nimble.version import __version__
+
+if TYPE_CHECKING:
+    from nimble.api.app import create_app
+
+__all__ = ["__version__", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "create_app":
+        from nimble.api.app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

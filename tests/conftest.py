@@ -12,10 +12,9 @@ import pytest
 
 from nimble.api import create_app
 from nimble.config import Settings
-from nimble.engines import EngineConfig
-from nimble.models import resolve_model
 from nimble.observability.tracing import RequestTracing
-from nimble.runtime import Runtime, RuntimeConfig
+from nimble.runtime import Runtime
+from nimble.runtime.assemble import build_runtime
 
 FAKE_MODEL = "fake-model"
 
@@ -31,20 +30,19 @@ async def fake_service(
     tracing: RequestTracing | None = None,
     **settings: Any,
 ) -> AsyncIterator[tuple[Runtime, httpx.AsyncClient]]:
-    """The fake model behind the app; `settings` are extra Settings fields (keys, CORS...)."""
-    runtime = Runtime(
-        [resolve_model("fake")],
-        RuntimeConfig(
-            EngineConfig(fake_token_delay=token_delay, max_running=max_running),
-            max_running=max_running,
-            max_waiting=max_waiting,
-        ),
+    """The fake model behind the app, built from settings as `nimble serve` builds it;
+    `settings` are extra Settings fields (keys, CORS...)."""
+    config = Settings(
+        model=("fake",),
+        max_running=max_running,
+        max_waiting=max_waiting,
+        fake_token_delay=token_delay,
+        max_body_bytes=max_body_bytes,
+        **settings,
     )
+    runtime, deployment = build_runtime(config)
     app = create_app(
-        runtime,
-        Settings(model=("fake",), max_body_bytes=max_body_bytes, **settings),
-        load_on_startup=False,
-        tracing=tracing,
+        config, runtime=runtime, deployment=deployment, load_on_startup=False, tracing=tracing
     )
     if load:
         await runtime.start()

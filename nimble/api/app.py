@@ -1,4 +1,8 @@
-"""Build the FastAPI app around a Runtime, with the middleware that the settings ask for."""
+"""Build the FastAPI app around a Runtime, with the middleware that the settings ask for.
+
+`create_app(settings)` is also the library entry point (`nimble.create_app`): with no
+runtime given, it builds one from the settings through `nimble.runtime.assemble`.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,6 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from starlette.middleware.cors import CORSMiddleware
 
-from nimble import __version__
 from nimble.api.auth import AuthMiddleware
 from nimble.api.endpoints import HEALTH_PATHS, endpoint_of
 from nimble.api.errors import install_error_handlers
@@ -24,10 +27,12 @@ from nimble.config.settings import ALL_ENDPOINTS
 from nimble.observability.metrics import Metrics
 from nimble.observability.tracing import RequestTracing
 from nimble.runtime import Runtime
+from nimble.runtime.assemble import build_runtime
 from nimble.runtime.deployment import Deployment
 from nimble.security.audit import AuditLog
 from nimble.security.keys import KeyStore
 from nimble.security.limits import KeyLimiter
+from nimble.version import __version__
 
 log = logging.getLogger("nimble.api")
 
@@ -35,24 +40,30 @@ LoadCallback = Callable[[BaseException | None], None]
 
 
 def create_app(
-    runtime: Runtime,
-    settings: Settings | None = None,
+    settings: Settings,
     *,
+    runtime: Runtime | None = None,
+    deployment: Deployment | None = None,
     load_on_startup: bool = True,
     on_loaded: LoadCallback | None = None,
     tracing: RequestTracing | None = None,
-    deployment: Deployment | None = None,
 ) -> FastAPI:
-    """The HTTP adapter. With `load_on_startup`, models load in the background after the
-    server listens (liveness answers at once; readiness after warm-up); `on_loaded` is told
-    the outcome (None, or the exception). Raises ConfigError for a broken API key file."""
-    settings = settings or Settings()
+    """The HTTP adapter around `runtime`; with none, the runtime and the deployment facts
+    are built from `settings` (`nimble.runtime.assemble.build_runtime`: this may download
+    model files). The app's lifespan stops the runtime. With `load_on_startup`, it also
+    loads the models in the background once the server listens (liveness answers at once;
+    readiness after warm-up); `on_loaded` is told the outcome (None, or the exception).
+    Reads nothing but `settings` (no environment). Raises ConfigError (a broken API key
+    file, a bad setting) or ModelLoadError (a model file that cannot be had)."""
     tracing = tracing or RequestTracing()
     keys = (
         KeyStore(settings.api_keys_file, ALL_ENDPOINTS)
         if settings.api_keys_file is not None
         else None
     )
+    if runtime is None:
+        runtime, built = build_runtime(settings)
+        deployment = deployment or built
     audit = (
         AuditLog(settings.audit_log, fsync=settings.audit_fsync)
         if settings.audit_log is not None

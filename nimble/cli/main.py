@@ -7,10 +7,10 @@ from typing import Any
 
 import typer
 
-from nimble import __version__
 from nimble.cli import audit, keys, models
 from nimble.cli.options import given, with_settings_options
 from nimble.config.doc import settings_table
+from nimble.version import __version__
 
 app = typer.Typer(
     no_args_is_help=True,

@@ -1,12 +1,9 @@
-"""Models from the command line: the hardware, the plan for each `--model`, download
-progress, and `nimble list-profiles | download | create-model-store | inspect`."""
+"""Models from the command line: `nimble list-profiles | download | create-model-store |
+inspect`, and their output (the plan itself is made by `nimble.runtime.assemble`)."""
 
 from __future__ import annotations
 
 import json
-import logging
-import shlex
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,106 +20,14 @@ from rich.progress import (
 
 from nimble.cli.options import given, with_settings_options
 from nimble.config import Settings, load_settings
-from nimble.engines import engine_unavailable
 from nimble.errors import ConfigError, ModelLoadError
-from nimble.models import ModelSpec
-from nimble.models.cache import ModelCache
 from nimble.models.catalog import builtin_catalog
-from nimble.models.hardware import HardwareInfo, detect_hardware, load_hardware
+from nimble.models.hardware import HardwareInfo
 from nimble.models.manifest import ModelManifest, Profile
-from nimble.models.resolve import load_model, manifest_for, plan_model, resolve_model
+from nimble.models.resolve import load_model, manifest_for, plan_model
 from nimble.models.select import Candidate, EngineCheck, Selection, assess
+from nimble.models.sources import LogProgress
 from nimble.models.store import write_store
-
-log = logging.getLogger("nimble.models")
-FAKE = "fake"
-
-
-def machine(settings: Settings) -> HardwareInfo:
-    return load_hardware(settings.hardware_file) if settings.hardware_file else detect_hardware()
-
-
-def model_cache(settings: Settings) -> ModelCache:
-    return ModelCache(
-        settings.cache_path.expanduser(),
-        offline=settings.offline,
-        hf_endpoint=settings.hf_endpoint,
-        hf_token=settings.hf_token.get_secret_value() if settings.hf_token else None,
-    )
-
-
-def engine_check(settings: Settings) -> EngineCheck:
-    command = tuple(shlex.split(settings.engine_command)) if settings.engine_command else None
-    return lambda engine: engine_unavailable(engine, command)
-
-
-def plan(
-    settings: Settings, hardware: HardwareInfo, command: tuple[str, ...] | None = None
-) -> list[Selection | ModelSpec]:
-    """One selection per `--model` (a fake model is a spec already). NIMBLE_MODEL_PROFILE
-    applies to the models that have such a profile; it is an error if none has."""
-    check = engine_check(settings)
-    names = list(settings.served_model_name)
-    requested = settings.model_profile
-    plans: list[Selection | ModelSpec] = []
-    matched = requested is None
-    for i, ref in enumerate(settings.model):
-        name = names[i] if i < len(names) else None
-        if ref == FAKE or ref.startswith(FAKE + ":"):
-            plans.append(resolve_model(ref, name=name, engine=settings.engine))
-            continue
-        profile = None
-        if requested is not None and _has_profile(manifest_for(ref, name=name), requested):
-            profile, matched = requested, True
-        plans.append(
-            plan_model(
-                ref,
-                hardware,
-                engine_check=check,
-                name=name,
-                engine=settings.engine,
-                profile=profile,
-                context=settings.context_length,
-            )
-        )
-    if not matched:
-        raise ConfigError(
-            f"NIMBLE_MODEL_PROFILE {requested!r}: no such profile for "
-            f"{', '.join(settings.model)} (see `nimble list-profiles`)"
-        )
-    return plans
-
-
-def _has_profile(manifest: ModelManifest, key: str) -> bool:
-    try:
-        manifest.profile(key)
-    except ConfigError:
-        return False
-    return True
-
-
-class LogProgress:
-    """Download progress as log lines (for `nimble serve`, whose output may be JSON logs)."""
-
-    def __init__(self) -> None:
-        self.name, self.done, self._last = "", 0, 0.0
-        self.total: int | None = None
-
-    def start(self, name: str, total: int | None, done: int) -> None:
-        self.name, self.total, self.done = name, total, done
-        log.info(
-            "downloading %s (%s)%s", name, _size(total), f", resuming at {_size(done)}" * bool(done)
-        )
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if time.monotonic() - self._last >= 5:
-            self._last = time.monotonic()
-            share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
-            log.info("downloading %s: %s%s", self.name, _size(self.done), share)
-
-    def finish(self) -> None:
-        log.info("downloaded %s (%s)", self.name, _size(self.done))
 
 
 class BarProgress:
@@ -142,12 +47,6 @@ class BarProgress:
     def finish(self) -> None:
         if self.task is not None:
             self.bars.update(self.task, visible=True)
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "size unknown"
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def _settings(values: dict[str, Any]) -> Settings:
@@ -176,11 +75,14 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document, for ma
 def list_profiles(models: ModelsArg = None, as_json: JsonOpt = False, **values: Any) -> None:
     """Detected hardware, then each model's profiles: runnable here (the selected one marked),
     runnable with less context (and how much fits), and not runnable (and why)."""
+    # the composition root is imported where it is used: `nimble --help` stays fast
+    from nimble.runtime.assemble import FAKE, engine_check, engine_command, machine
+
     settings = _settings(values)
     refs = models or list(settings.model)
     try:
         hardware = machine(settings)
-        check = engine_check(settings)
+        check = engine_check(engine_command(settings))
         report = [_profiles_of(ref, hardware, check, settings) for ref in refs if ref != FAKE]
     except (ConfigError, ModelLoadError) as exc:
         raise _fail(exc, 2) from None
@@ -260,6 +162,8 @@ def download(
 ) -> None:
     """Fill the cache (NIMBLE_CACHE_PATH) with a model's files: the profile chosen for this
     machine, --profile P, or --all. Resumes partial files; checks every sha256."""
+    from nimble.runtime.assemble import engine_check, engine_command, machine, model_cache
+
     if profile and all_profiles:
         raise _fail(ConfigError("give --profile or --all, not both"), 2)
     settings = _settings(values)
@@ -267,6 +171,7 @@ def download(
     try:
         cache = model_cache(settings)
         hardware = machine(settings)
+        check = engine_check(engine_command(settings))
         chosen: list[tuple[ModelManifest, Profile]] = []
         for ref in refs:
             manifest = manifest_for(ref)
@@ -275,7 +180,7 @@ def download(
             elif profile:
                 chosen.append((manifest, manifest.profile(profile)))
             else:
-                selection = plan_model(ref, hardware, engine_check=engine_check(settings))
+                selection = plan_model(ref, hardware, engine_check=check)
                 chosen.append((manifest, selection.profile))
     except (ConfigError, ModelLoadError) as exc:
         raise _fail(exc, 2) from None
@@ -317,6 +222,8 @@ def create_model_store(
 ) -> None:
     """Write a plain model folder of one profile's files (hard links or copies) that an
     engine or a benchmark tool can open directly."""
+    from nimble.runtime.assemble import machine, model_cache
+
     settings = _settings(values)
     try:
         manifest, chosen = _find_profile(profile, model)
@@ -338,10 +245,12 @@ def create_model_store(
 
 
 def _find_profile(key: str, model: str | None) -> tuple[ModelManifest, Profile]:
+    from nimble.runtime.assemble import has_profile
+
     if model is not None:
         manifest = manifest_for(model)
         return manifest, manifest.profile(key)
-    found = [(m, m.profile(key)) for m in builtin_catalog().values() if _has_profile(m, key)]
+    found = [(m, m.profile(key)) for m in builtin_catalog().values() if has_profile(m, key)]
     if len(found) == 1:
         return found[0]
     if not found:
@@ -355,7 +264,16 @@ def inspect(
         str | None,
         typer.Option(
             "--url",
-            help="Ask a running server (its /v1/manifest; the API key from NIMBLE_API_KEY).",
+            help="Ask a running server (its /v1/manifest) instead.",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="NIMBLE_API_KEY",
+            help="API key for --url (sent as a bearer token).",
+            show_default=False,
         ),
     ] = None,
     **values: Any,
@@ -363,10 +281,10 @@ def inspect(
     """Print the deployment record (JSON): what a running server runs (--url), or what
     `nimble serve` with the same settings would run on this machine."""
     if url is not None:
-        typer.echo(json.dumps(_remote_record(url), indent=2))
+        typer.echo(json.dumps(_remote_record(url, api_key), indent=2))
         return
     from nimble.api.endpoints import ENDPOINT_PATHS, HEALTH_PATHS
-    from nimble.cli.serve import build_runtime
+    from nimble.runtime.assemble import build_runtime
     from nimble.runtime.deployment import deployment_record
 
     settings = _settings(values)
@@ -378,12 +296,9 @@ def inspect(
     typer.echo(json.dumps(record, indent=2))
 
 
-def _remote_record(url: str) -> Any:
-    import os
-
+def _remote_record(url: str, key: str | None) -> Any:
     import httpx
 
-    key = os.environ.get("NIMBLE_API_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         response = httpx.get(url.rstrip("/") + "/v1/manifest", headers=headers, timeout=30)

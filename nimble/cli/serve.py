@@ -1,32 +1,25 @@
-"""`nimble serve`: settings → models → runtime → app → uvicorn, with a graceful drain."""
+"""`nimble serve`: settings → runtime (`nimble.runtime.assemble`) → app → uvicorn, with a
+graceful drain."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import shlex
 import signal
 import sys
-from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
-from nimble.api import create_app
-from nimble.api.app import create_management_app
-from nimble.cli.models import LogProgress, machine, model_cache, plan
+from nimble.api.app import create_app, create_management_app
 from nimble.cli.transport import ManagementServer, listen_socket, ssl_options
-from nimble.config import Settings, load_settings
-from nimble.engines import EngineConfig
+from nimble.config import load_settings
 from nimble.errors import ConfigError, ModelLoadError
-from nimble.models import ModelSpec
-from nimble.models.resolve import ResolvedModel, load_model
 from nimble.observability.logging import configure_logging
 from nimble.observability.tracing import configure_tracing
-from nimble.runtime import Runtime, RuntimeConfig
-from nimble.runtime.deployment import Deployment
+from nimble.runtime import Runtime
+from nimble.runtime.assemble import build_runtime
 from nimble.security.keys import KeyStore
 
 log = logging.getLogger("nimble.serve")
@@ -123,68 +116,6 @@ class NimbleServer(uvicorn.Server):
         log.info("ready: %s", ", ".join(self.runtime.models))
 
 
-def build_runtime(
-    settings: Settings, on_fatal: Callable[[str], None] | None = None
-) -> tuple[Runtime, Deployment]:
-    """Hardware → one profile per model (and why) → files in the cache → the runtime."""
-    hardware = machine(settings)
-    cache = model_cache(settings)
-    command = tuple(shlex.split(settings.engine_command)) if settings.engine_command else None
-    specs: list[ModelSpec] = []
-    resolved: dict[str, ResolvedModel] = {}
-    for selection in plan(settings, hardware, command):
-        if isinstance(selection, ModelSpec):  # fake models have no manifest
-            specs.append(selection)
-            continue
-        log.info(
-            "model %s: profile %s (%s)",
-            selection.manifest.id,
-            selection.profile.name,
-            selection.reason,
-        )
-        model = load_model(selection, cache, progress=LogProgress)
-        specs.append(model.spec)
-        resolved[model.spec.id] = model
-    engine_config = EngineConfig(
-        threads=settings.threads,
-        context_length=settings.context_length,
-        max_running=settings.max_running,
-        engine_log=settings.engine_log,
-        chat_template=read_template(settings.chat_template),
-        fake_token_delay=settings.fake_token_delay,
-        embed_batch_size=settings.embed_batch_size,
-        embed_max_wait=settings.embed_max_wait_ms / 1000,
-        cache_path=settings.cache_path.expanduser(),
-        engine_command=command,
-        engine_restart=settings.engine_restart,
-        engine_start_timeout=settings.engine_start_timeout,
-        on_fatal=on_fatal,
-    )
-    runtime = Runtime(
-        specs,
-        RuntimeConfig(
-            engine=engine_config,
-            max_running=settings.max_running,
-            max_waiting=settings.max_waiting,
-            max_n=settings.max_n,
-            max_rank_documents=settings.max_rank_documents,
-            log_prompts=settings.log_prompts,
-            tool_parser=settings.tool_parser,
-            responses_max_stored=settings.responses_max_stored,
-        ),
-    )
-    return runtime, Deployment(settings, hardware, resolved)
-
-
-def read_template(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return path.expanduser().read_text()
-    except OSError as exc:
-        raise ConfigError(f"chat_template: cannot read {path}: {exc.strerror}") from exc
-
-
 def serve(values: dict[str, Any]) -> int:
     try:
         settings = load_settings(**values)
@@ -225,11 +156,11 @@ def serve(values: dict[str, Any]) -> int:
     server = NimbleServer(config, runtime, settings.drain_timeout)
     try:
         app = create_app(
-            runtime,
             settings,
+            runtime=runtime,
+            deployment=deployment,
             on_loaded=server.on_loaded,
             tracing=configure_tracing(settings.otel_service_name, settings.otlp_endpoint),
-            deployment=deployment,
         )
     except ConfigError as exc:
         print(f"nimble: {exc}", file=sys.stderr)

@@ -1,6 +1,18 @@
-"""Engine adapters behind one small Protocol. Heavy libraries load only inside each adapter."""
+"""Engine adapters behind small contracts (`base.py`): a core every engine has, and one
+Protocol per capability. Heavy libraries load only inside each engine's own subpackage."""
 
-from nimble.engines.base import Engine, EngineConfig
+from nimble.engines.base import CacheReporter, Embedder, Engine, Generator, Ranker
+from nimble.engines.config import EngineConfig
 from nimble.engines.registry import create_engine, engine_unavailable, known_engines
 
-__all__ = ["Engine", "EngineConfig", "create_engine", "engine_unavailable", "known_engines"]
+__all__ = [
+    "CacheReporter",
+    "Embedder",
+    "Engine",
+    "EngineConfig",
+    "Generator",
+    "Ranker",
+    "create_engine",
+    "engine_unavailable",
+    "known_engines",
+]

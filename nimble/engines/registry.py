@@ -5,33 +5,46 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import shutil
+from dataclasses import dataclass
 from typing import cast
 
-from nimble.engines.base import Engine, EngineConfig
+from nimble.engines.base import Engine
+from nimble.engines.config import EngineConfig
 from nimble.errors import ModelLoadError
 from nimble.models.spec import ModelSpec
 
-# name -> ("module:Class", pip extra that provides its library)
-_ENGINES: dict[str, tuple[str, str]] = {
-    "llamacpp": ("nimble.engines.llamacpp:LlamaCppEngine", "nimble[llamacpp]"),
-    "onnx": ("nimble.engines.onnx_embed:OnnxEmbeddingEngine", "nimble[onnx]"),
-    "transformers": ("nimble.engines.hf_transformers:TransformersEngine", "nimble[transformers]"),
-    "vllm": ("nimble.engines.vllm_server:VllmEngine", "nimble[gpu]"),
-    "sentence_transformers": (
-        "nimble.engines.st_engine:SentenceTransformersEngine",
-        "nimble[st]",
+
+@dataclass(frozen=True)
+class EngineEntry:
+    """Where an engine lives and what this installation needs to run it."""
+
+    target: str  # "module:Class"
+    extra: str  # the pip extra that provides its libraries
+    needs: tuple[str, ...] = ()  # Python modules it imports
+    executable: str | None = None  # a supervised engine's program (engine_command overrides)
+
+
+_ENGINES: dict[str, EngineEntry] = {
+    "llamacpp": EngineEntry(
+        "nimble.engines.llamacpp.engine:LlamaCppEngine", "nimble[llamacpp]", ("xllamacpp",)
     ),
-    "fake": ("nimble.engines.fake:FakeEngine", "nimble"),
-}
-
-
-# engine -> the Python modules it needs (a supervised engine needs its executable instead)
-_NEEDS: dict[str, tuple[str, ...]] = {
-    "llamacpp": ("xllamacpp",),
-    "onnx": ("onnxruntime", "tokenizers"),
-    "transformers": ("torch", "transformers"),
-    "sentence_transformers": ("torch", "sentence_transformers"),
-    "fake": (),
+    "onnx": EngineEntry(
+        "nimble.engines.onnx.engine:OnnxEmbeddingEngine",
+        "nimble[onnx]",
+        ("onnxruntime", "tokenizers"),
+    ),
+    "transformers": EngineEntry(
+        "nimble.engines.transformers.engine:TransformersEngine",
+        "nimble[transformers]",
+        ("torch", "transformers"),
+    ),
+    "vllm": EngineEntry("nimble.engines.vllm.engine:VllmEngine", "nimble[gpu]", executable="vllm"),
+    "sentence_transformers": EngineEntry(
+        "nimble.engines.sentence_transformers.engine:SentenceTransformersEngine",
+        "nimble[st]",
+        ("torch", "sentence_transformers"),
+    ),
+    "fake": EngineEntry("nimble.engines.fake.engine:FakeEngine", "nimble"),
 }
 
 
@@ -41,35 +54,34 @@ def known_engines() -> tuple[str, ...]:
 
 def engine_unavailable(name: str, command: tuple[str, ...] | None = None) -> str | None:
     """Why `name` cannot run in this installation (None: it can). Imports nothing heavy."""
-    if name not in _ENGINES:
+    entry = _ENGINES.get(name)
+    if entry is None:
         return f"engine {name} is not part of this nimble version"
-    extra = _ENGINES[name][1]
-    if name == "vllm":
-        executable = (command or ("vllm",))[0]
+    if entry.executable is not None:
+        executable = (command or (entry.executable,))[0]
         if shutil.which(executable) is None:
-            return f"engine vllm: `{executable}` not found (pip install '{extra}')"
+            return f"engine {name}: `{executable}` not found (pip install '{entry.extra}')"
         return None
-    missing = [m for m in _NEEDS.get(name, ()) if importlib.util.find_spec(m) is None]
+    missing = [m for m in entry.needs if importlib.util.find_spec(m) is None]
     if missing:
-        return f"engine {name} needs {', '.join(missing)} (pip install '{extra}')"
+        return f"engine {name} needs {', '.join(missing)} (pip install '{entry.extra}')"
     return None
 
 
 def create_engine(spec: ModelSpec, config: EngineConfig) -> Engine:
-    try:
-        target, extra = _ENGINES[spec.engine]
-    except KeyError:
+    entry = _ENGINES.get(spec.engine)
+    if entry is None:
         raise ModelLoadError(
             f"{spec.weights}: unknown engine {spec.engine!r} for model {spec.id!r} "
             f"(known: {', '.join(known_engines())})"
-        ) from None
-    module_name, _, class_name = target.partition(":")
+        )
+    module_name, _, class_name = entry.target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ModelLoadError(
             f"{spec.weights}: engine {spec.engine!r} needs {exc.name or 'a library'} that is "
-            f"not installed (pip install '{extra}')"
+            f"not installed (pip install '{entry.extra}')"
         ) from exc
     engine_cls = getattr(module, class_name)
     return cast(Engine, engine_cls(spec, config))

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 
 LOCAL_SCHEMES = ("/", "file://", "pypi://")
 
+log = logging.getLogger("nimble.models")
+
 
 class CacheError(ModelLoadError):
     """A model file is missing, unreachable or not what its manifest says it is."""
@@ -40,7 +44,7 @@ class CacheError(ModelLoadError):
 
 
 class DownloadProgress(Protocol):
-    """Progress of one download (the CLI draws it as a progress bar)."""
+    """Progress of one download (`nimble download` draws a bar; `LogProgress` logs it)."""
 
     def start(self, name: str, total: int | None, done: int) -> None:
         """`total`: full size if known; `done`: bytes already there (a resumed download)."""
@@ -48,6 +52,36 @@ class DownloadProgress(Protocol):
     def advance(self, n: int) -> None: ...
 
     def finish(self) -> None: ...
+
+
+class LogProgress:
+    """Download progress as log lines (for `nimble serve`, whose output may be JSON logs)."""
+
+    def __init__(self) -> None:
+        self.name, self.done, self._last = "", 0, 0.0
+        self.total: int | None = None
+
+    def start(self, name: str, total: int | None, done: int) -> None:
+        self.name, self.total, self.done = name, total, done
+        log.info(
+            "downloading %s (%s)%s", name, _size(total), f", resuming at {_size(done)}" * bool(done)
+        )
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if time.monotonic() - self._last >= 5:
+            self._last = time.monotonic()
+            share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+            log.info("downloading %s: %s%s", self.name, _size(self.done), share)
+
+    def finish(self) -> None:
+        log.info("downloaded %s (%s)", self.name, _size(self.done))
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "size unknown"
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 @dataclass(frozen=True)

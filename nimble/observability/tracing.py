@@ -19,8 +19,8 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import Scope
 
-from nimble import __version__
 from nimble.observability.record import RequestRecord
+from nimble.version import __version__
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from nimble import __version__
 from nimble.config import Settings
 from nimble.models.hardware import HardwareInfo
 from nimble.models.resolve import ResolvedModel
-from nimble.runtime.runtime import Runtime, ServedModel
+from nimble.runtime.runtime import Runtime
+from nimble.runtime.served import ServedModel
 from nimble.runtime.tools import tool_format
 from nimble.types import Task
+from nimble.version import __version__
 
 RECORD_SCHEMA = "nimble.deployment/v1"
 

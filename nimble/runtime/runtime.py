@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-
-import numpy as np
 
 from nimble.engines import Engine, EngineConfig, create_engine
 from nimble.errors import (
@@ -25,14 +22,14 @@ from nimble.errors import (
 from nimble.models import ModelSpec
 from nimble.observability.metrics import ModelGauges
 from nimble.observability.record import RequestRecord, current_record
+from nimble.runtime import encoders
 from nimble.runtime.admission import Admission
 from nimble.runtime.response_store import ResponseStore
+from nimble.runtime.served import ServedModel
 from nimble.runtime.tools import ToolFormat, parse_calls, prepare, tool_format, uses_tools
 from nimble.types import (
-    EmbeddingTraits,
     EmbedRequest,
     EmbedResult,
-    EngineInfo,
     GenerateRequest,
     GenerationChunk,
     RankRequest,
@@ -62,33 +59,6 @@ class RuntimeConfig:
     log_prompts: bool = False
     tool_parser: str | None = None  # overrides every model profile's parser
     responses_max_stored: int = 1000
-
-
-class ServedModel:
-    """One model: its engine, its admission gate, and what it told us after loading."""
-
-    def __init__(self, spec: ModelSpec, engine: Engine, admission: Admission):
-        self.spec = spec
-        self.engine = engine
-        self.admission = admission
-        self.created = int(time.time())
-        self.cache_usage: float | None = None  # last reading, for the metrics
-        self._info: EngineInfo | None = None
-
-    @property
-    def info(self) -> EngineInfo:
-        if self._info is None:
-            raise Unavailable(f"model {self.spec.id!r} is still loading")
-        return self._info
-
-    @property
-    def loaded(self) -> bool:
-        return self._info is not None
-
-    async def load(self) -> None:
-        await self.engine.start()
-        await self.engine.warmup()
-        self._info = self.engine.info()
 
 
 EngineFactory = Callable[[ModelSpec, EngineConfig], Engine]
@@ -172,8 +142,8 @@ class Runtime:
     async def refresh_gauges(self) -> None:
         """Ask each loaded engine for its cache use (read by `gauges()` at scrape time)."""
         for model in self.models.values():
-            if model.loaded:
-                model.cache_usage = await model.engine.cache_usage()
+            if model.loaded and model.cache is not None:
+                model.cache_usage = await model.cache.cache_usage()
 
     def gauges(self) -> list[ModelGauges]:
         return [
@@ -202,12 +172,8 @@ class Runtime:
 
     # ----- lookup -----
     def model(self, model_id: str, task: Task) -> ServedModel:
-        model = self.models.get(model_id)
-        if model is None:
-            raise ModelNotFound(
-                f"The model `{model_id}` does not exist. Available: {', '.join(self.models)}",
-                param="model",
-            )
+        """The model, ready to take a request of `task` (404, 400 or 503 otherwise)."""
+        model = self._lookup(model_id)
         if task not in model.spec.tasks:
             raise InvalidRequest(
                 f"model `{model_id}` does not support {task.value} requests",
@@ -217,15 +183,23 @@ class Runtime:
             raise Unavailable(f"service is {self.state.value}; not taking requests")
         return model
 
+    def _lookup(self, model_id: str) -> ServedModel:
+        model = self.models.get(model_id)
+        if model is None:
+            raise ModelNotFound(
+                f"The model `{model_id}` does not exist. Available: {', '.join(self.models)}",
+                param="model",
+            )
+        return model
+
     # ----- request path -----
     async def check_context(self, model: ServedModel, request: GenerateRequest) -> None:
         """Refuse, before the engine runs, a prompt (plus max_tokens) beyond the window."""
         window = model.info.context_length
         wanted = request.params.max_tokens or 0
-        bound = model.engine.prompt_tokens_bound(request)
-        if bound is not None and bound + wanted <= window and bound < window:
-            return  # surely fits: no need to tokenize twice
-        prompt_tokens = await model.engine.count_prompt_tokens(request)
+        # a bound that fits is enough (no need to tokenize twice): at most the window less
+        # the completion, and always less than the window
+        prompt_tokens = await model.generator.prompt_tokens(request, window - max(wanted, 1))
         if prompt_tokens + wanted > window or prompt_tokens >= window:
             where = "messages" if request.messages is not None else "prompt"
             detail = (
@@ -264,7 +238,7 @@ class Runtime:
         if self.config.log_prompts:
             log.info("prompt: %s", request.messages or request.prompt)
         async with self._slot(model, request.task, record):
-            produced = model.engine.generate(request)
+            produced = model.generator.generate(request)
             chunks = produced if calls_format is None else parse_calls(produced, calls_format)
             try:
                 async for chunk in chunks:
@@ -301,18 +275,13 @@ class Runtime:
     ) -> EmbedResult:
         """Embed with the model's prefix for `input_type`, cut to `dimensions` if asked."""
         model = self.model(model_id, Task.EMBEDDING)
-        traits = model.spec.embedding or EmbeddingTraits()
-        request = _with_prefix(model_id, request, traits, input_type)
-        size = _dimensions(model, traits, dimensions)
+        request = encoders.with_prefix(model, request, input_type)
+        size = encoders.dimensions(model, dimensions)
         record = _record()
         async with self._slot(model, Task.EMBEDDING, record):
-            result = await model.engine.embed(request)
+            result = await model.embedder.embed(request)
         record.prompt_tokens += result.prompt_tokens
-        if size is None:
-            return result
-        cut = [np.asarray(v[:size], dtype=np.float64) for v in result.vectors]
-        vectors = tuple(tuple((v / max(float(np.linalg.norm(v)), 1e-12)).tolist()) for v in cut)
-        return EmbedResult(vectors, result.prompt_tokens)
+        return encoders.cut(result, size)
 
     async def rank(
         self, model_id: str, request: RankRequest, *, documents_param: str = "documents"
@@ -338,25 +307,15 @@ class Runtime:
         record = _record()
         async with self._slot(model, task, record):
             if method == "cross-encoder":
-                result = await model.engine.rank(request)
+                result = await model.ranker.rank(request)
             else:
-                result = await _cosine_rank(model, request)
+                result = await encoders.cosine_rank(model, request)
         record.prompt_tokens += result.prompt_tokens
         return result, method
 
     def ranking_method(self, model_id: str) -> str | None:
         """`cross-encoder`, `cosine` (an embedding model), or None (this model cannot rank)."""
-        model = self.models.get(model_id)
-        if model is None:
-            raise ModelNotFound(
-                f"The model `{model_id}` does not exist. Available: {', '.join(self.models)}",
-                param="model",
-            )
-        if Task.RERANK in model.spec.tasks:
-            return "cross-encoder"
-        if Task.EMBEDDING in model.spec.tasks:
-            return "cosine"
-        return None
+        return encoders.ranking_method(self._lookup(model_id))
 
     @asynccontextmanager
     async def _slot(
@@ -380,63 +339,6 @@ class Runtime:
 
     def _track(self) -> _Inflight:
         return _Inflight(self)
-
-
-async def _cosine_rank(model: ServedModel, request: RankRequest) -> RankResult:
-    """Rank by the cosine of query and document embeddings (the model's own prefixes for
-    queries and passages applied): what nimble does when no cross-encoder is served."""
-    traits = model.spec.embedding or EmbeddingTraits()
-    texts = (
-        traits.query_prefix + request.query,
-        *(traits.passage_prefix + doc for doc in request.documents),
-    )
-    result = await model.engine.embed(EmbedRequest(request.request_id, texts, request.truncate))
-    vectors = np.asarray(result.vectors, dtype=np.float64)
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    scores = vectors[1:] @ vectors[0]
-    return RankResult(tuple(float(x) for x in scores), result.prompt_tokens)
-
-
-def _with_prefix(
-    model_id: str, request: EmbedRequest, traits: EmbeddingTraits, input_type: str | None
-) -> EmbedRequest:
-    if input_type is None:
-        if traits.input_type_required:
-            raise InvalidRequest(
-                f"input_type: model `{model_id}` embeds queries and passages differently; "
-                "say `query` or `passage`",
-                param="input_type",
-            )
-        return request
-    prefix = traits.query_prefix if input_type == "query" else traits.passage_prefix
-    if not prefix:
-        return request
-    if any(not isinstance(i, str) for i in request.inputs):
-        raise InvalidRequest(
-            f"input: model `{model_id}` puts a prefix before each {input_type}; send text, "
-            "not token arrays, with input_type",
-            param="input",
-        )
-    inputs = tuple(prefix + str(i) for i in request.inputs)
-    return dataclasses.replace(request, inputs=inputs)
-
-
-def _dimensions(model: ServedModel, traits: EmbeddingTraits, wanted: int | None) -> int | None:
-    """The size to cut vectors to (None: keep them whole); 400 if the model was not trained
-    for it."""
-    if wanted is None:
-        return None
-    native = traits.dimensions or int(model.info.extra.get("dimensions", "0") or 0) or None
-    if wanted == native:
-        return None
-    if wanted in traits.matryoshka_dimensions:
-        return wanted
-    sizes = ", ".join(map(str, traits.matryoshka_dimensions)) or f"only its native {native}"
-    raise UnsupportedParameter(
-        f"dimensions: model `{model.spec.id}` gives {native}-dimension vectors and was not "
-        f"trained to be cut to {wanted} (allowed: {sizes})",
-        param="dimensions",
-    )
 
 
 def _record() -> RequestRecord:

@@ -19,9 +19,7 @@ from fastapi.routing import APIRoute
 from nimble.api import create_app
 from nimble.api.endpoints import HEALTH_PATHS
 from nimble.config import Settings
-from nimble.engines import EngineConfig
-from nimble.models import resolve_model
-from nimble.runtime import Runtime, RuntimeConfig
+from nimble.runtime.assemble import build_runtime
 from nimble.security.keys import hash_key
 from tests.conftest import FAKE_MODEL, assert_openai_error, chat_body
 
@@ -46,15 +44,16 @@ async def keyed_service(
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """Two fake models behind an app with API keys on."""
     key_file = write_keys(tmp_path / "keys.yaml", {ADMIN: {"id": "admin"}, **keys})
-    runtime = Runtime(
-        [resolve_model("fake"), resolve_model(f"fake:{OTHER_MODEL}")],
-        RuntimeConfig(EngineConfig(fake_token_delay=token_delay), max_running=4, max_waiting=8),
+    config = Settings(
+        model=("fake", f"fake:{OTHER_MODEL}"),
+        api_keys_file=key_file,
+        fake_token_delay=token_delay,
+        max_running=4,
+        max_waiting=8,
+        **settings,
     )
-    app = create_app(
-        runtime,
-        Settings(model=("fake",), api_keys_file=key_file, **settings),
-        load_on_startup=False,
-    )
+    runtime, deployment = build_runtime(config)
+    app = create_app(config, runtime=runtime, deployment=deployment, load_on_startup=False)
     await runtime.start()
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://nimble.test") as client:

@@ -12,9 +12,9 @@ import pytest
 
 from nimble.api import create_app
 from nimble.config import Settings
-from nimble.engines import EngineConfig
 from nimble.models import resolve_model
-from nimble.runtime import Runtime, RuntimeConfig
+from nimble.runtime import Runtime
+from nimble.runtime.assemble import runtime_config
 from nimble.types import EmbeddingTraits
 from tests.conftest import assert_openai_error
 
@@ -31,8 +31,9 @@ TRAITS = EmbeddingTraits(
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     asymmetric = dataclasses.replace(resolve_model("fake:e5-like"), embedding=TRAITS)
     symmetric = resolve_model("fake:plain")
-    runtime = Runtime([asymmetric, symmetric], RuntimeConfig(EngineConfig()))
-    app = create_app(runtime, Settings(model=("fake",)), load_on_startup=False)
+    settings = Settings(model=("fake",))  # the traits are no setting: the specs by hand
+    runtime = Runtime([asymmetric, symmetric], runtime_config(settings))
+    app = create_app(settings, runtime=runtime, load_on_startup=False)
     await runtime.start()
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:

@@ -9,19 +9,12 @@ from fastapi.routing import APIRoute
 from nimble.api import create_app
 from nimble.api.endpoints import ENDPOINT_PATHS, HEALTH_PATHS, endpoint_of
 from nimble.config import Settings, load_settings
-from nimble.engines import EngineConfig
 from nimble.errors import ConfigError
-from nimble.models import resolve_model
-from nimble.runtime import Runtime, RuntimeConfig
 from tests.conftest import FAKE_MODEL, assert_openai_error, chat_body, fake_service
 
 
 def test_every_route_has_an_endpoint_name() -> None:
-    app = create_app(
-        Runtime([resolve_model("fake")], RuntimeConfig(EngineConfig())),
-        Settings(model=("fake",)),
-        load_on_startup=False,
-    )
+    app = create_app(Settings(model=("fake",)), load_on_startup=False)
     paths = {route.path for route in app.routes if isinstance(route, APIRoute)}
     assert paths == {p for ps in ENDPOINT_PATHS.values() for p in ps if p != "/openapi.json"} | set(
         HEALTH_PATHS

@@ -13,10 +13,8 @@ import httpx
 
 from nimble.api import create_app
 from nimble.config import Settings
-from nimble.engines import EngineConfig
-from nimble.models import resolve_model
 from nimble.observability.logging import configure_logging
-from nimble.runtime import Runtime, RuntimeConfig
+from nimble.runtime.assemble import build_runtime
 from tests.conftest import FAKE_MODEL, chat_body, fake_service
 
 SECRET = "zebra-secret-prompt-words"
@@ -82,8 +80,9 @@ async def test_prompts_and_completions_are_not_logged_by_default() -> None:
 
 
 async def test_log_prompts_setting_logs_them() -> None:
-    runtime = Runtime([resolve_model("fake")], RuntimeConfig(EngineConfig(), log_prompts=True))
-    app = create_app(runtime, Settings(model=("fake",), log_prompts=True), load_on_startup=False)
+    settings = Settings(model=("fake",), log_prompts=True)
+    runtime, deployment = build_runtime(settings)
+    app = create_app(settings, runtime=runtime, deployment=deployment, load_on_startup=False)
     await runtime.start()
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

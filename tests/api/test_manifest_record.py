@@ -11,18 +11,19 @@ import pytest
 from nimble.api import create_app
 from nimble.api.endpoints import ENDPOINT_PATHS
 from nimble.config import Settings, load_settings
-from nimble.engines import EngineConfig
 from nimble.models import resolve_model
 from nimble.models.hardware import detect_hardware
-from nimble.runtime import Runtime, RuntimeConfig
+from nimble.runtime import Runtime
+from nimble.runtime.assemble import runtime_config
 from nimble.runtime.deployment import Deployment
 
 SECRET = "hf_s3cr3t-token-that-must-never-leak"
 
 
 async def record_of(settings: Settings, deployment: Deployment | None = None) -> Any:
-    runtime = Runtime([resolve_model("fake")], RuntimeConfig(EngineConfig()))
-    app = create_app(runtime, settings, deployment=deployment)
+    # the fake model serves whatever models the settings name (the default ones here)
+    runtime = Runtime([resolve_model("fake")], runtime_config(settings))
+    app = create_app(settings, runtime=runtime, deployment=deployment)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,

@@ -13,9 +13,9 @@ import pytest
 
 from nimble.api import create_app
 from nimble.config import Settings
-from nimble.engines import EngineConfig
 from nimble.models import resolve_model
-from nimble.runtime import Runtime, RuntimeConfig
+from nimble.runtime import Runtime
+from nimble.runtime.assemble import runtime_config
 from nimble.types import Task
 from tests.conftest import assert_openai_error
 
@@ -24,6 +24,8 @@ DOCS = ["dogs bark at night", "cats sleep all day long", "how cats sleep in wint
 
 
 def specs() -> list:  # type: ignore[type-arg]
+    """Task sets that `--model fake:...` cannot express: these tests build the runtime
+    around them, configured from the settings like any other."""
     reranker = resolve_model("fake:reranker")
     reranker = dataclasses.replace(reranker, tasks=frozenset({Task.RERANK}))
     chat_only = dataclasses.replace(resolve_model("fake:chat"), tasks=frozenset({Task.CHAT}))
@@ -32,8 +34,9 @@ def specs() -> list:  # type: ignore[type-arg]
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    runtime = Runtime(specs(), RuntimeConfig(EngineConfig()))
-    app = create_app(runtime, Settings(model=("fake",)), load_on_startup=False)
+    settings = Settings(model=("fake",))
+    runtime = Runtime(specs(), runtime_config(settings))
+    app = create_app(settings, runtime=runtime, load_on_startup=False)
     await runtime.start()
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
@@ -173,8 +176,9 @@ async def test_api_key_scopes_cover_ranking(tmp_path: Path) -> None:
         f"  - id: embed-only\n    sha256: {hash_key('k-embed')}\n    endpoints: [embeddings]\n"
         f"  - id: ranker\n    sha256: {hash_key('k-rank')}\n    endpoints: [ranking, rerank]\n"
     )
-    runtime = Runtime(specs(), RuntimeConfig(EngineConfig()))
-    app = create_app(runtime, Settings(model=("fake",), api_keys_file=keys), load_on_startup=False)
+    settings = Settings(model=("fake",), api_keys_file=keys)
+    runtime = Runtime(specs(), runtime_config(settings))
+    app = create_app(settings, runtime=runtime, load_on_startup=False)
     await runtime.start()
     body = {"model": "reranker", "query": "q", "documents": ["a"]}
     async with httpx.AsyncClient(
@@ -193,8 +197,9 @@ async def test_api_key_scopes_cover_ranking(tmp_path: Path) -> None:
 
 async def test_document_limit_and_truncate_none_name_their_param() -> None:
     reranker = dataclasses.replace(specs()[0], context_length=8)
-    runtime = Runtime([reranker], RuntimeConfig(EngineConfig(), max_rank_documents=2))
-    app = create_app(runtime, Settings(model=("fake",)), load_on_startup=False)
+    settings = Settings(model=("fake",), max_rank_documents=2)
+    runtime = Runtime([reranker], runtime_config(settings))
+    app = create_app(settings, runtime=runtime, load_on_startup=False)
     await runtime.start()
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://t"

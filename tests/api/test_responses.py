@@ -18,10 +18,9 @@ import pytest
 from nimble.api import create_app
 from nimble.api.endpoints import endpoint_of
 from nimble.config import Settings
-from nimble.engines import EngineConfig
 from nimble.errors import InvalidRequest
-from nimble.models import resolve_model
-from nimble.runtime import Runtime, RuntimeConfig
+from nimble.runtime import Runtime
+from nimble.runtime.assemble import build_runtime
 from nimble.runtime.response_store import ResponseNotFound, ResponseStore, StoredResponse
 from nimble.types import ChatMessage, GenerateRequest, GenerationChunk
 from tests.api.test_auth import bearer, keyed_service, sdk
@@ -217,8 +216,9 @@ async def test_streaming_refusal_is_a_plain_http_error(client: httpx.AsyncClient
 
 async def test_stream_disconnect_aborts_and_stores_nothing() -> None:
     """Driven as raw ASGI: httpx's ASGI transport cannot hang up in the middle of a body."""
-    runtime = Runtime([resolve_model("fake")], RuntimeConfig(EngineConfig(fake_token_delay=0.05)))
-    app = create_app(runtime, Settings(model=("fake",)), load_on_startup=False)
+    settings = Settings(model=("fake",), fake_token_delay=0.05)
+    runtime, deployment = build_runtime(settings)
+    app = create_app(settings, runtime=runtime, deployment=deployment, load_on_startup=False)
     await runtime.start()
     hung_up = asyncio.Event()
     incoming = [{"type": "http.request", "body": json.dumps(body(stream=True)).encode()}]

@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from nimble.engines.base import EngineConfig
-from nimble.engines.vllm_server import VllmEngine
+from nimble.engines.config import EngineConfig
+from nimble.engines.vllm.engine import VllmEngine
 from nimble.errors import ContextLengthExceeded
 from nimble.models.spec import ModelSpec
 from nimble.types import ChatMessage, GenerateRequest, SamplingParams, Task
@@ -106,9 +106,8 @@ async def running_requests(engine: VllmEngine) -> float:
 
 async def test_real_vllm_serves_through_the_engine(model_folder: Path) -> None:
     engine = engine_for(model_folder)
-    await engine.start()
+    await engine.start()  # with its warm-up generation
     try:
-        await engine.warmup()
         info = engine.info()
         assert info.engine_version and info.context_length == CONTEXT
         assert any(Path(f.path).name == "config.json" for f in info.files)
@@ -117,7 +116,7 @@ async def test_real_vllm_serves_through_the_engine(model_folder: Path) -> None:
         chunks = [c async for c in engine.generate(request)]
         usage = chunks[-1].usage
         assert usage is not None and 0 < usage.completion_tokens <= 8
-        assert usage.prompt_tokens == await engine.count_prompt_tokens(request)
+        assert usage.prompt_tokens == await engine.prompt_tokens(request, fits=0)
         assert [c.finish_reason for c in chunks if c.finish_reason] in (["length"], ["stop"])
         tokens = [lp for c in chunks for lp in c.logprobs]
         assert len(tokens) == usage.completion_tokens and all(len(t.top) == 2 for t in tokens)

@@ -4,6 +4,7 @@ embedding model on the real MiniLM safetensors folder of the catalog."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,10 @@ import torch
 import transformers
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
-from nimble.engines.base import EngineConfig
-from nimble.engines.onnx_embed import OnnxEmbeddingEngine
-from nimble.engines.st_engine import SentenceTransformersEngine
-from nimble.errors import InvalidRequest
+from nimble.engines.config import EngineConfig
+from nimble.engines.onnx.engine import OnnxEmbeddingEngine
+from nimble.engines.sentence_transformers.engine import SentenceTransformersEngine
+from nimble.errors import InvalidRequest, ModelLoadError
 from nimble.models import resolve_model
 from nimble.types import EmbedRequest, RankRequest, Task
 from tests.support.tiny_reranker import PAIRS, build_reranker
@@ -32,9 +33,8 @@ async def test_a_cross_encoder_folder_is_served_as_a_reranker(reranker: Path) ->
     spec = resolve_model(str(reranker))
     assert spec.engine == "sentence_transformers" and spec.tasks == {Task.RERANK}
     engine = SentenceTransformersEngine(spec, EngineConfig())
-    await engine.start()
+    await engine.start()  # with one real scoring pass
     try:
-        await engine.warmup()
         for query, good, bad in PAIRS:
             result = await engine.rank(RankRequest("r", query, (bad, good)))
             assert result.scores[1] > result.scores[0], query
@@ -68,10 +68,11 @@ async def test_a_cross_encoder_folder_is_served_as_a_reranker(reranker: Path) ->
         with pytest.raises(InvalidRequest, match=r"more than the 128") as refused:
             await engine.rank(RankRequest("r", query, (good, long), truncate="NONE"))
         assert refused.value.param == "passages"
-        with pytest.raises(InvalidRequest, match="does not support embeddings"):
-            await engine.embed(EmbedRequest("e", ("x",)))
     finally:
         await engine.stop()
+    both = dataclasses.replace(spec, tasks=frozenset({Task.RERANK, Task.EMBEDDING}))
+    with pytest.raises(ModelLoadError, match="not both"):
+        await SentenceTransformersEngine(both, EngineConfig()).start()
 
 
 async def test_the_minilm_folder_embeds_like_the_onnx_engine() -> None:
@@ -96,8 +97,6 @@ async def test_the_minilm_folder_embeds_like_the_onnx_engine() -> None:
         assert ends.prompt_tokens == 256
         with pytest.raises(InvalidRequest, match=r"302 tokens, more than the 256"):
             await engine.embed(EmbedRequest("e", (long,), truncate="NONE"))
-        with pytest.raises(InvalidRequest, match="does not support ranking"):
-            await engine.rank(RankRequest("r", "q", ("d",)))
     finally:
         await engine.stop()
         await onnx.stop()

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from nimble.engines.base import Engine, EngineConfig
-from nimble.engines.llamacpp import LlamaCppEngine
+from nimble.engines import CacheReporter, Embedder, Generator, Ranker
+from nimble.engines.config import EngineConfig
+from nimble.engines.llamacpp.engine import LlamaCppEngine
 from nimble.errors import ContextLengthExceeded, InvalidRequest, ModelLoadError, Unavailable
 from nimble.models import ModelSpec, resolve_model
 from nimble.types import (
     ChatMessage,
-    EmbedRequest,
     GenerateRequest,
     GenerationChunk,
     SamplingParams,
@@ -59,7 +59,6 @@ async def start(engine: LlamaCppEngine) -> None:
 async def engine(spec: ModelSpec) -> AsyncIterator[LlamaCppEngine]:
     engine = LlamaCppEngine(spec, EngineConfig(max_running=SLOTS))
     await start(engine)
-    await engine.warmup()
     yield engine
     await engine.stop()
 
@@ -80,7 +79,7 @@ def completion(prompt: str, **params: object) -> GenerateRequest:
     )
 
 
-async def collect(engine: Engine, request: GenerateRequest) -> list[GenerationChunk]:
+async def collect(engine: Generator, request: GenerateRequest) -> list[GenerationChunk]:
     async def drain() -> list[GenerationChunk]:
         return [chunk async for chunk in engine.generate(request)]
 
@@ -95,10 +94,12 @@ def finishes(chunks: list[GenerationChunk]) -> dict[int, str | None]:
     return {chunk.index: chunk.finish_reason for chunk in chunks if chunk.finish_reason}
 
 
-async def test_it_is_an_engine_with_info_and_health(
+async def test_it_generates_only_with_info_and_health(
     engine: LlamaCppEngine, spec: ModelSpec
 ) -> None:
-    assert isinstance(engine, Engine)
+    # the runtime routes by these: embedding and rerank requests never reach this engine
+    assert isinstance(engine, Generator) and isinstance(engine, CacheReporter)
+    assert not isinstance(engine, Embedder | Ranker)
     info = engine.info()
     assert (info.engine, info.context_length, info.supports_logprobs) == ("llamacpp", 8192, True)
     assert info.tasks == {Task.CHAT, Task.COMPLETION}
@@ -200,10 +201,10 @@ async def test_zero_top_logprobs_still_gives_the_token_logprobs(engine: LlamaCpp
     ],
     ids=["chat", "chat-system-history", "completion", "completion-special-tokens"],
 )
-async def test_count_prompt_tokens_matches_reported_usage(
+async def test_exact_prompt_tokens_match_reported_usage(
     engine: LlamaCppEngine, request_: GenerateRequest
 ) -> None:
-    counted = await engine.count_prompt_tokens(request_)
+    counted = await engine.prompt_tokens(request_, fits=0)
     usage = (await collect(engine, request_))[-1].usage
     assert usage is not None
     assert counted == usage.prompt_tokens
@@ -220,13 +221,6 @@ async def test_more_choices_than_slots_is_an_invalid_request(engine: LlamaCppEng
     with pytest.raises(InvalidRequest) as caught:
         await collect(engine, completion("Hello", n=SLOTS + 1, max_tokens=1))
     assert caught.value.param == "n"
-
-
-async def test_embed_is_refused(engine: LlamaCppEngine, spec: ModelSpec) -> None:
-    with pytest.raises(InvalidRequest, match="does not support embeddings") as caught:
-        await engine.embed(EmbedRequest(request_id="e", inputs=("x",)))
-    assert caught.value.param == "model"
-    assert spec.id in caught.value.message
 
 
 async def test_cache_usage_counts_the_cells_of_running_requests(engine: LlamaCppEngine) -> None:
@@ -370,8 +364,9 @@ async def test_cheap_bound_is_never_below_the_exact_count(
 ) -> None:
     """The runtime skips exact tokenization when this bound fits: it must never undercount."""
     request_ = GenerateRequest("bound", SamplingParams(), messages=messages)
-    bound = engine.prompt_tokens_bound(request_)
-    exact = await engine.count_prompt_tokens(request_)
+    bound = engine._bound(request_)
+    exact = await engine.prompt_tokens(request_, fits=0)
     assert bound is not None and exact <= bound <= exact * 4 + 64
+    assert await engine.prompt_tokens(request_, fits=bound) == bound  # no tokenizing
     prompt = completion("The quick brown fox ✓ <|im_end|>")
-    assert await engine.count_prompt_tokens(prompt) <= engine.prompt_tokens_bound(prompt)  # type: ignore[operator]
+    assert await engine.prompt_tokens(prompt, fits=0) <= (engine._bound(prompt) or 0)

@@ -27,17 +27,16 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from tokenizers import Tokenizer
 
-from nimble.engines.base import Engine, EngineConfig
-from nimble.engines.onnx_embed import OnnxEmbeddingEngine
-from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
+from nimble.engines import CacheReporter, Embedder, Generator, Ranker
+from nimble.engines.config import EngineConfig
+from nimble.engines.onnx.engine import OnnxEmbeddingEngine
+from nimble.errors import ModelLoadError, Unavailable
 from nimble.models import ModelSpec, resolve_model
 from nimble.types import (
-    ChatMessage,
     EmbedRequest,
     EmbedResult,
-    GenerateRequest,
-    SamplingParams,
     Task,
 )
 
@@ -52,7 +51,6 @@ DIMENSIONS = 384
 async def engine() -> AsyncIterator[OnnxEmbeddingEngine]:
     engine = OnnxEmbeddingEngine(resolve_model("all-minilm-l6-v2"), EngineConfig())
     await engine.start()
-    await engine.warmup()
     yield engine
     await engine.stop()
 
@@ -67,13 +65,23 @@ def cosine(a: tuple[float, ...] | list[float], b: tuple[float, ...] | list[float
     return dot / (math.hypot(*a) * math.hypot(*b))
 
 
+def untruncated_tokenizer(engine: OnnxEmbeddingEngine) -> Tokenizer:
+    assert engine.spec.tokenizer is not None
+    tokenizer = Tokenizer.from_file(str(engine.spec.tokenizer))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
 def reference() -> dict[str, Any]:
     data: dict[str, Any] = json.loads(REFERENCE.read_text())
     return data
 
 
-async def test_satisfies_engine_protocol_and_reports_itself(engine: OnnxEmbeddingEngine) -> None:
-    assert isinstance(engine, Engine)
+async def test_embeds_only_and_reports_itself(engine: OnnxEmbeddingEngine) -> None:
+    # the runtime routes by these: chat, completion and rerank never reach this engine
+    assert isinstance(engine, Embedder)
+    assert not isinstance(engine, Generator | Ranker | CacheReporter)
     assert await engine.health()
     info = engine.info()
     assert info.engine == "onnx"
@@ -118,16 +126,15 @@ async def test_batch_equals_one_by_one(engine: OnnxEmbeddingEngine) -> None:
 
 
 async def test_token_counts_include_special_tokens(engine: OnnxEmbeddingEngine) -> None:
-    # [CLS] hello world [SEP]
-    assert engine.count_tokens(["hello world"]) == [4]
+    # [CLS] hello world [SEP], as the model's own tokenizer counts them
+    assert len(untruncated_tokenizer(engine).encode("hello world").ids) == 4
     result = await engine.embed(EmbedRequest(request_id="t", inputs=("hello world", "hi")))
     assert result.prompt_tokens == 4 + 3
 
 
 async def test_long_input_is_truncated_to_the_context(engine: OnnxEmbeddingEngine) -> None:
     text = "hello " * 1000  # "hello" is one word piece
-    (untruncated,) = engine.count_tokens([text])
-    assert untruncated == 1002
+    assert len(untruncated_tokenizer(engine).encode(text).ids) == 1002
     result = await engine.embed(EmbedRequest(request_id="t", inputs=(text,)))
     assert result.prompt_tokens == 256
     assert len(result.vectors[0]) == DIMENSIONS
@@ -140,20 +147,6 @@ async def test_matches_sentence_transformers_reference(engine: OnnxEmbeddingEngi
     assert result.prompt_tokens == sum(item["tokens"] for item in items)
     for item, vector in zip(items, result.vectors, strict=True):
         assert cosine(vector, item["vector"]) >= MIN_REFERENCE_COSINE, item["text"][:40]
-
-
-async def test_generation_is_refused(engine: OnnxEmbeddingEngine) -> None:
-    request = GenerateRequest(
-        request_id="g",
-        params=SamplingParams(),
-        messages=(ChatMessage(role="user", content="hi"),),
-    )
-    with pytest.raises(InvalidRequest, match="does not support chat/completions") as caught:
-        async for _ in engine.generate(request):
-            pass
-    assert caught.value.param == "model"
-    with pytest.raises(InvalidRequest):
-        await engine.count_prompt_tokens(request)
 
 
 def with_files(weights: Path, tokenizer: Path) -> ModelSpec:

@@ -22,9 +22,9 @@ import pytest_asyncio
 import torch
 from transformers import AutoTokenizer
 
-from nimble.engines.base import EngineConfig
-from nimble.engines.hf_constrain import Grammars
-from nimble.engines.hf_transformers import TransformersEngine
+from nimble.engines.config import EngineConfig
+from nimble.engines.transformers.constrain import Grammars
+from nimble.engines.transformers.engine import TransformersEngine
 from nimble.errors import UnsupportedParameter
 from nimble.models.resolve import resolve_model
 from nimble.types import (

@@ -32,7 +32,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from nimble.engines.fake_structured import instance
+from nimble.engines.fake.constrained import instance
 
 VERSION = "0.11.0+standin"
 

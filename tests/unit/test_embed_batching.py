@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from nimble.engines.embed_batching import EmbedBatcher, Rows, _Job, _share
+from nimble.engines.onnx.batching import EmbedBatcher, Rows, _Job, _share
 
 
 class Closed(Exception):

@@ -20,9 +20,9 @@ from typing import Any
 import jsonschema
 import pytest
 
-from nimble.engines.gbnf import MAX_REPEAT, choice_grammar, literal, tool_calls_grammar
-from nimble.engines.gbnf_regex import regex_grammar
 from nimble.models import resolve_model
+from nimble.structured.gbnf import MAX_REPEAT, choice_grammar, literal, tool_calls_grammar
+from nimble.structured.gbnf_regex import regex_grammar
 
 # -- a GBNF oracle -------------------------------------------------------------------------------
 

@@ -1,19 +1,96 @@
-"""`import nimble` (and the server modules) never import an engine's heavy library."""
+"""`import nimble` stays light (and the server modules never import an engine's heavy
+library); no two modules of nimble import each other, even through a lazy import."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import grimp
+
 HEAVY = ("xllamacpp", "onnxruntime", "torch", "vllm", "llama_cpp", "tokenizers")
+SERVER = ("fastapi", "starlette", "uvicorn", "typer", "rich", "numpy")
+
+
+def imported_after(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of `modules` a fresh interpreter has imported after running `code`."""
+    probe = (
+        f"import json, sys; {code}; print(json.dumps([m for m in {modules!r} if m in sys.modules]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    return list(json.loads(result.stdout))
 
 
 def test_server_modules_do_not_import_engine_libraries() -> None:
+    code = "import nimble, nimble.api, nimble.runtime, nimble.cli.main, nimble.cli.serve"
+    assert imported_after(code, HEAVY) == []
+
+
+def test_import_nimble_is_light_and_create_app_is_lazy() -> None:
+    assert imported_after("import nimble", SERVER + HEAVY) == []
+    # the entry point imports the HTTP adapter on first use, and only then
     code = (
-        "import sys, nimble, nimble.api, nimble.runtime, nimble.cli.main, nimble.cli.serve;"
-        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+        "import nimble, nimble.api.app;"
+        "assert nimble.create_app is nimble.api.app.create_app;"
+        "assert 'create_app' in nimble.__all__"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "[]"
+    assert imported_after(code, ("fastapi",)) == ["fastapi"]
+
+
+def cycles(graph: grimp.ImportGraph) -> list[list[str]]:
+    """The groups of modules that import each other (strongly connected, Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in sorted(graph.find_modules_directly_imported_by(module)):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return found
+
+
+def loop(graph: grimp.ImportGraph, group: list[str]) -> list[str]:
+    """One way round a group: its first module -> ... -> the same module."""
+    there = graph.find_shortest_chain(group[0], group[1]) or ()
+    back = graph.find_shortest_chain(group[1], group[0]) or ()
+    return [*there, *back[1:]]
+
+
+def test_no_import_cycles() -> None:
+    # grimp reports every import statement: module level, inside functions (lazy) and
+    # under TYPE_CHECKING; a cycle through any of them fails
+    graph = grimp.build_graph("nimble")
+    assert len(graph.modules) > 50  # the whole package was read
+    assert [" -> ".join(loop(graph, group)) for group in cycles(graph)] == []
+
+
+def test_the_cycle_check_sees_a_cycle() -> None:
+    graph = grimp.build_graph("nimble")
+    graph.add_import(importer="nimble.errors", imported="nimble.cli.main")  # lazy or not
+    assert any({"nimble.errors", "nimble.cli.main"} <= set(group) for group in cycles(graph))

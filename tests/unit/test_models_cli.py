@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -217,3 +219,40 @@ def test_download_from_a_mirror_resumes_nothing_twice_and_refuses_a_bad_hash(
     code, out = run(["download", str(path)], env)
     assert code == 1
     assert "failed model.onnx" in out and "0000000000" in out
+
+
+class _ManifestHandler(BaseHTTPRequestHandler):
+    """A stand-in server: answers /v1/manifest with the Authorization header it received."""
+
+    def do_GET(self) -> None:
+        body = json.dumps({"path": self.path, "auth": self.headers.get("Authorization")})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet test output
+        pass
+
+
+def test_inspect_url_sends_the_key_from_option_or_env(env: dict[str, str]) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ManifestHandler)  # listening already
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        code, out = run(["inspect", "--url", url, "--api-key", "k-flag"], env)
+        assert code == 0, out
+        assert json.loads(out) == {"path": "/v1/manifest", "auth": "Bearer k-flag"}
+        code, out = run(["inspect", "--url", url], {**env, "NIMBLE_API_KEY": "k-env"})
+        assert code == 0, out
+        assert json.loads(out)["auth"] == "Bearer k-env"
+        code, out = run(["inspect", "--url", url], env)
+        assert code == 0, out
+        assert json.loads(out)["auth"] is None
+        code, out = run(["inspect", "--help"], env)
+        assert "--api-key" in out and "NIMBLE_API_KEY" in out
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 
 import pytest
 
 from nimble.engines import EngineConfig
-from nimble.errors import ContextLengthExceeded, ModelLoadError, ModelNotFound, Overloaded
-from nimble.models import resolve_model
+from nimble.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelLoadError,
+    ModelNotFound,
+    Overloaded,
+)
+from nimble.models import ModelSpec, resolve_model
 from nimble.runtime import Runtime, RuntimeConfig
 from nimble.runtime.admission import Admission
-from nimble.types import GenerateRequest, SamplingParams
+from nimble.types import (
+    EmbedRequest,
+    EmbedResult,
+    EngineInfo,
+    GenerateRequest,
+    RankRequest,
+    SamplingParams,
+    Task,
+)
 from tests.conftest import assert_openai_error, chat_body, fake_service
 
 
@@ -120,3 +136,80 @@ def test_unknown_engine_and_duplicate_names() -> None:
         Runtime([spec], RuntimeConfig(EngineConfig()))
     with pytest.raises(ModelLoadError, match="same name"):
         Runtime([resolve_model("fake"), resolve_model("fake")], RuntimeConfig(EngineConfig()))
+
+
+class _EmbedOnly:
+    """An engine with the core and one capability (embeddings), nothing else: no refusal
+    stubs for generation, ranking or cache statistics."""
+
+    def __init__(self, spec: ModelSpec, config: EngineConfig):
+        self.spec = spec
+        self.started = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+
+    def info(self) -> EngineInfo:
+        return EngineInfo("embed-only", "1", self.spec.tasks, 64, False)
+
+    async def health(self) -> bool:
+        return self.started
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        vectors = tuple((float(len(str(text))), 1.0) for text in request.inputs)
+        return EmbedResult(vectors, len(request.inputs))
+
+
+def _spec(*tasks: Task) -> ModelSpec:
+    return dataclasses.replace(resolve_model("fake"), id="enc", tasks=frozenset(tasks))
+
+
+async def test_the_runtime_routes_by_what_the_engine_can_do() -> None:
+    runtime = Runtime([_spec(Task.EMBEDDING)], RuntimeConfig(EngineConfig()), _EmbedOnly)
+    await runtime.start()
+    result = await runtime.embed("enc", EmbedRequest("e", ("ab", "abcd")))
+    assert result.vectors == ((2.0, 1.0), (4.0, 1.0))
+    ranked, method = await runtime.rank("enc", RankRequest("r", "abcd", ("ab", "abcd")))
+    assert method == "cosine"
+    assert ranked.scores == pytest.approx((9 / math.sqrt(17 * 5), 1.0))  # cosines to (4, 1)
+    with pytest.raises(InvalidRequest, match="does not support completion requests") as refused:
+        await anext(runtime.generate("enc", _request()))
+    assert refused.value.param == "model"
+    await runtime.refresh_gauges()  # no cache statistics: not asked, none reported
+    assert runtime.gauges()[0].cache_usage is None
+    await runtime.stop()
+
+
+def test_a_task_the_engine_cannot_do_stops_the_start() -> None:
+    with pytest.raises(ModelLoadError, match="asks for chat, completion, which the fake engine"):
+        Runtime(
+            [_spec(Task.EMBEDDING, Task.CHAT, Task.COMPLETION)],
+            RuntimeConfig(EngineConfig()),
+            _EmbedOnly,
+        )
+
+
+async def test_the_engine_may_answer_with_a_bound_below_what_fits() -> None:
+    asked: list[int] = []
+    runtime = await _runtime()
+    engine = runtime.models["fake-model"].engine
+    counted = engine.prompt_tokens  # type: ignore[attr-defined]
+
+    async def spy(request: GenerateRequest, fits: int) -> int:
+        asked.append(fits)
+        return int(await counted(request, fits))
+
+    engine.prompt_tokens = spy  # type: ignore[attr-defined]
+    window = runtime.models["fake-model"].info.context_length
+    async for _ in runtime.generate("fake-model", _request(max_tokens=50)):
+        pass
+    async for _ in runtime.generate(
+        "fake-model", GenerateRequest("r", SamplingParams(), prompt="hi")
+    ):
+        pass
+    # the window less the completion; with no max_tokens, anything under the window
+    assert asked == [window - 50, window - 1]
+    await runtime.stop()

@@ -19,11 +19,9 @@ import uvicorn
 from nimble.api.app import create_management_app
 from nimble.cli.transport import ManagementServer, listen_socket, ssl_options
 from nimble.config import Settings
-from nimble.engines import EngineConfig
 from nimble.errors import ConfigError
-from nimble.models import resolve_model
 from nimble.observability.metrics import Metrics
-from nimble.runtime import Runtime, RuntimeConfig
+from nimble.runtime.assemble import build_runtime
 
 
 @pytest.fixture
@@ -122,7 +120,7 @@ def test_listen_socket_refuses_a_taken_port() -> None:
 
 
 async def test_management_server_shares_readiness_and_leaves_signals_alone() -> None:
-    runtime = Runtime([resolve_model("fake")], RuntimeConfig(EngineConfig()))
+    runtime, _ = build_runtime(Settings(model=("fake",)))
     sock = listen_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     config = uvicorn.Config(

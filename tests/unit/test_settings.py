@@ -63,8 +63,8 @@ def test_docs_table_is_current() -> None:
 
 
 def test_chat_template_file_is_read_or_refused(tmp_path: Path) -> None:
-    from nimble.cli.serve import read_template
     from nimble.errors import ConfigError
+    from nimble.runtime.assemble import read_template
 
     template = tmp_path / "t.jinja"
     template.write_text("{{ messages }}")

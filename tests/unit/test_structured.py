@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from nimble.errors import InvalidRequest, UnsupportedParameter
-from nimble.runtime.structured import check_choices, check_json_schema, check_regex
+from nimble.structured.checks import check_choices, check_json_schema, check_regex
 
 PARAM = "response_format.json_schema.schema"
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request, Response
 
-from nimble.api.deps import ERROR_RESPONSES, GrantDep, RequestIdDep, RuntimeDep, now, sse_doc
+from nimble.api.call import Call, now
 from nimble.api.logprobs import chat_logprobs
+from nimble.api.route import ERROR_RESPONSES, json_response, router, sse_doc
 from nimble.api.schemas.chat import ChatCompletionRequest, ChatCompletionResponse
 from nimble.api.schemas.common import usage_out
 from nimble.api.streaming import prime, sse_response, until_disconnect
 from nimble.runtime.aggregate import Choice, collect
 from nimble.types import GenerationChunk, ToolCallDelta
 
-router = APIRouter()
+router = router()
 
 
 @router.post(
@@ -24,43 +25,43 @@ router = APIRouter()
     responses={**ERROR_RESPONSES, **sse_doc("ChatCompletionChunk")},
     summary="Create a chat completion (OpenAI compatible)",
 )
-async def chat_completions(
-    body: ChatCompletionRequest,
-    request: Request,
-    runtime: RuntimeDep,
-    request_id: RequestIdDep,
-    grant: GrantDep,
-) -> Any:
-    grant.require_model(body.model)
+async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+    call = Call.for_model(request, body.model)
     if body.tools or body.functions:
-        grant.require_tools()
+        call.grant.require_tools()
     body.refuse_unsupported_chat()
-    stream = runtime.generate(body.model, body.generate_request(request_id))
-    head = {"id": f"chatcmpl-{request_id}", "created": now(), "model": body.model}
+    stream = call.runtime.generate(body.model, body.generate_request(call.request_id))
+    head = {"id": f"chatcmpl-{call.request_id}", "created": now(), "model": body.model}
     if body.stream:
         primed = await prime(request, stream)
-        return sse_response(_chunks(primed, head, body.include_usage()), request_id)
+        return sse_response(_chunks(primed, head, body.include_usage()), call.request_id)
     result = await until_disconnect(request, collect(stream, body.n))
-    return {
-        **head,
-        "object": "chat.completion",
-        "choices": [
-            {
-                "index": choice.index,
-                "message": _message(choice),
-                "logprobs": chat_logprobs(choice.logprobs) if body.logprobs else None,
-                "finish_reason": choice.finish_reason,
-            }
-            for choice in result.choices
-        ],
-        "usage": usage_out(result.usage),
-    }
+    choices = [
+        {
+            "index": choice.index,
+            "message": _message(choice),
+            "logprobs": chat_logprobs(choice.logprobs) if body.logprobs else None,
+            "finish_reason": choice.finish_reason,
+        }
+        for choice in result.choices
+    ]
+    return json_response(
+        {
+            "id": head["id"],
+            "object": "chat.completion",
+            "created": head["created"],
+            "model": body.model,
+            "system_fingerprint": None,
+            "choices": choices,
+            "usage": usage_out(result.usage),
+        }
+    )
 
 
 def _message(choice: Choice) -> dict[str, Any]:
     calls = choice.tool_calls
     if not calls:
-        return {"role": "assistant", "content": choice.text}
+        return {"role": "assistant", "content": choice.text, "tool_calls": None}
     return {
         "role": "assistant",
         "content": choice.text or None,

@@ -8,14 +8,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from nimble.api.schemas.common import (
     ChoiceLogprobs,
-    FinishReason,
     SamplingFields,
     UsageOut,
 )
-from nimble.api.schemas.structured import StructuredFields
+from nimble.api.schemas.constraints import StructuredFields
 from nimble.errors import InvalidRequest
-from nimble.runtime.structured import check_json_schema
-from nimble.types import ChatMessage, GenerateRequest, ToolCall, ToolFunction
+from nimble.structured.checks import check_json_schema
+from nimble.types import ChatMessage, FinishReason, GenerateRequest, ToolCall, ToolFunction
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 

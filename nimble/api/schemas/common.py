@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -125,6 +125,3 @@ class TokenLogprobOut(TopLogprobOut):
 
 class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprobOut] | None
-
-
-FinishReason = Literal["stop", "length", "tool_calls"]

@@ -6,9 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from nimble.api.schemas.common import FinishReason, SamplingFields, UsageOut
-from nimble.api.schemas.structured import StructuredFields
+from nimble.api.schemas.common import SamplingFields, UsageOut
+from nimble.api.schemas.constraints import StructuredFields
 from nimble.errors import UnsupportedParameter
+from nimble.types import FinishReason
 
 
 class CompletionRequest(SamplingFields, StructuredFields):

@@ -21,8 +21,8 @@ from pydantic import (
 
 from nimble.api.schemas.common import Strict
 from nimble.errors import InvalidRequest, UnsupportedParameter
-from nimble.runtime.schemas import close_objects
-from nimble.runtime.structured import check_json_schema
+from nimble.structured.checks import check_json_schema
+from nimble.structured.json_schema import close_objects
 from nimble.types import (
     ChatMessage,
     JsonSchemaConstraint,
@@ -175,7 +175,7 @@ class TextConfig(Strict):
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
-class StreamOptions(Strict):
+class ResponseStreamOptions(Strict):
     include_obfuscation: bool | None = None  # accepted; nimble never pads its events
 
 
@@ -197,7 +197,7 @@ class CreateResponseRequest(Strict):
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = None
     stream: bool | None = False
-    stream_options: StreamOptions | None = None
+    stream_options: ResponseStreamOptions | None = None
     store: bool | None = True
     metadata: dict[str, str] | None = None
     user: str | None = Field(default=None, max_length=256)
@@ -259,7 +259,7 @@ class CreateResponseRequest(Strict):
 
     @field_validator("stream_options")
     @classmethod
-    def _only_streaming(cls, value: StreamOptions | None, info: ValidationInfo) -> Any:
+    def _only_streaming(cls, value: ResponseStreamOptions | None, info: ValidationInfo) -> Any:
         if value is not None and not info.data.get("stream"):
             raise ValueError("only allowed when stream is true")
         return value

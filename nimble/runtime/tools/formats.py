@@ -15,8 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from nimble.engines.base import tool_json
-from nimble.runtime.schemas import close_objects
+from nimble.structured.json_schema import close_objects, tool_json
 from nimble.types import ChatMessage, ToolCall, ToolFunction
 
 

@@ -11,8 +11,6 @@ import re
 from collections.abc import Callable
 from typing import Any, Literal
 
-from nimble.engines import gbnf, gbnf_regex
-from nimble.engines.base import llguidance_schema, tool_json
 from nimble.errors import (
     ContextLengthExceeded,
     EngineError,
@@ -21,6 +19,8 @@ from nimble.errors import (
     Unavailable,
     UnsupportedParameter,
 )
+from nimble.structured import gbnf, gbnf_regex
+from nimble.structured.json_schema import llguidance_schema, tool_json
 from nimble.types import (
     ChatMessage,
     ChoiceConstraint,

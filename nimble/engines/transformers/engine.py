@@ -13,7 +13,7 @@ How it works
 - Prompts: chat messages go through the tokenizer's own chat template (a model without one
   serves completions only); completions are the raw prompt with the tokenizer's special
   tokens (BOS where the model adds one).
-- Sampling per choice (`hf_choice.Choice`): temperature (0: greedy; unset: the model's
+- Sampling per choice (`choice.Sampler`): temperature (0: greedy; unset: the model's
   generation_config when it samples by default, else 1), top_p, presence and frequency
   penalties, stop strings, seed (a torch.Generator per choice), logprobs with alternatives.
 - Constraints (`hf_constrain`): JSON schema, regex, choice, grammar (Lark, or GBNF) and tool
@@ -37,11 +37,11 @@ import jinja2
 import torch
 import transformers
 
-from nimble.engines.base import EngineConfig, cannot_rank
-from nimble.engines.hf_batching import BatchStats, Job, Scheduler
-from nimble.engines.hf_choice import Choice
-from nimble.engines.hf_constrain import Constrained, Grammars
-from nimble.engines.hf_loading import Loaded, load
+from nimble.engines.config import EngineConfig
+from nimble.engines.transformers.batching import DecodeStats, Job, Scheduler
+from nimble.engines.transformers.choice import Sampler
+from nimble.engines.transformers.constrain import Constrained, Grammars
+from nimble.engines.transformers.loading import Loaded, load
 from nimble.errors import (
     ContextLengthExceeded,
     InvalidRequest,
@@ -52,13 +52,9 @@ from nimble.errors import (
 from nimble.models.spec import ModelSpec
 from nimble.types import (
     ChatMessage,
-    EmbedRequest,
-    EmbedResult,
     EngineInfo,
     GenerateRequest,
     GenerationChunk,
-    RankRequest,
-    RankResult,
     SamplingParams,
 )
 
@@ -66,11 +62,12 @@ _SEED_BITS = 63
 
 
 class TransformersEngine:
-    """One causal language model on PyTorch, with continuous batching."""
+    """One causal language model on PyTorch, with continuous batching. It reports no KV
+    cache use: the cache grows with the batch, there is no fixed pool to fill."""
 
     def __init__(self, spec: ModelSpec, config: EngineConfig):
         self.spec = spec
-        self.stats = BatchStats()
+        self.stats = DecodeStats()
         self._config = config
         self._loaded: Loaded | None = None
         self._scheduler: Scheduler | None = None
@@ -95,6 +92,9 @@ class TransformersEngine:
         scheduler.start()
         self._loaded, self._scheduler = loaded, scheduler
         self._grammars = Grammars(loaded.tokenizer, loaded.eos_ids)
+        request = GenerateRequest("warmup", SamplingParams(max_tokens=2), prompt="Hello")
+        async for _ in self.generate(request):  # one real generation: readiness needs it
+            pass
 
     async def stop(self) -> None:
         scheduler, loaded = self._scheduler, self._loaded
@@ -108,16 +108,8 @@ class TransformersEngine:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    async def warmup(self) -> None:
-        request = GenerateRequest("warmup", SamplingParams(max_tokens=2), prompt="Hello")
-        async for _ in self.generate(request):
-            pass
-
     async def health(self) -> bool:
         return self._scheduler is not None and self._scheduler.alive()
-
-    async def cache_usage(self) -> float | None:
-        return None  # the KV cache grows with the batch: there is no fixed pool to fill
 
     def info(self) -> EngineInfo:
         loaded = self._loaded
@@ -137,10 +129,13 @@ class TransformersEngine:
 
     # requests
 
-    async def count_prompt_tokens(self, request: GenerateRequest) -> int:
+    async def prompt_tokens(self, request: GenerateRequest, fits: int) -> int:
+        bound = self._bound(request)
+        if bound is not None and bound <= fits:
+            return bound
         return len(await asyncio.to_thread(self._encode, request))
 
-    def prompt_tokens_bound(self, request: GenerateRequest) -> int | None:
+    def _bound(self, request: GenerateRequest) -> int | None:
         """Every token covers at least one byte of the rendered prompt (special tokens many);
         2 more for BOS/EOS or a leading-space marker the tokenizer may add."""
         if request.messages is None:
@@ -174,16 +169,6 @@ class TransformersEngine:
         finally:
             job.cancelled = True  # the scheduler drops its rows at the next step
 
-    async def rank(self, request: RankRequest) -> RankResult:
-        raise cannot_rank(self.spec.id)
-
-    async def embed(self, request: EmbedRequest) -> EmbedResult:
-        raise InvalidRequest(
-            f"model {self.spec.id} does not support embeddings (the transformers engine "
-            "serves text generation)",
-            param="model",
-        )
-
     # helpers
 
     def _require(self) -> tuple[Loaded, Scheduler]:
@@ -197,7 +182,7 @@ class TransformersEngine:
         request: GenerateRequest,
         ids: list[int],
         constraints: list[Constrained] | None = None,
-    ) -> list[Choice]:
+    ) -> list[Sampler]:
         params = request.params
         where = "messages" if request.messages is not None else "prompt"
         if not ids:
@@ -217,7 +202,7 @@ class TransformersEngine:
         )
         seed = params.seed if params.seed is not None else secrets.randbits(_SEED_BITS)
         return [
-            Choice(
+            Sampler(
                 index,
                 effective,
                 prompt_length=len(ids),

@@ -36,7 +36,7 @@ class _Job:
 
 
 @dataclass
-class BatchStats:
+class LaneStats:
     batches: int = 0
     sequences: int = 0
     largest: int = 0  # sequences in the largest batch run so far
@@ -67,7 +67,7 @@ class EmbedBatcher:
         self._pending: set[_Job] = set()  # every job not answered yet
         self._carried: _Job | None = None  # too big for the last batch: it leads the next
         self._stopped = False
-        self.stats = BatchStats()
+        self.stats = LaneStats()
 
     async def embed(self, sequences: Sequence[Sequence[int]]) -> Rows:
         if self._stopped:

@@ -22,7 +22,7 @@ import sentence_transformers
 import torch
 import transformers
 
-from nimble.engines.base import EncoderOnly, EngineConfig, cannot_rank
+from nimble.engines.config import EngineConfig
 from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
 from nimble.models.files import sha256_of
 from nimble.models.spec import ModelSpec
@@ -41,7 +41,10 @@ _WEIGHTS = ("*.safetensors", "*.bin", "config.json", "tokenizer.json", "modules.
 _BATCH = 32
 
 
-class SentenceTransformersEngine(EncoderOnly):
+class SentenceTransformersEngine:
+    """A cross-encoder (the model serves `rerank`) or a bi-encoder (it serves `embedding`):
+    one folder is one of the two, never both."""
+
     def __init__(self, spec: ModelSpec, config: EngineConfig):
         self.spec = spec
         self._config = config
@@ -54,6 +57,11 @@ class SentenceTransformersEngine(EncoderOnly):
 
     async def start(self) -> None:
         folder = self.spec.weights
+        if self._rerank and Task.EMBEDDING in self.spec.tasks:
+            raise ModelLoadError(
+                f"{folder}: model {self.spec.id!r} is a cross-encoder (rerank) or a bi-encoder "
+                "(embedding) on the sentence_transformers engine, not both"
+            )
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"{folder}: not a model folder (no config.json)")
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nimble-st")
@@ -62,6 +70,10 @@ class SentenceTransformersEngine(EncoderOnly):
         except ModelLoadError:
             await self.stop()
             raise
+        if self._rerank:  # one real pass: readiness needs it
+            await self.rank(RankRequest("warmup", "warm up", ("a warm-up passage",)))
+        else:
+            await self.embed(EmbedRequest("warmup", ("warm up",)))
 
     def _load(self) -> None:
         folder = self.spec.weights
@@ -108,17 +120,8 @@ class SentenceTransformersEngine(EncoderOnly):
             await asyncio.to_thread(pool.shutdown, wait=True)
         self._model = None
 
-    async def warmup(self) -> None:
-        if self._rerank:
-            await self.rank(RankRequest("warmup", "warm up", ("a warm-up passage",)))
-        else:
-            await self.embed(EmbedRequest("warmup", ("warm up",)))
-
     async def health(self) -> bool:
         return self._model is not None and self._pool is not None
-
-    async def cache_usage(self) -> float | None:
-        return None
 
     def info(self) -> EngineInfo:
         return EngineInfo(
@@ -137,8 +140,6 @@ class SentenceTransformersEngine(EncoderOnly):
         )
 
     async def rank(self, request: RankRequest) -> RankResult:
-        if not self._rerank:
-            raise cannot_rank(self.spec.id)
         return await self._in_worker(lambda: self._rank_sync(request))
 
     def _rank_sync(self, request: RankRequest) -> RankResult:
@@ -162,8 +163,6 @@ class SentenceTransformersEngine(EncoderOnly):
         return RankResult(tuple(float(x) for x in logits.reshape(-1)), tokens)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
-        if self._rerank:
-            raise InvalidRequest(f"model {self.spec.id} does not support embeddings", param="model")
         if any(not isinstance(i, str) for i in request.inputs):
             raise InvalidRequest(
                 f"model {self.spec.id}: token arrays are not supported by this engine",

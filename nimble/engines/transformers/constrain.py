@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nimble.engines.base import llguidance_schema
 from nimble.errors import EngineError, UnsupportedParameter
+from nimble.structured.json_schema import llguidance_schema
 from nimble.types import (
     ChoiceConstraint,
     Constraint,

@@ -34,10 +34,10 @@ import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from nimble.engines.base import EngineConfig, cannot_rank, tool_json
-from nimble.engines.llamacpp_wire import ChunkMapper, message_dicts, request_body
-from nimble.engines.supervisor import Launch, RestartPolicy, State, Supervisor
-from nimble.engines.vllm_wire import (
+from nimble.engines.config import EngineConfig
+from nimble.engines.openai_wire import ChunkMapper, message_dicts, request_body
+from nimble.engines.vllm.supervisor import Launch, RestartPolicy, State, Supervisor
+from nimble.engines.vllm.wire import (
     Json,
     chat_logprobs,
     error_of,
@@ -50,6 +50,7 @@ from nimble.engines.vllm_wire import (
 )
 from nimble.errors import EngineError, ModelLoadError, Unavailable, UnsupportedParameter
 from nimble.models.spec import ModelSpec
+from nimble.structured.json_schema import tool_json
 from nimble.types import (
     EmbedRequest,
     EmbedResult,
@@ -117,6 +118,7 @@ class VllmEngine:
                 raise ModelLoadError(f"{self.spec.weights}: cannot read: {exc}") from exc
             raise
         log.info("vllm %s serves %s on 127.0.0.1:%d", self._version, self.spec.id, self._port)
+        await self._warm_up()
 
     async def stop(self) -> None:
         await self._process.stop()
@@ -124,7 +126,8 @@ class VllmEngine:
             await self._http.aclose()
             self._http = None
 
-    async def warmup(self) -> None:
+    async def _warm_up(self) -> None:
+        """One real request of the model's first kind: readiness depends on it."""
         if Task.CHAT in self.spec.tasks or Task.COMPLETION in self.spec.tasks:
             request = GenerateRequest("warmup", SamplingParams(max_tokens=1), prompt="Hello")
             async for _ in self.generate(request):
@@ -170,7 +173,10 @@ class VllmEngine:
 
     # requests
 
-    async def count_prompt_tokens(self, request: GenerateRequest) -> int:
+    async def prompt_tokens(self, request: GenerateRequest, fits: int) -> int:
+        bound = self._bound(request)
+        if bound <= fits:
+            return bound
         body: Json = {"model": self.spec.id}
         if request.messages is not None:
             body.update(messages=message_dicts(request.messages), add_generation_prompt=True)
@@ -179,10 +185,11 @@ class VllmEngine:
         answer = await self._post("/tokenize", body, _param(request))
         return int(answer["count"])
 
-    def prompt_tokens_bound(self, request: GenerateRequest) -> int | None:
-        """Each token covers at least a byte of text; the chat template's own tokens fit in
-        the slack. Saves a /tokenize round trip for most requests; a prompt that still does
-        not fit is refused by vLLM itself (ContextLengthExceeded all the same)."""
+    def _bound(self, request: GenerateRequest) -> int:
+        """An upper bound of the prompt's tokens: each token covers at least a byte of text;
+        the chat template's own tokens fit in the slack. Saves a /tokenize round trip for
+        most requests; a prompt that still does not fit is refused by vLLM itself
+        (ContextLengthExceeded all the same)."""
         if request.messages is None:
             return len((request.prompt or "").encode()) + _TEMPLATE_SLACK
         return _TEMPLATE_SLACK + sum(
@@ -240,8 +247,6 @@ class VllmEngine:
     async def rank(self, request: RankRequest) -> RankResult:
         """A cross-encoder served by vLLM (a `…ForSequenceClassification` model with one
         label): its score API, asked for raw logits (`activation: false`, vLLM 0.10 on)."""
-        if Task.RERANK not in self.spec.tasks:
-            raise cannot_rank(self.spec.id)
         body: Json = {
             "model": self.spec.id,
             "text_1": request.query,

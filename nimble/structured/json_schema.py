@@ -1,8 +1,11 @@
-"""JSON Schema helpers for constrained decoding."""
+"""JSON Schema helpers for constrained decoding: closed objects, the OpenAI `tools` shape
+that chat templates and engines read, and llguidance's options."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from nimble.types import ToolFunction
 
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
@@ -30,3 +33,23 @@ def close_objects(schema: Any) -> Any:
     if (is_object or "properties" in out) and "additionalProperties" not in out:
         out["additionalProperties"] = False
     return out
+
+
+def tool_json(tool: ToolFunction) -> dict[str, Any]:
+    """A declared function in OpenAI's `tools` shape (what chat templates and vLLM read)."""
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        function["description"] = tool.description
+    function["parameters"] = tool.parameters or {"type": "object", "properties": {}}
+    return {"type": "function", "function": function}
+
+
+def llguidance_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with llguidance's options, for the engines whose grammars llguidance
+    compiles (llama.cpp's JSON-schema conversion in the xllamacpp build, the transformers
+    engine): compact JSON (a small model otherwise may write whitespace until max_tokens)
+    and `oneOf` read as `anyOf` (llguidance refuses a oneOf whose branches it cannot prove
+    disjoint, and llama.cpp then generates unconstrained text without saying so). The
+    schema's own `x-guidance` wins."""
+    options = {"whitespace_flexible": False, "coerce_one_of": True}
+    return {**schema, "x-guidance": {**options, **schema.get("x-guidance", {})}}

@@ -14,8 +14,8 @@ from collections.abc import AsyncGenerator
 from typing import Literal
 
 from nimble import __version__
-from nimble.engines.base import EngineConfig, cannot_rank
-from nimble.engines.fake_structured import constrained_text
+from nimble.engines.config import EngineConfig
+from nimble.engines.fake.constrained import constrained_text
 from nimble.errors import InvalidRequest
 from nimble.models.spec import ModelSpec
 from nimble.types import (
@@ -27,7 +27,6 @@ from nimble.types import (
     RankRequest,
     RankResult,
     SamplingParams,
-    Task,
     TokenLogprob,
     TopLogprob,
     Usage,
@@ -79,14 +78,12 @@ class FakeEngine:
 
     async def start(self) -> None:
         self.started = True
-
-    async def stop(self) -> None:
-        self.started = False
-
-    async def warmup(self) -> None:
         request = GenerateRequest("warmup", SamplingParams(max_tokens=1), prompt="warm up")
         async for _ in self.generate(request):
             pass
+
+    async def stop(self) -> None:
+        self.started = False
 
     def info(self) -> EngineInfo:
         return EngineInfo(
@@ -102,19 +99,19 @@ class FakeEngine:
             return "\n".join(f"{m.role}: {m.content}" for m in request.messages)
         return request.prompt or ""
 
-    async def count_prompt_tokens(self, request: GenerateRequest) -> int:
-        # one token per whitespace-separated word, plus 3 per chat message for the template
+    async def prompt_tokens(self, request: GenerateRequest, fits: int) -> int:
+        return self._count(request)  # always exact: keeps the API tests on the exact path
+
+    def _count(self, request: GenerateRequest) -> int:
+        """One token per whitespace-separated word, plus 3 per chat message (the template)."""
         text = self._prompt_text(request)
         extra = 3 * len(request.messages) if request.messages is not None else 0
         return len(text.split()) + extra
 
-    def prompt_tokens_bound(self, request: GenerateRequest) -> int | None:
-        return None  # always count exactly: keeps the API tests on the exact path
-
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
         params = request.params
         prompt = self._prompt_text(request)
-        prompt_tokens = await self.count_prompt_tokens(request)
+        prompt_tokens = self._count(request)
         budget = params.max_tokens or (self._context - prompt_tokens)
         completion_tokens = 0
         self.running += 1
@@ -167,8 +164,6 @@ class FakeEngine:
     async def rank(self, request: RankRequest) -> RankResult:
         """Deterministic: the number of query words a document shares, minus a little per
         word of length (so ties break the same way every time)."""
-        if Task.RERANK not in self.spec.tasks:
-            raise cannot_rank(self.spec.id)
         limit = self.spec.context_length or 2048
         for index, doc in enumerate(request.documents):
             words = len(request.query.split()) + len(doc.split()) + 3

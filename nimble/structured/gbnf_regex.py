@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from nimble.engines.gbnf import (
+from nimble.structured.gbnf import (
     MAX_CODE_POINT,
     MAX_REPEAT,
     Ranges,

@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nimble.api.schemas.common import Strict
 from nimble.errors import InvalidRequest
-from nimble.runtime.schemas import close_objects
-from nimble.runtime.structured import check_choices, check_json_schema, check_regex
+from nimble.structured.checks import check_choices, check_json_schema, check_regex
+from nimble.structured.json_schema import close_objects
 from nimble.types import (
     ChoiceConstraint,
     Constraint,

@@ -19,8 +19,8 @@ from jsonschema.validators import (  # type: ignore[import-untyped]
     validator_for,
 )
 
-from nimble.engines.gbnf_regex import regex_grammar
 from nimble.errors import InvalidRequest, UnsupportedParameter
+from nimble.structured.gbnf_regex import regex_grammar
 
 # what llama.cpp's json-schema-to-grammar enforces
 _TYPES = frozenset({"string", "number", "integer", "boolean", "object", "array", "null"})

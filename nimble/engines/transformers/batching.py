@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from nimble.engines.hf_choice import Choice
-from nimble.engines.hf_constrain import ConstraintFailed
+from nimble.engines.transformers.choice import Sampler
+from nimble.engines.transformers.constrain import ConstraintFailed
 from nimble.errors import EngineError, Unavailable
 from nimble.types import GenerationChunk, Usage
 
@@ -43,7 +43,7 @@ _END = object()  # end of one job's stream
 
 
 @dataclass
-class BatchStats:
+class DecodeStats:
     """Counters of the decode loop (for tests and benchmarks)."""
 
     max_batch: int = 0  # most rows ever advanced by one forward pass
@@ -57,7 +57,7 @@ class Job:
     """One request: its prompt, its choices, and the bridge of its chunks to the event loop."""
 
     def __init__(
-        self, prompt_ids: list[int], choices: list[Choice], loop: asyncio.AbstractEventLoop
+        self, prompt_ids: list[int], choices: list[Sampler], loop: asyncio.AbstractEventLoop
     ):
         self.prompt_ids = prompt_ids
         self.choices = choices
@@ -80,7 +80,7 @@ class Job:
 
     # scheduler thread
 
-    def send(self, chunks: list[GenerationChunk], choice: Choice) -> None:
+    def send(self, chunks: list[GenerationChunk], choice: Sampler) -> None:
         for chunk in chunks:
             self._put(chunk)
         if choice.finish is not None:
@@ -113,7 +113,7 @@ class Job:
 @dataclass
 class _Row:
     job: Job
-    choice: Choice
+    choice: Sampler
 
 
 class Scheduler:
@@ -124,7 +124,7 @@ class Scheduler:
         model: Any,
         device: torch.device,
         max_rows: int,
-        stats: BatchStats,
+        stats: DecodeStats,
         on_fatal: Callable[[str], None] | None = None,
     ):
         self.stats = stats
@@ -266,7 +266,7 @@ class Scheduler:
         for i, row in enumerate(rows):
             self._advance(row.job, row.choice, logits[i])
 
-    def _advance(self, job: Job, choice: Choice, logits: torch.Tensor) -> None:
+    def _advance(self, job: Job, choice: Sampler, logits: torch.Tensor) -> None:
         """Sample one token of `choice`; a broken grammar fails its request alone."""
         try:
             chunks = choice.step(logits)

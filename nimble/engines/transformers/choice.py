@@ -18,13 +18,13 @@ from typing import Any, Literal
 
 import torch
 
-from nimble.engines.hf_constrain import Constrained
+from nimble.engines.transformers.constrain import Constrained
 from nimble.types import GenerationChunk, SamplingParams, TokenLogprob, TopLogprob
 
 _INCOMPLETE = "\ufffd"  # what a decoder shows for a partial UTF-8 sequence
 
 
-class Choice:
+class Sampler:
     """Sampling state, tokens and emitted text of one choice (one row of the batch)."""
 
     def __init__(

@@ -25,7 +25,7 @@ import transformers
 from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-from nimble.engines.base import EngineConfig
+from nimble.engines.config import EngineConfig
 from nimble.errors import ModelLoadError
 from nimble.models.files import sha256_of
 from nimble.models.spec import ModelSpec

@@ -29,8 +29,9 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 from tokenizers import Tokenizer
 
-from nimble.engines.base import EncoderOnly, EngineConfig, cannot_rank, usable_cpus
-from nimble.engines.embed_batching import BatchStats, EmbedBatcher
+from nimble.engines.config import EngineConfig
+from nimble.engines.onnx.batching import EmbedBatcher, LaneStats
+from nimble.engines.threads import usable_cpus
 from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
 from nimble.models.files import sha256_of
 from nimble.models.spec import ModelSpec
@@ -39,8 +40,6 @@ from nimble.types import (
     EmbedResult,
     EngineInfo,
     ModelFile,
-    RankRequest,
-    RankResult,
 )
 
 _T = TypeVar("_T")
@@ -51,7 +50,7 @@ _POOLED_OUTPUTS = ("sentence_embedding",)
 _KNOWN_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
 
 
-class OnnxEmbeddingEngine(EncoderOnly):
+class OnnxEmbeddingEngine:
     def __init__(self, spec: ModelSpec, config: EngineConfig):
         self.spec = spec
         self._config = config
@@ -60,7 +59,7 @@ class OnnxEmbeddingEngine(EncoderOnly):
         self._session: ort.InferenceSession | None = None
         self._tokenizer: Tokenizer | None = None  # truncating the end, for embed()
         self._left: Tokenizer | None = None  # truncating the start (truncate=START)
-        self._counter: Tokenizer | None = None  # not truncating, for count_tokens()
+        self._counter: Tokenizer | None = None  # not truncating: the length before truncation
         self._wrap: tuple[list[int], list[int]] = ([], [])  # special tokens around a text
         self._vocab = 0
         self._batcher: EmbedBatcher | None = None
@@ -102,6 +101,8 @@ class OnnxEmbeddingEngine(EncoderOnly):
             raise
         self._session = session
         self._files = (ModelFile(str(self.spec.weights), digest, self.spec.weights.stat().st_size),)
+        result = await self.embed(EmbedRequest(request_id="warmup", inputs=("warm up",)))
+        self._dimensions = len(result.vectors[0])
 
     def _load_weights(self) -> tuple[ort.InferenceSession, str]:
         path = self.spec.weights
@@ -141,15 +142,8 @@ class OnnxEmbeddingEngine(EncoderOnly):
         if executor is not None:
             await asyncio.to_thread(executor.shutdown, wait=True)
 
-    async def warmup(self) -> None:
-        result = await self.embed(EmbedRequest(request_id="warmup", inputs=("warm up",)))
-        self._dimensions = len(result.vectors[0])
-
     async def health(self) -> bool:
         return self._session is not None and self._executor is not None
-
-    async def cache_usage(self) -> float | None:
-        return None  # an encoder keeps no cache between requests
 
     def info(self) -> EngineInfo:
         return EngineInfo(
@@ -167,15 +161,6 @@ class OnnxEmbeddingEngine(EncoderOnly):
         )
 
     # ----- requests -----
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens of each text with special tokens, before truncation (may exceed the limit)."""
-        if self._counter is None:
-            raise Unavailable(f"model {self.spec.id!r} is not loaded")
-        return [len(encoding.ids) for encoding in self._counter.encode_batch(list(texts))]
-
-    async def rank(self, request: RankRequest) -> RankResult:
-        raise cannot_rank(self.spec.id)
-
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         batcher = self._batcher
         if batcher is None:
@@ -188,7 +173,7 @@ class OnnxEmbeddingEngine(EncoderOnly):
         )
 
     @property
-    def batch_stats(self) -> BatchStats | None:
+    def batch_stats(self) -> LaneStats | None:
         return self._batcher.stats if self._batcher else None
 
     def _sequences(self, request: EmbedRequest) -> list[list[int]]:

@@ -46,18 +46,18 @@ from typing import Any, cast
 import httpx
 import xllamacpp
 
-from nimble.engines.base import EngineConfig, cannot_rank, usable_cpus
-from nimble.engines.llamacpp_gguf import GgufSummary, read_gguf_summary
-from nimble.engines.llamacpp_wire import (
+from nimble.engines.config import EngineConfig
+from nimble.engines.llamacpp.gguf import GgufSummary, read_gguf_summary
+from nimble.engines.openai_wire import (
     ChunkMapper,
     Json,
     constraint_fields,
     request_body,
     template_body,
 )
+from nimble.engines.threads import usable_cpus
 from nimble.errors import (
     EngineError,
-    InvalidRequest,
     ModelLoadError,
     Unavailable,
     UnsupportedParameter,
@@ -66,14 +66,10 @@ from nimble.models.files import sha256_of
 from nimble.models.spec import ModelSpec
 from nimble.types import (
     ChatMessage,
-    EmbedRequest,
-    EmbedResult,
     EngineInfo,
     GenerateRequest,
     GenerationChunk,
     ModelFile,
-    RankRequest,
-    RankResult,
     SamplingParams,
     ToolCallConstraint,
     Usage,
@@ -137,6 +133,7 @@ class LlamaCppEngine:
         )
         self._files = (ModelFile(str(path), digest, path.stat().st_size),)
         await self._read_props(window)
+        await self._warm_up()
 
     async def stop(self) -> None:
         server, pool, http = self._server, self._pool, self._http
@@ -150,7 +147,8 @@ class LlamaCppEngine:
             del server
             await asyncio.to_thread(_release, box, pool)
 
-    async def warmup(self) -> None:
+    async def _warm_up(self) -> None:
+        """One real generation (readiness depends on it), then the template's cost."""
         request = GenerateRequest(
             request_id="warmup", prompt="Hello", params=SamplingParams(max_tokens=1)
         )
@@ -166,8 +164,8 @@ class LlamaCppEngine:
             messages = tuple(ChatMessage(role, "") for role in roles)  # type: ignore[arg-type]
             return GenerateRequest("calibrate", SamplingParams(), messages=messages)
 
-        one = await self.count_prompt_tokens(empty(("user",)))
-        three = await self.count_prompt_tokens(empty(("user", "assistant", "user")))
+        one = await self._exact_tokens(empty(("user",)))
+        three = await self._exact_tokens(empty(("user", "assistant", "user")))
         return one, max(0, three - one) // 2 + 2
 
     async def health(self) -> bool:
@@ -214,7 +212,13 @@ class LlamaCppEngine:
 
     # requests
 
-    async def count_prompt_tokens(self, request: GenerateRequest) -> int:
+    async def prompt_tokens(self, request: GenerateRequest, fits: int) -> int:
+        bound = self._bound(request)
+        if bound is not None and bound <= fits:
+            return bound
+        return await self._exact_tokens(request)
+
+    async def _exact_tokens(self, request: GenerateRequest) -> int:
         prompt = request.prompt or ""
         if request.messages is not None:
             rendered = await self._post("/apply-template", template_body(request))
@@ -222,9 +226,10 @@ class LlamaCppEngine:
         # the same flags llama.cpp's completion path tokenizes with (BOS if the model adds one)
         return await self._count_tokens(prompt, special=True)
 
-    def prompt_tokens_bound(self, request: GenerateRequest) -> int | None:
-        """Every token covers at least one byte of text, so bytes bound tokens; the
-        template's own tokens were measured at warm-up."""
+    def _bound(self, request: GenerateRequest) -> int | None:
+        """An upper bound of the prompt's tokens (None: unknown). Every token covers at least
+        one byte of text, so bytes bound tokens; the template's own tokens were measured at
+        warm-up."""
         if request.messages is None:
             return len((request.prompt or "").encode()) + 2  # BOS/EOS
         if self._template_cost is None or request.tools:
@@ -322,12 +327,6 @@ class LlamaCppEngine:
     async def _count_tokens(self, text: str, special: bool) -> int:
         body = {"content": text, "add_special": special, "parse_special": True}
         return len((await self._post("/tokenize", body))["tokens"])
-
-    async def rank(self, request: RankRequest) -> RankResult:
-        raise cannot_rank(self.spec.id)
-
-    async def embed(self, request: EmbedRequest) -> EmbedResult:
-        raise InvalidRequest(f"model {self.spec.id} does not support embeddings", param="model")
 
     # helpers
 

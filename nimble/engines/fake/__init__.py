@@ -1,0 +1,1 @@
+"""A deterministic engine with no weights, for tests and demos."""

@@ -1,0 +1,1 @@
+"""llama.cpp through the xllamacpp wheel: GGUF models, CPU or GPU."""

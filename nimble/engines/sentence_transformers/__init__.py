@@ -1,0 +1,1 @@
+"""sentence-transformers folders: bi-encoder embeddings and cross-encoder reranking."""

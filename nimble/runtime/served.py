@@ -1,0 +1,83 @@
+"""One served model: its engine, what that engine can do for each of the model's tasks,
+its admission gate, and what the engine told us after loading."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from nimble.engines import CacheReporter, Embedder, Engine, Generator, Ranker
+from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
+from nimble.models import ModelSpec
+from nimble.runtime.admission import Admission
+from nimble.types import EngineInfo, Task
+
+# the capability an engine needs for each task; a new capability is a new row (and a new
+# Protocol in engines/base.py): engines without it are not touched
+CAPABILITY: dict[Task, type[Any]] = {
+    Task.CHAT: Generator,
+    Task.COMPLETION: Generator,
+    Task.EMBEDDING: Embedder,
+    Task.RERANK: Ranker,
+}
+
+
+class ServedModel:
+    def __init__(self, spec: ModelSpec, engine: Engine, admission: Admission):
+        missing = sorted(
+            task.value for task in spec.tasks if not isinstance(engine, CAPABILITY[task])
+        )
+        if missing:
+            raise ModelLoadError(
+                f"{spec.weights}: model {spec.id!r} asks for {', '.join(missing)}, which the "
+                f"{spec.engine} engine does not do"
+            )
+        self.spec = spec
+        self.engine = engine
+        self.admission = admission
+        self.created = int(time.time())
+        self.cache_usage: float | None = None  # last reading, for the metrics
+        self._info: EngineInfo | None = None
+        # resolved once: an isinstance check of a Protocol walks its methods
+        self._generator = engine if isinstance(engine, Generator) else None
+        self._embedder = engine if isinstance(engine, Embedder) else None
+        self._ranker = engine if isinstance(engine, Ranker) else None
+        self.cache = engine if isinstance(engine, CacheReporter) else None
+
+    @property
+    def info(self) -> EngineInfo:
+        if self._info is None:
+            raise Unavailable(f"model {self.spec.id!r} is still loading")
+        return self._info
+
+    @property
+    def loaded(self) -> bool:
+        return self._info is not None
+
+    async def load(self) -> None:
+        await self.engine.start()
+        self._info = self.engine.info()
+
+    # the engine as each capability, for the tasks the model serves (checked at construction)
+    @property
+    def generator(self) -> Generator:
+        if self._generator is None:
+            raise self._unsupported(Task.CHAT)
+        return self._generator
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            raise self._unsupported(Task.EMBEDDING)
+        return self._embedder
+
+    @property
+    def ranker(self) -> Ranker:
+        if self._ranker is None:
+            raise self._unsupported(Task.RERANK)
+        return self._ranker
+
+    def _unsupported(self, task: Task) -> InvalidRequest:
+        return InvalidRequest(
+            f"model `{self.spec.id}` does not support {task.value} requests", param="model"
+        )
