@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import inspect
 import json
 import platform
 import random
@@ -213,11 +214,15 @@ VARIANTS: dict[str, Callable[[], APIRouter] | None] = {
 
 # ----- the app and an ASGI driver -----
 async def build(variant: str) -> tuple[FastAPI, Runtime]:
+    settings = Settings(model=("fake",), max_running=64, max_waiting=256)
     runtime = Runtime(
         [resolve_model("fake")],
-        RuntimeConfig(EngineConfig(max_running=64), max_running=64, max_waiting=256),
+        RuntimeConfig(EngineConfig(), max_running=64, max_waiting=256),
     )
-    app = create_app(runtime, Settings(model=("fake",)), load_on_startup=False)
+    if next(iter(inspect.signature(create_app).parameters)) == "settings":
+        app = create_app(settings, runtime=runtime, load_on_startup=False)
+    else:  # the code before issue 15: create_app(runtime, settings)
+        app = create_app(runtime, settings, load_on_startup=False)  # type: ignore[arg-type]
     make = VARIANTS[variant]
     if make is not None:
         replacements = {
@@ -335,8 +340,8 @@ def report(samples: list[dict[str, Any]], args: argparse.Namespace) -> None:
         f"python {platform.python_version()}, {platform.machine()}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
-        "| endpoint | clients | variant | CPU µs/request, median | rounds (min–max) "
-        "| ÷ depends, same round: median (min–max) |",
+        "| endpoint | clients | variant | CPU µs/request, median | rounds (min-max) "
+        "| ÷ depends, same round: median (min-max) |",
         "|---|---|---|---|---|---|",
     ]
     base = "depends" if "depends" in args.variants else args.variants[0]
@@ -353,8 +358,8 @@ def report(samples: list[dict[str, Any]], args: argparse.Namespace) -> None:
                 ]
                 lines.append(
                     f"| {endpoint} | {concurrency} | {variant} | {statistics.median(cpu):.0f} "
-                    f"| {min(cpu):.0f}–{max(cpu):.0f} | {statistics.median(ratios):.3f} "
-                    f"({min(ratios):.3f}–{max(ratios):.3f}) |"
+                    f"| {min(cpu):.0f}-{max(cpu):.0f} | {statistics.median(ratios):.3f} "
+                    f"({min(ratios):.3f}-{max(ratios):.3f}) |"
                 )
     table = "\n".join(lines)
     print("\n" + table)

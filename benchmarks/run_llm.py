@@ -11,6 +11,9 @@ Prints one table and writes it, with a description of the machine, to benchmarks
 
 Targets:
   nimble            `nimble serve ... --max-running 8` (override with --nimble-cmd)
+  nimble-base       another nimble build to compare with, from --base-cmd (same fields as
+                    --nimble-cmd), e.g. an older commit's source tree put first on PYTHONPATH:
+                    --base-cmd '/usr/bin/env PYTHONPATH=/tmp/nimble-base {bin}/nimble serve ...'
   engine            benchmarks/engine_server.py: xllamacpp.Server alone (8 slots, a window each)
   llama-cpp-python  `python -m llama_cpp.server` from benchmarks/.build/lcpp-venv (one request
                     at a time; --interrupt_requests False so a new request waits instead of
@@ -63,6 +66,7 @@ class Settings:
     ctx: int
     parallel: int
     nimble_cmd: str
+    base_cmd: str = ""
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ class TargetRun:
     command: str = ""
 
 
-def _nimble(s: Settings, port: int) -> list[str]:
+def _template(cmd: str, s: Settings, port: int) -> list[str]:
     values = {
         "bin": str(Path(sys.executable).parent),
         "model": str(s.model),
@@ -90,7 +94,16 @@ def _nimble(s: Settings, port: int) -> list[str]:
         "threads": str(s.threads),
         "ctx": str(s.ctx),
     }
-    return [part.format(**values) for part in shlex.split(s.nimble_cmd)]
+    # a template written over several lines in single quotes keeps its backslash-newlines
+    return [part.format(**values) for part in shlex.split(cmd.replace("\\\n", " "))]
+
+
+def _nimble(s: Settings, port: int) -> list[str]:
+    return _template(s.nimble_cmd, s, port)
+
+
+def _nimble_base(s: Settings, port: int) -> list[str]:
+    return _template(s.base_cmd, s, port)
 
 
 def _engine(s: Settings, port: int) -> list[str]:
@@ -114,6 +127,7 @@ TARGETS = {
     t.name: t
     for t in (
         Target("nimble", "/v1/health/ready", _nimble),
+        Target("nimble-base", "/v1/health/ready", _nimble_base),
         Target("engine", "/health", _engine),
         Target("llama-cpp-python", "/v1/models", _llama_cpp_python),
     )
@@ -224,31 +238,43 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b > 0 else "-"
 
 
+def with_base(runs: Sequence[TargetRun]) -> bool:
+    """Whether a nimble-base run is in the table (it then gets the ÷ engine column)."""
+    return any(r.name == "nimble-base" and not r.skipped for r in runs)
+
+
 def rows(runs: Sequence[TargetRun]) -> list[list[str]]:
-    """Per concurrency, one row per server; the last column is nimble's tok/s ÷ this one's."""
+    """Per concurrency, one row per server; the last column is nimble's tok/s ÷ this one's.
+
+    With a nimble-base run, one more column before it: this server's tok/s ÷ the engine's, so
+    that nimble ÷ engine and nimble-base ÷ engine stand side by side.
+    """
     done = sorted((r for r in runs if not r.skipped), key=lambda r: list(TARGETS).index(r.name))
     by_name = {r.name: {s.concurrency: s for s in r.levels} for r in done}
     levels = sorted({c for stats in by_name.values() for c in stats})
+    base = with_base(runs)
     table: list[list[str]] = []
     for c in levels:
         nimble = by_name.get("nimble", {}).get(c)
+        engine = by_name.get("engine", {}).get(c)
         for name, stats in by_name.items():
             s = stats.get(c)
             if s is None:
                 continue
-            table.append(
-                [
-                    str(c),
-                    name,
-                    f"{s.requests - s.errors}/{s.requests}",
-                    f"{s.tokens_per_s:.1f}",
-                    f"{s.ttft_p50_ms:.0f}",
-                    f"{s.ttft_p95_ms:.0f}",
-                    f"{s.itl_p50_ms:.1f}",
-                    f"{s.other_cpu_pct:.0f}",
-                    ratio(nimble.tokens_per_s, s.tokens_per_s) if nimble else "-",
-                ]
-            )
+            row = [
+                str(c),
+                name,
+                f"{s.requests - s.errors}/{s.requests}",
+                f"{s.tokens_per_s:.1f}",
+                f"{s.ttft_p50_ms:.0f}",
+                f"{s.ttft_p95_ms:.0f}",
+                f"{s.itl_p50_ms:.1f}",
+                f"{s.other_cpu_pct:.0f}",
+            ]
+            if base:
+                row.append(ratio(s.tokens_per_s, engine.tokens_per_s) if engine else "-")
+            row.append(ratio(nimble.tokens_per_s, s.tokens_per_s) if nimble else "-")
+            table.append(row)
     return table
 
 
@@ -263,6 +289,11 @@ HEADERS = [
     "other CPU %",
     "nimble ÷ server (tok/s)",
 ]
+ENGINE_RATIO = "server ÷ engine (tok/s)"
+
+
+def headers(runs: Sequence[TargetRun]) -> list[str]:
+    return [*HEADERS[:-1], ENGINE_RATIO, HEADERS[-1]] if with_base(runs) else HEADERS
 
 
 def _read(path: str) -> str:
@@ -334,7 +365,8 @@ def cell(text: str) -> str:
 def markdown(runs: Sequence[TargetRun], info: Sequence[tuple[str, str]], note: str) -> str:
     lines = ["# LLM serving: nimble vs engine server vs llama-cpp-python", "", note, ""]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {cell(v)} |" for k, v in info] + [""]
-    lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    columns = headers(runs)
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(r) + " |" for r in rows(runs)] + [""]
     for run in runs:
         if run.skipped:
@@ -350,13 +382,14 @@ def markdown(runs: Sequence[TargetRun], info: Sequence[tuple[str, str]], note: s
 
 def print_table(runs: Sequence[TargetRun], title: str) -> None:
     table = Table(title=title)
-    for header in HEADERS:
-        table.add_column(header, justify="left" if header == "server" else "right")
+    for header in headers(runs):
+        server = header == "server"
+        table.add_column(header, justify="left" if server else "right", no_wrap=server)
     body = rows(runs)
     for i, row in enumerate(body):
         last_of_level = i + 1 == len(body) or body[i + 1][0] != row[0]
         table.add_row(*row, end_section=last_of_level)
-    Console(width=max(120, Console().width)).print(table)
+    Console(width=max(132, Console().width)).print(table)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -395,13 +428,20 @@ def main() -> None:
         default=NIMBLE_CMD,
         help="nimble command template; fields {bin} {model} {port} {parallel} {threads} {ctx}",
     )
+    parser.add_argument(
+        "--base-cmd",
+        default="",
+        help="command template of the nimble-base target (another nimble build), same fields",
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     unknown = [n for n in names if n not in TARGETS]
     if unknown:
         parser.error(f"unknown targets {unknown}; choose from {sorted(TARGETS)}")
+    if "nimble-base" in names and not args.base_cmd:
+        parser.error("the nimble-base target needs --base-cmd")
     settings = Settings(
-        args.model.resolve(), args.threads, args.ctx, args.parallel, args.nimble_cmd
+        args.model.resolve(), args.threads, args.ctx, args.parallel, args.nimble_cmd, args.base_cmd
     )
     plan = Sweep(
         tuple(int(c) for c in args.concurrency.split(",")),

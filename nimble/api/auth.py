@@ -8,7 +8,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nimble.api.endpoints import ENDPOINT_PATHS, HEALTH_PATHS
 from nimble.api.errors import nimble_error_response
-from nimble.api.middleware import header
+from nimble.api.middleware import header, route_path
 from nimble.errors import NimbleError
 from nimble.observability.record import RequestRecord, current_record
 from nimble.security.keys import KeyStore
@@ -40,7 +40,7 @@ class AuthMiddleware:
             self.public.update(ENDPOINT_PATHS["metrics"])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in self.public:
+        if scope["type"] != "http" or route_path(scope) in self.public:
             await self.app(scope, receive, send)
             return
         record = current_record.get() or RequestRecord(request_id="-")

@@ -32,6 +32,17 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def route_path(scope: Scope) -> str:
+    """The path inside this app. Mounted under a prefix (Starlette's `Mount`, or uvicorn's
+    `--root-path`), `path` still starts with the prefix, given as `root_path`: without it,
+    endpoint names, key scopes and metrics would not know `/llm/v1/chat/completions`."""
+    path = str(scope.get("path", ""))
+    root = str(scope.get("root_path", ""))
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        return path[len(root) :] or "/"
+    return path
+
+
 async def send_json(
     send: Send, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> None:
@@ -73,7 +84,7 @@ class RequestContextMiddleware:
         incoming = header(scope, b"x-request-id")
         request_id = incoming if incoming and _VALID_ID.match(incoming) else uuid.uuid4().hex
         client = scope.get("client")
-        path = str(scope.get("path", ""))
+        path = route_path(scope)
         record = RequestRecord(
             request_id=request_id,
             method=str(scope.get("method", "")),

@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from nimble.api.deps import now
+from nimble.api.call import now
 from nimble.api.errors import sse_error_event
 from nimble.api.schemas.responses import CreateResponseRequest
 from nimble.types import ChatMessage, FinishReason, GenerationChunk, ToolCall, Usage

@@ -1,14 +1,16 @@
-"""How every route is written: `router()`, then an endpoint that declares what it takes as
-in FastAPI (the `Request`, a pydantic model for the JSON body, path and query parameters)
-and returns a Response (`json_response`, or `streaming.sse_response`).
+"""How every route is written: a router `APIRouter(route_class=Route)`, and an endpoint
+that declares what it takes as in FastAPI (the `Request`, a pydantic model for the JSON
+body, path and query parameters) and returns a Response (`json_response`, or
+`streaming.sse_response`).
 
 `Route` calls the endpoint without FastAPI's per-request machinery: no dependency solving
 and no response-model step (the route writes its JSON itself, with orjson). The body is
-parsed in one step by pydantic's JSON parser (`json_body`). That took a third less CPU per
-chat completion and half of it per `/v1/models` than FastAPI's dependency injection
-(`benchmarks/route_style.py`; RESULTS.md, 2026-12-02). The OpenAPI entry is FastAPI's own,
-from the same signature and `response_model=`; errors are the `RequestValidationError`s that
-FastAPI raises, so they get the same 400 in the OpenAI shape (`api/errors.py`).
+parsed in one step by pydantic's JSON parser (`json_body`). Measured in-process
+(`benchmarks/route_style.py`, RESULTS.md 2026-12-02): a quarter to a third less CPU per
+chat completion than with FastAPI's dependency injection, half per `/v1/models`. The
+OpenAPI entry is FastAPI's own, from the same signature and `response_model=`; errors are
+the `RequestValidationError`s that FastAPI raises, so they get the same 400 in the OpenAI
+shape (`api/errors.py`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.params import Depends
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from nimble.api.schemas.common import ErrorResponse
 
@@ -31,17 +35,12 @@ M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
-def router() -> APIRouter:
-    """The router of a route module: every route is a `Route`."""
-    return APIRouter(route_class=Route)
-
-
 class Route(APIRoute):
     """An APIRoute whose endpoint gets what its signature declares, and nothing else runs:
     `request: Request`; at most one pydantic model, the JSON body; path and query parameters
-    of plain types (validated by pydantic, a default for an optional query parameter). A
-    `Depends` or any other `Annotated` marker is refused at start-up, as is an endpoint that
-    does not return a Response. Exception handlers, middleware and the OpenAPI entry are as
+    of plain types (validated by pydantic; a plain default for an optional query parameter).
+    `Depends`, `Query(...)` and other markers are refused at start-up, as is an endpoint
+    that does not return a Response. Exception handlers, middleware and the OpenAPI entry are as
     for any route."""
 
     def get_route_handler(self) -> Handler:
@@ -66,7 +65,11 @@ def handler(endpoint: Callable[..., Awaitable[Response]], path_names: frozenset[
             if body is not None:
                 raise TypeError(f"{name}: one body model at most")
             body = (pname, hint)
-        elif hint is None or typing.get_origin(hint) is typing.Annotated:
+        elif (
+            hint is None
+            or typing.get_origin(hint) is typing.Annotated
+            or isinstance(parameter.default, FieldInfo | Depends)
+        ):
             raise TypeError(f"{name}: {pname} must be the Request, the body or a parameter")
         else:
             where = "path" if pname in path_names else "query"
@@ -96,7 +99,11 @@ class _Param:
         given = request.path_params if self.where == "path" else request.query_params
         if self.name not in given:
             if self.default is inspect.Parameter.empty:
-                missing = {"type": "missing", "loc": (self.where, self.name), "msg": "Field required"}
+                missing = {
+                    "type": "missing",
+                    "loc": (self.where, self.name),
+                    "msg": "Field required",
+                }
                 raise RequestValidationError([{**missing, "input": None}])
             return self.default
         try:

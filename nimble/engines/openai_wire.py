@@ -1,7 +1,9 @@
-"""Translation between nimble's types and the OpenAI-style JSON of llama.cpp's server.
+"""Translation between nimble's types and the OpenAI-style JSON that engine servers speak,
+shared by the llama.cpp and vLLM engines.
 
-Pure functions and one small stateful mapper, no llama.cpp import: what goes in
-(`request_body`), what comes out (`ChunkMapper`) and how its errors read (`error_from`).
+Pure functions and one small stateful mapper, no engine import: what goes in (`message_dicts`,
+`request_body`, `constraint_fields`), what comes out (`ChunkMapper`), and how llama.cpp's
+errors read (`error_from`; vLLM's own error bodies are read in `engines/vllm/wire.py`).
 """
 
 from __future__ import annotations

@@ -7,13 +7,19 @@ import openai
 from tests.conftest import FAKE_MODEL
 
 
-async def test_completion_default_max_tokens_is_16_or_natural_stop(
-    oai: openai.AsyncOpenAI,
-) -> None:
-    r = await oai.completions.create(model=FAKE_MODEL, prompt="Once upon a time")
+async def test_completion_default_max_tokens_is_16(oai: openai.AsyncOpenAI) -> None:
+    # the fake engine writes a single guided choice word by word: 30 words, unless cut
+    words = [f"w{i}" for i in range(30)]
+    forced = {"guided_choice": [" ".join(words)]}
+    r = await oai.completions.create(model=FAKE_MODEL, prompt="Count", extra_body=forced)
     assert r.object == "text_completion"
-    assert r.usage.completion_tokens <= 16
-    assert r.choices[0].finish_reason in {"stop", "length"}
+    assert r.usage.completion_tokens == 16
+    assert r.choices[0].finish_reason == "length"
+    assert r.choices[0].text.split() == words[:16]
+    whole = await oai.completions.create(
+        model=FAKE_MODEL, prompt="Count", max_tokens=64, extra_body=forced
+    )
+    assert whole.usage.completion_tokens == 30 and whole.choices[0].finish_reason == "stop"
 
 
 async def test_completion_list_of_prompts_indexes(oai: openai.AsyncOpenAI) -> None:
@@ -40,6 +46,9 @@ async def test_completion_streaming_with_usage_and_logprobs(oai: openai.AsyncOpe
 
 
 async def test_completion_seed_reproducible(oai: openai.AsyncOpenAI) -> None:
-    a = await oai.completions.create(model=FAKE_MODEL, prompt="p", seed=1, max_tokens=5)
-    b = await oai.completions.create(model=FAKE_MODEL, prompt="p", seed=1, max_tokens=5)
-    assert a.choices[0].text == b.choices[0].text
+    async def run(seed: int) -> str:
+        r = await oai.completions.create(model=FAKE_MODEL, prompt="p", seed=seed, max_tokens=5)
+        return r.choices[0].text
+
+    assert await run(1) == await run(1)
+    assert await run(1) != await run(2)  # the seed reaches the engine

@@ -91,8 +91,15 @@ async def test_streaming_refusal_is_plain_http_error(client: httpx.AsyncClient) 
     assert_openai_error(response, 404, "model")
 
 
-# /v1/embeddings parses its body itself (api/body.py): the same answers as FastAPI's
-BODY_PATHS = ("/v1/chat/completions", "/v1/embeddings")
+# every route's body is parsed by api/route.py's json_body: the same answers as FastAPI's
+BODY_PATHS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/ranking",
+    "/v1/rerank",
+    "/v1/responses",
+)
 NOT_AN_OBJECT = "The request body must be a JSON object, sent with Content-Type: application/json."
 
 

@@ -17,8 +17,11 @@ import openai
 import uvicorn
 from fastapi import FastAPI
 
+from nimble import create_app
+from nimble.config import Settings
 from nimble.runtime import Runtime, ServiceState
-from tests.conftest import FAKE_MODEL, fake_service
+from nimble.security.keys import hash_key
+from tests.conftest import FAKE_MODEL, assert_openai_error, chat_body, fake_service
 
 DOC = Path(__file__).parents[2] / "docs" / "library.md"
 SERVE, HOLD, IN_PROCESS, MOUNT, MOUNT_LOADED = range(5)
@@ -154,3 +157,26 @@ async def test_mounted_app_loaded_before_the_parent_starts() -> None:
         assert (await client.get("/llm/v1/health/ready")).status_code == 200
         await chat(url + "/llm/v1")
     assert runtime_of(llm).state is ServiceState.STOPPED
+
+
+async def test_a_mounted_app_keeps_its_key_scopes_and_open_probes(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(
+        f"keys:\n  - id: embed-only\n    sha256: {hash_key('k-embed')}\n"
+        "    endpoints: [embeddings]\n"
+    )
+    llm = create_app(Settings(model=("fake",), api_keys_file=keys), load_on_startup=False)
+    parent = FastAPI()
+    parent.mount("/llm", llm)
+    await runtime_of(llm).start()
+    key = {"Authorization": "Bearer k-embed"}
+    transport = httpx.ASGITransport(app=parent)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t/llm") as client:
+        for probe in ("/v1/health/live", "/v1/health/ready"):
+            assert (await client.get(probe)).status_code == 200  # no key needed
+        embed = {"model": FAKE_MODEL, "input": "x"}
+        assert (await client.post("/v1/embeddings", json=embed)).status_code == 401
+        assert (await client.post("/v1/embeddings", json=embed, headers=key)).status_code == 200
+        refused = await client.post("/v1/chat/completions", json=chat_body(), headers=key)
+        assert_openai_error(refused, 403, None)  # outside the key's scope, mounted or not
+    await runtime_of(llm).stop()

@@ -101,9 +101,40 @@ async def test_openapi_lists_every_route_with_schemas(client: httpx.AsyncClient)
         "ChatCompletionRequest"
     )
     assert "text/event-stream" in chat["responses"]["200"]["content"]
-    # /v1/embeddings parses its own body (api/body.py): its schema is still documented
+    # routes parse their bodies themselves (api/route.py): each is still documented, as a
+    # schema component
+    for path, name in (
+        ("/v1/chat/completions", "ChatCompletionRequest"),
+        ("/v1/completions", "CompletionRequest"),
+        ("/v1/embeddings", "EmbeddingRequest"),
+        ("/v1/ranking", "RankingRequest"),
+        ("/v1/rerank", "RerankRequest"),
+        ("/v1/responses", "CreateResponseRequest"),
+    ):
+        body = paths[path]["post"]["requestBody"]
+        assert body["required"] is True
+        ref = body["content"]["application/json"]["schema"]["$ref"]
+        assert ref == f"#/components/schemas/{name}"
+        assert doc["components"]["schemas"][name]["properties"]["model"]
+    replay = paths["/v1/responses/{response_id}"]["get"]
+    assert {(p["name"], p["in"], p["required"]) for p in replay["parameters"]} == {
+        ("response_id", "path", True),
+        ("stream", "query", False),
+    }
+    for path, method, name in (
+        ("/v1/completions", "post", "CompletionResponse"),
+        ("/v1/ranking", "post", "RankingResponse"),
+        ("/v1/rerank", "post", "RerankResponse"),
+        ("/v1/responses", "post", "ResponseObject"),
+        ("/v1/responses/{response_id}", "get", "ResponseObject"),
+        ("/v1/models", "get", "ModelList"),
+        ("/v1/metadata", "get", "MetadataResponse"),
+        ("/v1/health/ready", "get", "HealthResponse"),
+    ):
+        answer = paths[path][method]["responses"]["200"]["content"]["application/json"]
+        assert answer["schema"]["$ref"] == f"#/components/schemas/{name}", path
     embeddings_body = paths["/v1/embeddings"]["post"]["requestBody"]
-    schema = embeddings_body["content"]["application/json"]["schema"]
+    schema = doc["components"]["schemas"]["EmbeddingRequest"]
     assert embeddings_body["required"] is True
     assert {"model", "input"} <= set(schema["required"])
     assert {"encoding_format", "dimensions", "input_type", "truncate"} <= set(schema["properties"])

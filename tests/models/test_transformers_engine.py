@@ -31,7 +31,6 @@ from nimble.models.resolve import resolve_model
 from nimble.models.spec import ModelSpec
 from nimble.types import (
     ChatMessage,
-    EmbedRequest,
     GenerateRequest,
     GenerationChunk,
     SamplingParams,
@@ -310,8 +309,6 @@ async def test_refusals(engine: TransformersEngine) -> None:
     with pytest.raises(UnsupportedParameter) as too_many:
         await collect(engine, chat("Hi", n=ROWS + 1))
     assert too_many.value.param == "n"
-    with pytest.raises(InvalidRequest):
-        await engine.embed(EmbedRequest("e", ("text",)))
 
 
 async def test_second_start_reuses_the_conversion(

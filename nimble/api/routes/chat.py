@@ -5,18 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import APIRouter, Request, Response
 
 from nimble.api.call import Call, now
 from nimble.api.logprobs import chat_logprobs
-from nimble.api.route import ERROR_RESPONSES, json_response, router, sse_doc
+from nimble.api.route import ERROR_RESPONSES, Route, json_response, sse_doc
 from nimble.api.schemas.chat import ChatCompletionRequest, ChatCompletionResponse
 from nimble.api.schemas.common import usage_out
 from nimble.api.streaming import prime, sse_response, until_disconnect
 from nimble.runtime.aggregate import Choice, collect
 from nimble.types import GenerationChunk, ToolCallDelta
 
-router = router()
+router = APIRouter(route_class=Route)
 
 
 @router.post(

@@ -5,18 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
-from nimble.api.deps import ERROR_RESPONSES, GrantDep, RequestIdDep, RuntimeDep, now, sse_doc
+from nimble.api.call import Call, now
 from nimble.api.logprobs import completion_logprobs
+from nimble.api.route import ERROR_RESPONSES, Route, json_response, sse_doc
 from nimble.api.schemas.common import usage_out
 from nimble.api.schemas.completions import CompletionRequest, CompletionResponse
 from nimble.api.streaming import prime, sse_response, until_disconnect
-from nimble.runtime import Runtime
 from nimble.runtime.aggregate import collect
-from nimble.types import GenerateRequest, GenerationChunk, Usage
+from nimble.runtime.fanin import generate_each
+from nimble.types import GenerationChunk
 
-router = APIRouter()
+router = APIRouter(route_class=Route)
 
 
 @router.post(
@@ -25,72 +26,31 @@ router = APIRouter()
     responses={**ERROR_RESPONSES, **sse_doc("CompletionResponse")},
     summary="Create a text completion (OpenAI compatible)",
 )
-async def completions(
-    body: CompletionRequest,
-    request: Request,
-    runtime: RuntimeDep,
-    request_id: RequestIdDep,
-    grant: GrantDep,
-) -> Any:
-    grant.require_model(body.model)
+async def completions(request: Request, body: CompletionRequest) -> Response:
+    call = Call.for_model(request, body.model)
     body.refuse_unsupported_completion()
-    params = body.sampling(body.max_tokens, body.logprobs)
-    constraint = body.constraint()
-    requests = [
-        GenerateRequest(f"{request_id}-{i}", params, prompt=prompt, constraint=constraint)
-        for i, prompt in enumerate(body.prompts())
-    ]
+    requests = body.generate_requests(call.request_id)
+    stream = generate_each(call.runtime, body.model, requests)
     head = {
-        "id": f"cmpl-{request_id}",
+        "id": f"cmpl-{call.request_id}",
         "object": "text_completion",
         "created": now(),
         "model": body.model,
     }
     if body.stream:
-        primed = await prime(request, _all(runtime, body.model, requests, body.n))
-        return sse_response(_chunks(primed, head, body), request_id)
-    result = await until_disconnect(
-        request, collect(_all(runtime, body.model, requests, body.n), body.n * len(requests))
-    )
-    return {
-        **head,
-        "choices": [
-            {
-                "index": choice.index,
-                "text": choice.text,
-                "logprobs": completion_logprobs(choice.logprobs)
-                if body.logprobs is not None
-                else None,
-                "finish_reason": choice.finish_reason,
-            }
-            for choice in result.choices
-        ],
-        "usage": usage_out(result.usage),
-    }
-
-
-async def _all(
-    runtime: Runtime, model: str, requests: list[GenerateRequest], n: int
-) -> AsyncGenerator[GenerationChunk, None]:
-    """The prompts' streams one after the other, choice indexes offset, usage summed."""
-    prompt_tokens = completion_tokens = 0
-    for number, generate in enumerate(requests):
-        stream = runtime.generate(model, generate)
-        try:
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    prompt_tokens += chunk.usage.prompt_tokens
-                    completion_tokens += chunk.usage.completion_tokens
-                    continue
-                yield GenerationChunk(
-                    index=chunk.index + number * n,
-                    text=chunk.text,
-                    finish_reason=chunk.finish_reason,
-                    logprobs=chunk.logprobs,
-                )
-        finally:
-            await stream.aclose()
-    yield GenerationChunk(usage=Usage(prompt_tokens, completion_tokens))
+        return sse_response(_chunks(await prime(request, stream), head, body), call.request_id)
+    result = await until_disconnect(request, collect(stream, body.n * len(requests)))
+    choices = [
+        {
+            "index": choice.index,
+            "text": choice.text,
+            "logprobs": completion_logprobs(choice.logprobs) if body.logprobs is not None else None,
+            "finish_reason": choice.finish_reason,
+        }
+        for choice in result.choices
+    ]
+    answer = {**head, "system_fingerprint": None, "choices": choices}
+    return json_response({**answer, "usage": usage_out(result.usage)})
 
 
 async def _chunks(

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from fastapi import APIRouter, Request, Response
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
-
-from nimble.api.deps import RuntimeDep
+from nimble.api.call import Call
+from nimble.api.route import Route, json_response
 from nimble.api.schemas.service import HealthResponse
 from nimble.runtime import ServiceState
 
-router = APIRouter()
+router = APIRouter(route_class=Route)
 
 
 @router.get("/v1/health/live", response_model=HealthResponse, summary="Liveness probe")
-async def live() -> Any:
-    return {"object": "health.response", "status": "live", "message": "Service is live."}
+async def live(request: Request) -> Response:
+    return _health(200, "live", "Service is live.")
 
 
 @router.get(
@@ -26,16 +24,18 @@ async def live() -> Any:
     summary="Readiness probe: 200 only after every model passed a real warm-up, and while "
     "every engine answers healthy",
 )
-async def ready(runtime: RuntimeDep) -> Any:
+async def ready(request: Request) -> Response:
+    runtime = Call.of(request).runtime
     if runtime.state is not ServiceState.READY:
-        return _not_ready(runtime.state.value, f"Service is not ready: {runtime.state.value}.")
+        state = runtime.state.value
+        return _health(503, state, f"Service is not ready: {state}.")
     down = await runtime.unhealthy_models()
     if down:
         names = ", ".join(down)
-        return _not_ready("engine_down", f"Service is not ready: the engine of {names} is down.")
-    return {"object": "health.response", "status": "ready", "message": "Service is ready."}
+        return _health(503, "engine_down", f"Service is not ready: the engine of {names} is down.")
+    return _health(200, "ready", "Service is ready.")
 
 
-def _not_ready(status: str, message: str) -> JSONResponse:
+def _health(status_code: int, status: str, message: str) -> Response:
     body = {"object": "health.response", "status": status, "message": message}
-    return JSONResponse(body, status_code=503)
+    return json_response(body, status_code)

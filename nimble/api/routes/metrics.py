@@ -7,10 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from nimble.api.deps import RuntimeDep
+from nimble.api.call import Call
+from nimble.api.route import Route
 from nimble.observability.metrics import Metrics
 
-router = APIRouter()
+router = APIRouter(route_class=Route)
 
 _DOC: dict[int | str, dict[str, Any]] = {
     200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}
@@ -24,7 +25,7 @@ _DOC: dict[int | str, dict[str, Any]] = {
     summary="Prometheus metrics (names in docs/operations.md)",
 )
 @router.get("/metrics", response_class=Response, responses=_DOC, summary="Alias of /v1/metrics")
-async def metrics(request: Request, runtime: RuntimeDep) -> Response:
+async def metrics(request: Request) -> Response:
     registry: Metrics = request.app.state.metrics
-    await runtime.refresh_gauges()
+    await Call.of(request).runtime.refresh_gauges()
     return Response(registry.exposition(), media_type=CONTENT_TYPE_LATEST)

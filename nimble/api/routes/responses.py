@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
-from nimble.api.deps import ERROR_RESPONSES, Grant, GrantDep, RequestIdDep, RuntimeDep
+from nimble.api.call import Call
 from nimble.api.responses_events import ResponseBuilder, collect_response, stream_events
+from nimble.api.route import ERROR_RESPONSES, Route, model_response
 from nimble.api.schemas.responses import CreateResponseRequest
 from nimble.api.schemas.responses_out import ResponseObject
 from nimble.api.streaming import prime, sse_response, until_disconnect
@@ -15,7 +16,7 @@ from nimble.errors import UnsupportedParameter
 from nimble.runtime.response_store import StoredResponse
 from nimble.types import ChatMessage, GenerateRequest
 
-router = APIRouter()
+router = APIRouter(route_class=Route)
 
 _SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {
@@ -37,26 +38,21 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
     responses={**ERROR_RESPONSES, **_SSE_DOC},
     summary="Create a model response (OpenAI Responses API)",
 )
-async def create_response(
-    body: CreateResponseRequest,
-    request: Request,
-    runtime: RuntimeDep,
-    request_id: RequestIdDep,
-    grant: GrantDep,
-) -> Any:
-    grant.require_model(body.model)
+async def create_response(request: Request, body: CreateResponseRequest) -> Response:
+    call = Call.for_model(request, body.model)
     if body.tools:
-        grant.require_tools()
+        call.grant.require_tools()
     body.refuse_unsupported()
+    owner = call.grant.owner
     prior: tuple[ChatMessage, ...] = ()
     if body.previous_response_id is not None:
-        stored = runtime.responses.get(
-            body.previous_response_id, _owner(grant), param="previous_response_id"
+        stored = call.runtime.responses.get(
+            body.previous_response_id, owner, param="previous_response_id"
         )
         prior = stored.conversation
     conversation = (*prior, *body.input_messages(prior))
     generate = GenerateRequest(
-        request_id=request_id,
+        request_id=call.request_id,
         params=body.sampling(),
         messages=(*body.instruction_messages(), *conversation),
         tools=body.tool_functions(),
@@ -65,20 +61,22 @@ async def create_response(
         constraint=body.constraint(),
     )
     builder = ResponseBuilder(body)
-    stream = runtime.generate(body.model, generate)
+    stream = call.runtime.generate(body.model, generate)
 
     def save(done: ResponseBuilder) -> None:
         if body.store is not False and done.final is not None:
             turns = (*conversation, done.assistant_turn())
-            runtime.responses.put(done.id, StoredResponse(done.final, turns, _owner(grant)))
+            call.runtime.responses.put(done.id, StoredResponse(done.final, turns, owner))
 
     if body.stream:
         primed = await prime(request, stream)
-        events = stream_events(primed, builder, request_id, save)
-        return sse_response(events, request_id, done=False, named=True)
+        events = stream_events(primed, builder, call.request_id, save)
+        return sse_response(events, call.request_id, done=False, named=True)
     response = await until_disconnect(request, collect_response(stream, builder))
     save(builder)
-    return response
+    # the builder's items are in the order of its stream events; the answer is in the
+    # model's field order, as FastAPI's response_model step gave it
+    return model_response(ResponseObject, response)
 
 
 @router.get(
@@ -87,15 +85,11 @@ async def create_response(
     responses=ERROR_RESPONSES,
     summary="Retrieve a stored response",
 )
-async def get_response(
-    response_id: str, runtime: RuntimeDep, grant: GrantDep, stream: bool = False
-) -> Any:
+async def get_response(request: Request, response_id: str, stream: bool = False) -> Response:
     if stream:
         raise UnsupportedParameter(
             "stream: replaying a stored response is not supported", param="stream"
         )
-    return runtime.responses.get(response_id, _owner(grant), param="response_id").response
-
-
-def _owner(grant: Grant) -> str | None:
-    return grant.key.id if grant.key is not None else None
+    call = Call.of(request)
+    stored = call.runtime.responses.get(response_id, call.grant.owner, param="response_id")
+    return model_response(ResponseObject, stored.response)

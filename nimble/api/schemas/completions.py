@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from nimble.api.schemas.common import SamplingFields, UsageOut
 from nimble.api.schemas.constraints import StructuredFields
 from nimble.errors import UnsupportedParameter
-from nimble.types import FinishReason
+from nimble.types import FinishReason, GenerateRequest
 
 
 class CompletionRequest(SamplingFields, StructuredFields):
@@ -38,6 +38,15 @@ class CompletionRequest(SamplingFields, StructuredFields):
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def generate_requests(self, request_id: str) -> list[GenerateRequest]:
+        """One per prompt, `<request id>-<i>`, run one after the other (`runtime/fanin.py`)."""
+        params = self.sampling(self.max_tokens, self.logprobs)
+        constraint = self.constraint()
+        return [
+            GenerateRequest(f"{request_id}-{i}", params, prompt=prompt, constraint=constraint)
+            for i, prompt in enumerate(self.prompts())
+        ]
 
     def refuse_unsupported_completion(self) -> None:
         if self.echo:

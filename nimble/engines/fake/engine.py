@@ -13,7 +13,6 @@ import re
 from collections.abc import AsyncGenerator
 from typing import Literal
 
-from nimble import __version__
 from nimble.engines.config import EngineConfig
 from nimble.engines.fake.constrained import constrained_text
 from nimble.errors import InvalidRequest
@@ -31,6 +30,7 @@ from nimble.types import (
     TopLogprob,
     Usage,
 )
+from nimble.version import __version__
 
 _WORDS = [
     "alpha",

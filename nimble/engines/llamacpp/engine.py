@@ -37,8 +37,7 @@ import dataclasses
 import gc
 import secrets
 import threading
-from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
@@ -48,6 +47,7 @@ import xllamacpp
 
 from nimble.engines.config import EngineConfig
 from nimble.engines.llamacpp.gguf import GgufSummary, read_gguf_summary
+from nimble.engines.llamacpp.stream import END, Stream
 from nimble.engines.openai_wire import (
     ChunkMapper,
     Json,
@@ -79,9 +79,6 @@ MAX_DEFAULT_CONTEXT = 8192  # without a configured window, the trained one is ca
 _FALLBACK_CONTEXT = 4096  # for a GGUF file that does not say its trained window
 _EXTRA_THREADS = 4  # pool headroom: aborted generations finish their current token
 _VERBOSITY_ERRORS, _VERBOSITY_INFO = 1, 3
-_END = object()  # end of one generation's stream
-
-Handler = Callable[[Json, Callable[[Json], bool]], object]
 
 
 class LlamaCppEngine:
@@ -309,11 +306,11 @@ class LlamaCppEngine:
         body = request_body(request, prompt)
         if request.constraint is not None:
             body.update(constraint_fields(request.constraint, _to_grammar))
-        stream = _Stream(asyncio.get_running_loop())
+        stream = Stream(asyncio.get_running_loop())
         self._running.add(stream.cancel)
         try:
             self._submit(stream, body, chat=request.messages is not None and prompt is None)
-            while (item := await stream.get()) is not _END:
+            while (item := await stream.get()) is not END:
                 if isinstance(item, BaseException):
                     raise item
                 for chunk in mapper.map(cast(Json, item)):
@@ -330,7 +327,7 @@ class LlamaCppEngine:
 
     # helpers
 
-    def _submit(self, stream: _Stream, body: Json, chat: bool) -> None:
+    def _submit(self, stream: Stream, body: Json, chat: bool) -> None:
         # no local reference to the server: stop() must be able to free it
         if self._server is None or self._pool is None:
             raise Unavailable(f"model {self.spec.id} is not loaded")
@@ -405,60 +402,6 @@ class LlamaCppEngine:
         if self._http is None:
             raise Unavailable(f"model {self.spec.id} is not loaded")
         return self._http
-
-
-class _Stream:
-    """One generation's bridge from the llama.cpp calling thread to the event loop.
-
-    Chunks collect in a deque; the loop is woken only when it is not already due to look, so
-    that several tokens (or several streams' tokens) cost one wake-up, not one each.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.cancel = threading.Event()
-        self._items: deque[object] = deque()
-        self._ready = asyncio.Event()
-        self._woken = False
-
-    async def get(self) -> object:
-        """Event loop: the next item from llama.cpp's thread."""
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        return self._items.popleft()
-
-    def run(self, handler: Handler, body: Json) -> None:
-        """Worker thread: blocks in llama.cpp until the generation ends or is cancelled."""
-        try:
-            handler(body, self._on_chunk)
-        except Exception as exc:  # xllamacpp raises only for misuse; keep the cause
-            self._put(EngineError(f"llama.cpp failed: {exc}"))
-        finally:
-            self._put(_END)
-
-    def _on_chunk(self, chunk: Json) -> bool:
-        """Called by llama.cpp per chunk; True cancels the task (the consumer went away)."""
-        if self.cancel.is_set():
-            return True
-        return not self._put(chunk)
-
-    def _put(self, item: object) -> bool:
-        self._items.append(item)
-        if self._woken:
-            return True
-        self._woken = True
-        try:
-            self.loop.call_soon_threadsafe(self._wake)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.cancel.set()
-            return False
-        return True
-
-    def _wake(self) -> None:
-        # reset first: an item appended after this line schedules a new wake-up
-        self._woken = False
-        self._ready.set()
 
 
 def _load(params: Any, path: Path) -> Any:

@@ -35,10 +35,9 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from nimble.engines.config import EngineConfig
-from nimble.engines.openai_wire import ChunkMapper, message_dicts, request_body
+from nimble.engines.openai_wire import ChunkMapper, Json, message_dicts, request_body
 from nimble.engines.vllm.supervisor import Launch, RestartPolicy, State, Supervisor
 from nimble.engines.vllm.wire import (
-    Json,
     chat_logprobs,
     error_of,
     is_error,

@@ -9,8 +9,8 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
 
+from nimble.engines.openai_wire import Json
 from nimble.errors import (
     ContextLengthExceeded,
     EngineError,
@@ -33,7 +33,6 @@ from nimble.types import (
 
 log = logging.getLogger("nimble.engines.vllm")
 
-Json = dict[str, Any]
 
 # profile precision -> vLLM flags (other precisions, awq-int4, gptq..., are read by vLLM
 # from the checkpoint's quantization_config)
