@@ -175,10 +175,7 @@ class Runtime:
         """The model, ready to take a request of `task` (404, 400 or 503 otherwise)."""
         model = self._lookup(model_id)
         if task not in model.spec.tasks:
-            raise InvalidRequest(
-                f"model `{model_id}` does not support {task.value} requests",
-                param="model",
-            )
+            raise model.unsupported(task)
         if self.state is not ServiceState.READY:
             raise Unavailable(f"service is {self.state.value}; not taking requests")
         return model

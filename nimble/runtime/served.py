@@ -62,22 +62,23 @@ class ServedModel:
     @property
     def generator(self) -> Generator:
         if self._generator is None:
-            raise self._unsupported(Task.CHAT)
+            raise self.unsupported(Task.CHAT)
         return self._generator
 
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            raise self._unsupported(Task.EMBEDDING)
+            raise self.unsupported(Task.EMBEDDING)
         return self._embedder
 
     @property
     def ranker(self) -> Ranker:
         if self._ranker is None:
-            raise self._unsupported(Task.RERANK)
+            raise self.unsupported(Task.RERANK)
         return self._ranker
 
-    def _unsupported(self, task: Task) -> InvalidRequest:
+    def unsupported(self, task: Task) -> InvalidRequest:
+        """The 400 for a request of a task this model does not serve."""
         return InvalidRequest(
             f"model `{self.spec.id}` does not support {task.value} requests", param="model"
         )
