@@ -115,19 +115,44 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     # number of alternatives per token; None means no logprobs at all
     top_logprobs: int | None = None
+    # vLLM's extensions (docs/sampling.md: which engine honours which). None: the engine's
+    # own default. top_k 0 is off (the API's -1 and 0); repetition_penalty > 1 discourages
+    # tokens already in the prompt or the output (1: none)
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    # no end (end of text, stop_token_ids, stop strings) before this many tokens
+    min_tokens: int = 0
+    # the output ends after one of these tokens (its text is left out, unless
+    # include_stop_str_in_output)
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False  # the end-of-text tokens are never picked: run to max_tokens
+    include_stop_str_in_output: bool = False  # keep the stop string (or token) in the text
+    skip_special_tokens: bool = True
+    # OpenAI's logit_bias: (token id, bias) pairs added to the logits before sampling
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    # stream_options.continuous_usage_stats: each text chunk carries `progress`
+    continuous_usage: bool = False
 
 
 @dataclass(frozen=True)
 class GenerateRequest:
     """One chat or completion request, as an engine receives it.
 
-    Exactly one of `messages` (chat) or `prompt` (completion) is set.
+    Exactly one of `messages` (chat) or `prompt` (completion) is set. A completion prompt is
+    a text, or the model's token ids, taken as they are (no BOS added; the runtime has
+    checked them against the vocabulary through `Generator.prompt_tokens`).
+
+    `echo` (completions): each choice starts with the prompt, its text and, with
+    `params.top_logprobs`, the logprob of each prompt token (the first has none: nothing
+    comes before it); `params.max_tokens` 0 then scores the prompt and generates nothing.
     """
 
     request_id: str
     params: SamplingParams
     messages: tuple[ChatMessage, ...] | None = None
-    prompt: str | None = None
+    prompt: str | tuple[int, ...] | None = None
+    echo: bool = False
     # declared functions, for the model's chat template to render (empty: no tools)
     tools: tuple[ToolFunction, ...] = ()
     tool_choice: ToolChoice = "auto"
@@ -150,7 +175,7 @@ class TopLogprob:
 @dataclass(frozen=True)
 class TokenLogprob:
     token: str
-    logprob: float
+    logprob: float | None  # None: the first token of an echoed prompt only
     bytes: tuple[int, ...] | None = None
     top: tuple[TopLogprob, ...] = ()
 
@@ -159,6 +184,8 @@ class TokenLogprob:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    # of the completion tokens, those in the model's thinking; None: no reasoning parser ran
+    reasoning_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -184,7 +211,8 @@ class GenerationChunk:
     """A piece of output for one choice. The last chunk of a choice has `finish_reason`.
 
     The engine ends its stream with one chunk that carries `usage` (and no text). Engines
-    produce text only; the runtime turns tool-call markup into `tool_calls`.
+    produce text only; the runtime turns tool-call markup into `tool_calls` and thinking
+    (`<think>...</think>`) into `reasoning`.
     """
 
     index: int = 0
@@ -193,6 +221,11 @@ class GenerationChunk:
     logprobs: tuple[TokenLogprob, ...] = ()
     usage: Usage | None = None
     tool_calls: tuple[ToolCallDelta, ...] = ()
+    # with `params.continuous_usage`: this choice's prompt tokens and its completion tokens
+    # so far (None: the engine did not count at this chunk)
+    progress: Usage | None = None
+    # the model's thinking (a reasoning parser moved it out of `text`)
+    reasoning: str = ""
 
 
 @dataclass(frozen=True)
@@ -242,6 +275,31 @@ class RankResult:
 
     scores: tuple[float, ...]
     prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    """Text to turn into the model's token ids (`prompt`), or a conversation (`chat`: its
+    messages and tools, as a chat completion carries them) that the engine renders with the
+    model's chat template first, exactly as for a chat completion. Exactly one is set.
+
+    `add_special_tokens`: the tokenizer's own special tokens (BOS...), on top of what a
+    chat template writes. `add_generation_prompt` opens the assistant's turn after the
+    conversation; `continue_final_message` leaves the last message open instead."""
+
+    prompt: str | None = None
+    chat: GenerateRequest | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Token ids, and the text of each as the engine's tokenizer shows it."""
+
+    ids: tuple[int, ...]
+    pieces: tuple[str, ...]
 
 
 @dataclass(frozen=True)

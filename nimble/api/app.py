@@ -20,7 +20,16 @@ from nimble.api.auth import AuthMiddleware
 from nimble.api.endpoints import HEALTH_PATHS, endpoint_of
 from nimble.api.errors import install_error_handlers
 from nimble.api.middleware import BodyLimitMiddleware, RecordSink, RequestContextMiddleware
-from nimble.api.routes import chat, completions, embeddings, health, ranking, responses, service
+from nimble.api.routes import (
+    chat,
+    completions,
+    embeddings,
+    health,
+    ranking,
+    responses,
+    service,
+    tokenize,
+)
 from nimble.api.routes import metrics as metrics_routes
 from nimble.config import Settings
 from nimble.config.settings import ALL_ENDPOINTS
@@ -107,7 +116,17 @@ def create_app(
     install_error_handlers(app)
     add_routes(
         app,
-        (chat, responses, completions, embeddings, ranking, service, metrics_routes, health),
+        (
+            chat,
+            responses,
+            completions,
+            embeddings,
+            ranking,
+            tokenize,
+            service,
+            metrics_routes,
+            health,
+        ),
         settings.endpoints,
     )
 
@@ -151,13 +170,13 @@ def add_routes(app: FastAPI, modules: tuple[ModuleType, ...], enabled: tuple[str
 
 
 def create_management_app(runtime: Runtime, metrics: Metrics) -> FastAPI:
-    """Health probes and /metrics alone, for the optional management port (no keys, no TLS),
-    sharing the main app's runtime and metrics."""
+    """Health probes (vLLM's /health too) and /metrics alone, for the optional management
+    port (no keys, no TLS), sharing the main app's runtime and metrics."""
     app = FastAPI(title="nimble management", version=__version__, docs_url=None, redoc_url=None)
     app.state.runtime = runtime
     app.state.metrics = metrics
     install_error_handlers(app)
-    add_routes(app, (health, metrics_routes), ("metrics",))
+    add_routes(app, (health, metrics_routes), ("metrics", "health"))
     return app
 
 

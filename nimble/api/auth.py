@@ -1,4 +1,5 @@
-"""API key middleware: every path except the health probes (and, if so set, the metrics)
+"""API key middleware: every path except the health probes, vLLM's /health among them (and,
+if so set, the metrics)
 needs a valid key (401), inside its endpoint scope (403) and its limits (429). Unknown
 paths need a key too: without one, nothing tells a stranger which paths exist."""
 
@@ -35,7 +36,7 @@ class AuthMiddleware:
         self.app = app
         self.keys = keys
         self.limiter = limiter
-        self.public = set(HEALTH_PATHS)
+        self.public = {*HEALTH_PATHS, *ENDPOINT_PATHS["health"]}
         if not metrics_require_key:
             self.public.update(ENDPOINT_PATHS["metrics"])
 

@@ -11,21 +11,27 @@ ENDPOINT_PATHS: dict[str, tuple[str, ...]] = {
     "completions": ("/v1/completions",),
     "embeddings": ("/v1/embeddings",),
     "ranking": ("/v1/ranking",),
-    "rerank": ("/v1/rerank",),
-    "models": ("/v1/models",),
+    "rerank": ("/v1/rerank", "/v2/rerank"),
+    # vLLM's paths: one name for both
+    "tokenize": ("/tokenize", "/detokenize"),
+    # a model id may hold slashes (org/name): `:path` takes the rest of the path
+    "models": ("/v1/models", "/v1/models/{model_id:path}"),
     "metadata": ("/v1/metadata",),
     "manifest": ("/v1/manifest",),
     "version": ("/v1/version",),
     "metrics": ("/v1/metrics", "/metrics"),
     "openapi": ("/openapi.json",),
+    # vLLM's health check (200 or 503, empty body), never behind a key either
+    "health": ("/health",),
 }
 # always on, never behind a key: orchestrators probe them without credentials
 HEALTH_PATHS = ("/v1/health/live", "/v1/health/ready")
 
 _BY_PATH = {path: name for name, paths in ENDPOINT_PATHS.items() for path in paths}
-# paths with one `{parameter}` as their last segment: (the part before it, endpoint name)
+# paths with one `{parameter}` as their last segment: (the part before it, endpoint name,
+# whether the parameter may hold slashes: `{name:path}`)
 _TEMPLATES = tuple(
-    (path.partition("{")[0], name)
+    (path.partition("{")[0], name, path.endswith(":path}"))
     for name, paths in ENDPOINT_PATHS.items()
     for path in paths
     if path.endswith("}")
@@ -39,8 +45,8 @@ def endpoint_of(path: str) -> str | None:
     name = _BY_PATH.get(path)
     if name is not None:
         return name
-    for prefix, candidate in _TEMPLATES:
+    for prefix, candidate, slashes in _TEMPLATES:
         rest = path.removeprefix(prefix)
-        if rest != path and rest and "/" not in rest:
+        if rest != path and rest and (slashes or "/" not in rest):
             return candidate
     return None

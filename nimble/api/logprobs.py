@@ -30,6 +30,8 @@ def chat_logprobs(tokens: Sequence[TokenLogprob]) -> dict[str, Any]:
 
 
 def completion_logprobs(tokens: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+    """The legacy shape. The first token of an echoed prompt has no logprob: its logprob
+    and its alternatives are null, as OpenAI and vLLM answer."""
     offsets = []
     position = offset
     for t in tokens:
@@ -38,6 +40,9 @@ def completion_logprobs(tokens: Sequence[TokenLogprob], offset: int = 0) -> dict
     return {
         "tokens": [t.token for t in tokens],
         "token_logprobs": [t.logprob for t in tokens],
-        "top_logprobs": [{top.token: top.logprob for top in t.top} for t in tokens],
+        "top_logprobs": [
+            None if t.logprob is None else {top.token: top.logprob for top in t.top}
+            for t in tokens
+        ],
         "text_offset": offsets,
     }

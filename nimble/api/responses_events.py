@@ -26,9 +26,10 @@ def new_id(prefix: str) -> str:
 
 @dataclass
 class _Item:
-    """One output item as it grows: a message (text) or a function call (arguments)."""
+    """One output item as it grows: reasoning (the model's thinking), a message (text) or
+    a function call (arguments)."""
 
-    kind: Literal["message", "function_call"]
+    kind: Literal["reasoning", "message", "function_call"]
     id: str
     text: str = ""
     call_id: str = ""
@@ -45,6 +46,14 @@ class _Item:
                 "name": self.name,
                 "arguments": self.text,
             }
+        if self.kind == "reasoning":
+            return {
+                "id": self.id,
+                "type": "reasoning",
+                "status": self.status,
+                "summary": [],
+                "content": [] if self.status == "in_progress" else [_reasoning_part(self.text)],
+            }
         content = [] if self.status == "in_progress" else [_text_part(self.text)]
         return {
             "id": self.id,
@@ -57,6 +66,10 @@ class _Item:
 
 def _text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _reasoning_part(text: str) -> dict[str, Any]:
+    return {"type": "reasoning_text", "text": text}
 
 
 class ResponseBuilder:
@@ -87,6 +100,11 @@ class ResponseBuilder:
             self.usage = chunk.usage
             return []
         events: list[Event] = []
+        if chunk.reasoning:
+            if self._open is None or self._open.kind != "reasoning":
+                events += self._close()
+                events += self._open_reasoning()
+            events += self._reasoning_text(chunk.reasoning)
         if chunk.text:
             if self._open is None or self._open.kind != "message":
                 events += self._close()
@@ -187,6 +205,19 @@ class ResponseBuilder:
             self._event("response.content_part.added", part=_text_part(""), **self._where(item)),
         ]
 
+    def _open_reasoning(self) -> list[Event]:
+        item = _Item("reasoning", new_id("rs"))
+        part = _reasoning_part("")
+        return [
+            *self._add(item),
+            self._event("response.content_part.added", part=part, **self._where(item)),
+        ]
+
+    def _reasoning_text(self, text: str) -> list[Event]:
+        assert self._open is not None
+        self._open.text += text
+        return [self._event("response.reasoning_text.delta", delta=text, **self._where(self._open))]
+
     def _open_call(self, index: int, call_id: str | None, name: str | None) -> list[Event]:
         item = _Item("function_call", new_id("fc"), call_id=call_id or new_id("call"))
         item.name = name or ""
@@ -220,7 +251,12 @@ class ResponseBuilder:
         item.status = status
         index = self.items.index(item)
         events: list[Event] = []
-        if item.kind == "message":
+        if item.kind == "reasoning":
+            where = self._where(item)
+            events.append(self._event("response.reasoning_text.done", text=item.text, **where))
+            part = _reasoning_part(item.text)
+            events.append(self._event("response.content_part.done", part=part, **where))
+        elif item.kind == "message":
             where = self._where(item)
             events.append(
                 self._event("response.output_text.done", text=item.text, logprobs=[], **where)
@@ -251,7 +287,7 @@ def _usage(usage: Usage) -> dict[str, Any]:
         "input_tokens": usage.prompt_tokens,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens or 0},
         "total_tokens": usage.total_tokens,
     }
 

@@ -16,6 +16,8 @@ shape (`api/errors.py`).
 from __future__ import annotations
 
 import inspect
+import json
+import re
 import typing
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -129,7 +131,55 @@ async def json_body(request: Request, model: type[M]) -> M:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:  # locations as FastAPI gives them: under "body"
+        surrogate = _lone_surrogate(raw) if exc.errors()[0]["type"] == "json_invalid" else None
+        if surrogate is not None:
+            raise RequestValidationError([surrogate]) from None
         raise _located(exc, "body") from None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(raw: bytes) -> dict[str, Any] | None:
+    """The error for a JSON body that is valid JSON but holds a lone UTF-16 surrogate
+    escape (`"\\ud800"`: JSON's grammar allows it, Python's `json` reads it): no Unicode
+    character, so it cannot reach a tokenizer. Refused with the field that holds it rather
+    than replaced, so that nothing the client sent is silently changed."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    found = _surrogate_at(data, ())
+    if found is None:
+        return None
+    where, char = found
+    msg = (
+        f"contains a lone UTF-16 surrogate (\\u{ord(char):04x}), which is not a Unicode "
+        "character; send text as UTF-8 (a character outside the BMP as a surrogate pair)"
+    )
+    return {"type": "string_unicode", "loc": ("body", *where), "msg": msg, "input": None}
+
+
+def _surrogate_at(
+    value: Any, where: tuple[str | int, ...]
+) -> tuple[tuple[str | int, ...], str] | None:
+    if isinstance(value, str):
+        match = _SURROGATE.search(value)
+        return (where, match.group()) if match else None
+    items: Any = ()
+    if isinstance(value, dict):
+        for key in value:
+            match = _SURROGATE.search(key)
+            if match:  # named by the object that holds the key: the key cannot be written
+                return where, match.group()
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    for key, item in items:
+        found = _surrogate_at(item, (*where, key))
+        if found is not None:
+            return found
+    return None
 
 
 def _located(exc: ValidationError, *where: str) -> RequestValidationError:

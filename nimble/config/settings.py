@@ -25,19 +25,22 @@ from pydantic_settings import (
 from nimble.errors import ConfigError
 
 DEFAULT_MODELS = ("smollm2-135m-instruct", "all-minilm-l6-v2")
-# endpoint names for --endpoints and API key scopes (health probes are always on)
+# endpoint names for --endpoints and API key scopes (/v1/health/* probes are always on;
+# `health` is vLLM's /health, for routers written for vLLM)
 ALL_ENDPOINTS = (
     "chat",
     "completions",
     "embeddings",
     "ranking",
     "rerank",
+    "tokenize",
     "models",
     "metadata",
     "manifest",
     "version",
     "metrics",
     "openapi",
+    "health",
 )
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -144,6 +147,14 @@ class Settings(BaseSettings):
         description="Requests that may wait per model when all running slots are busy; "
         "beyond that the answer is 429 with Retry-After.",
     )
+    max_queue_wait: float = Field(
+        default=15.0,
+        ge=0.0,
+        description="Seconds a request may wait for a running slot: one that would wait "
+        "longer (from the measured rate at which the queue drains) is refused at once, and "
+        "one still waiting when the time runs out gets 429 with Retry-After, so that an "
+        "admitted request finishes in bounded time. 0: never wait.",
+    )
     embed_batch_size: int = Field(
         default=32,
         ge=1,
@@ -177,6 +188,12 @@ class Settings(BaseSettings):
         default=None,
         description="How tool calls are written and parsed (hermes, llama3_json, mistral, "
         "pythonic); unset: the model profile's `tool_parser`, else hermes.",
+    )
+    reasoning_parser: str | None = Field(
+        default=None,
+        description="How a thinking model's `<think>...</think>` is moved out of its chat "
+        "answer into `reasoning_content` (deepseek_r1, qwen3; none: left in the answer); "
+        "unset: the model profile's `reasoning_parser`, else none.",
     )
     responses_max_stored: int = Field(
         default=1000,
@@ -279,7 +296,8 @@ class Settings(BaseSettings):
     endpoints: Annotated[tuple[str, ...], NoDecode] = Field(
         default=ALL_ENDPOINTS,
         description="Endpoints to expose (allowlist); any other answers 404 like an unknown "
-        f"path. Names: {', '.join(ALL_ENDPOINTS)}. Health probes are always on.",
+        f"path. Names: {', '.join(ALL_ENDPOINTS)}. The /v1/health/live and /v1/health/ready "
+        "probes are always on.",
     )
     management_port: int | None = Field(
         default=None,

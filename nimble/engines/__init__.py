@@ -1,7 +1,7 @@
 """Engine adapters behind small contracts (`base.py`): a core every engine has, and one
 Protocol per capability. Heavy libraries load only inside each engine's own subpackage."""
 
-from nimble.engines.base import CacheReporter, Embedder, Engine, Generator, Ranker
+from nimble.engines.base import CacheReporter, Embedder, Engine, Generator, Ranker, Tokenizer
 from nimble.engines.config import EngineConfig
 from nimble.engines.registry import create_engine, engine_unavailable, known_engines
 
@@ -12,6 +12,7 @@ __all__ = [
     "EngineConfig",
     "Generator",
     "Ranker",
+    "Tokenizer",
     "create_engine",
     "engine_unavailable",
     "known_engines",

@@ -1,11 +1,11 @@
 """The engine contracts: the only things the runtime knows about an engine.
 
 Every engine has the core (`Engine`); what it can do beyond that it says by having the
-methods of a capability (`Generator`, `Embedder`, `Ranker`, `CacheReporter`). The runtime
-checks, when a model is loaded, that its engine has the capability of each task the model
-serves (`runtime/served.py`), and routes requests by that: an engine never answers for a
-capability it does not have. A new capability is a new Protocol here and a row in
-`runtime/served.py`; engines without it are not touched.
+methods of a capability (`Generator`, `Embedder`, `Ranker`, `CacheReporter`, `Tokenizer`).
+The runtime checks, when a model is loaded, that its engine has the capability of each task
+the model serves (`runtime/served.py`), and routes requests by that: an engine never
+answers for a capability it does not have. A new capability is a new Protocol here and a
+row in `runtime/served.py`; engines without it are not touched.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from nimble.types import (
     GenerationChunk,
     RankRequest,
     RankResult,
+    TokenizeRequest,
+    Tokens,
 )
 
 
@@ -81,3 +83,22 @@ class CacheReporter(Protocol):
 
     async def cache_usage(self) -> float | None:
         """Share (0..1) of the engine's KV cache in use; None: no reading right now."""
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """The model's own tokenizer: text, or a conversation through the chat template, to
+    token ids, and ids back to text (`/tokenize`, `/detokenize`, documents cut to a number
+    of tokens)."""
+
+    def vocab_size(self) -> int | None:
+        """Ids run from 0 to this, exclusive (after start); None: unknown here, and
+        `detokenize` refuses an id outside the vocabulary itself."""
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokens:
+        """The ids of the prompt, or of the conversation as the engine's own chat
+        completion renders it (the runtime has already written tools in where the template
+        cannot show them)."""
+
+    async def detokenize(self, ids: tuple[int, ...]) -> str:
+        """The text of `ids` (special tokens included, as written in the vocabulary)."""

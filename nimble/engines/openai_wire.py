@@ -99,8 +99,11 @@ def request_body(request: GenerateRequest, prompt: str | None = None) -> Json:
     chat = request.messages is not None and prompt is None
     if chat:
         body["messages"] = message_dicts(request.messages or ())
-    else:
-        body["prompt"] = prompt if prompt is not None else request.prompt or ""
+    elif prompt is not None:
+        body["prompt"] = prompt
+    else:  # a text, or token ids as a JSON array (both servers take them as they are)
+        given = request.prompt or ""
+        body["prompt"] = given if isinstance(given, str) else list(given)
     optional = {"max_tokens": params.max_tokens, "temperature": params.temperature}
     optional["top_p"] = params.top_p
     body.update({key: value for key, value in optional.items() if value is not None})
@@ -165,11 +168,20 @@ class ChunkMapper:
 
     llama.cpp sends one usage object per choice (each with the same prompt count), so the
     completion tokens are summed and the prompt counted once, as OpenAI does for `n > 1`.
+
+    With `params.continuous_usage` each chunk gets its choice's usage so far (`progress`):
+    from llama.cpp's per-token `timings` (`timings_per_token`), or, with
+    `usage_per_chunk` (vLLM's `continuous_usage_stats`), from the `usage` every chunk then
+    carries; only the last, choice-less chunk's usage is the total.
     """
 
-    def __init__(self, request: GenerateRequest):
+    def __init__(self, request: GenerateRequest, *, usage_per_chunk: bool = False):
         self._top = request.params.top_logprobs
+        # vLLM's echoed prompt: the first token's logprob is null (there is none)
+        self._echo = request.echo
         self._param = "messages" if request.messages is not None else "prompt"
+        self._continuous = request.params.continuous_usage
+        self._usage_per_chunk = usage_per_chunk
         self._prompt_tokens = 0
         self._completion_tokens = 0
 
@@ -177,16 +189,24 @@ class ChunkMapper:
         if is_error(payload):
             raise error_from(payload, self._param)
         usage = payload.get("usage")
-        if isinstance(usage, dict):
+        choices = payload.get("choices") or ()
+        progress = None
+        if self._usage_per_chunk and choices:
+            progress = _usage(usage)  # so far, for this chunk's choice: not a total
+        elif isinstance(usage, dict):
             self._prompt_tokens = max(self._prompt_tokens, int(usage.get("prompt_tokens", 0)))
             self._completion_tokens += int(usage.get("completion_tokens", 0))
-        chunks = (self._choice(choice) for choice in payload.get("choices") or ())
+        if not self._continuous:
+            progress = None
+        elif progress is None:
+            progress = _timed(payload.get("timings"))
+        chunks = (self._choice(choice, progress) for choice in choices)
         return [chunk for chunk in chunks if chunk is not None]
 
     def usage(self) -> Usage:
         return Usage(self._prompt_tokens, self._completion_tokens)
 
-    def _choice(self, choice: Json) -> GenerationChunk | None:
+    def _choice(self, choice: Json, progress: Usage | None) -> GenerationChunk | None:
         delta = choice.get("delta")
         text = (delta.get("content") if isinstance(delta, dict) else choice.get("text")) or ""
         finish = _finish_reason(choice.get("finish_reason"))
@@ -194,7 +214,9 @@ class ChunkMapper:
         if not text and finish is None and not logprobs:
             return None  # role announcements, timing-only chunks
         index = int(choice.get("index", 0))
-        return GenerationChunk(index=index, text=text, finish_reason=finish, logprobs=logprobs)
+        return GenerationChunk(
+            index=index, text=text, finish_reason=finish, logprobs=logprobs, progress=progress
+        )
 
     def _logprobs(self, raw: object) -> tuple[TokenLogprob, ...]:
         if self._top is None or not isinstance(raw, dict):
@@ -206,7 +228,23 @@ class ChunkMapper:
             TopLogprob(alt["token"], _logprob(alt), _bytes(alt))
             for alt in (entry.get("top_logprobs") or ())[: self._top]
         )
-        return TokenLogprob(entry["token"], _logprob(entry), _bytes(entry), top)
+        first = self._echo and entry.get("logprob") is None
+        return TokenLogprob(entry["token"], None if first else _logprob(entry), _bytes(entry), top)
+
+
+def _usage(raw: object) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    return Usage(int(raw.get("prompt_tokens", 0)), int(raw.get("completion_tokens", 0)))
+
+
+def _timed(raw: object) -> Usage | None:
+    """llama.cpp's per-token timings: prompt tokens read (`prompt_n`) and found in its
+    cache (`cache_n`), tokens predicted so far (`predicted_n`)."""
+    if not isinstance(raw, dict) or "predicted_n" not in raw:
+        return None
+    prompt = int(raw.get("prompt_n", 0)) + int(raw.get("cache_n", 0))
+    return Usage(prompt, int(raw["predicted_n"]))
 
 
 def _finish_reason(raw: object) -> Literal["stop", "length"] | None:

@@ -244,6 +244,12 @@ class ModelManifest(_Frozen):
         description="How the model writes tool calls (hermes, llama3_json, mistral, pythonic); "
         "a profile's `settings.extra.tool_parser` and the `tool_parser` setting override it.",
     )
+    reasoning_parser: str | None = Field(
+        default=None,
+        description="How the model marks its thinking (deepseek_r1, qwen3): chat answers carry "
+        "it in `reasoning_content`; a profile's `settings.extra.reasoning_parser` and the "
+        "`reasoning_parser` setting override it. Unset: none (thinking stays in the answer).",
+    )
     profiles: tuple[Profile, ...] = Field(min_length=1)
 
     @model_validator(mode="after")

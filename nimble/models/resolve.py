@@ -148,6 +148,8 @@ def _spec(selection: Selection, paths: dict[str, Path], cache: ModelCache) -> Mo
     options = _options(profile)
     if manifest.tool_parser:
         options.setdefault("tool_parser", manifest.tool_parser)
+    if manifest.reasoning_parser:
+        options.setdefault("reasoning_parser", manifest.reasoning_parser)
     if selection.selected.context is not None:
         options["context_length"] = str(selection.selected.context)
     weights, tokenizer = _entry_point(profile, paths, cache)

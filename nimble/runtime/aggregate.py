@@ -12,6 +12,7 @@ from nimble.types import GenerationChunk, TokenLogprob, ToolCall, ToolCallDelta,
 class Choice:
     index: int
     text: str = ""
+    reasoning: str = ""  # the thinking a reasoning parser moved out of `text`
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     calls: list[list[str]] = field(default_factory=list)  # [id, name, arguments] per call
@@ -45,6 +46,7 @@ async def collect(chunks: AsyncIterator[GenerationChunk], n: int) -> Completion:
             continue
         choice = choices[chunk.index]
         choice.text += chunk.text
+        choice.reasoning += chunk.reasoning
         choice.logprobs.extend(chunk.logprobs)
         choice.add_calls(chunk.tool_calls)
         if chunk.finish_reason is not None:

@@ -84,10 +84,12 @@ def runtime_config(settings: Settings, on_fatal: FatalCallback | None = None) ->
         engine=engine,
         max_running=settings.max_running,
         max_waiting=settings.max_waiting,
+        max_queue_wait=settings.max_queue_wait,
         max_n=settings.max_n,
         max_rank_documents=settings.max_rank_documents,
         log_prompts=settings.log_prompts,
         tool_parser=settings.tool_parser,
+        reasoning_parser=settings.reasoning_parser,
         responses_max_stored=settings.responses_max_stored,
     )
 

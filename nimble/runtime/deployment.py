@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 from nimble.config import Settings
 from nimble.models.hardware import HardwareInfo
 from nimble.models.resolve import ResolvedModel
+from nimble.runtime.reasoning import reasoning_format
 from nimble.runtime.runtime import Runtime
 from nimble.runtime.served import ServedModel
 from nimble.runtime.tools import tool_format
@@ -80,6 +81,7 @@ def deployment_record(
             "service_name": settings.otel_service_name,
         },
         "tool_calling": _tool_calling(settings, runtime),
+        "reasoning": _reasoning(settings, runtime),
         "auth": {
             "mode": "api_keys" if settings.api_keys_file else "none",
             "keys_file": str(settings.api_keys_file) if settings.api_keys_file else None,
@@ -108,6 +110,17 @@ def _tool_calling(settings: Settings, runtime: Runtime) -> dict[str, Any]:
         "structured_output": list(STRUCTURED_OUTPUT),
         "responses_store": settings.responses_max_stored,
     }
+
+
+def _reasoning(settings: Settings, runtime: Runtime) -> dict[str, Any]:
+    """Which chat models have their thinking moved to `reasoning_content`, by which parser."""
+    models = {}
+    for served in runtime.models.values():
+        if Task.CHAT in served.spec.tasks:
+            name = settings.reasoning_parser or served.spec.options.get("reasoning_parser")
+            fmt = reasoning_format(name)
+            models[served.spec.id] = {"parser": fmt.name if fmt else None}
+    return {"parser_setting": settings.reasoning_parser, "models": models}
 
 
 STRUCTURED_OUTPUT = (

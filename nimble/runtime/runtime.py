@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
-from nimble.engines import Engine, EngineConfig, create_engine
+from nimble.engines import Engine, EngineConfig, Tokenizer, create_engine
 from nimble.errors import (
     ContextLengthExceeded,
     InvalidRequest,
@@ -22,8 +22,9 @@ from nimble.errors import (
 from nimble.models import ModelSpec
 from nimble.observability.metrics import ModelGauges
 from nimble.observability.record import RequestRecord, current_record
-from nimble.runtime import encoders
+from nimble.runtime import encoders, tokens
 from nimble.runtime.admission import Admission
+from nimble.runtime.reasoning import ReasoningFormat, reasoning_format, split_reasoning
 from nimble.runtime.response_store import ResponseStore
 from nimble.runtime.served import ServedModel
 from nimble.runtime.tools import ToolFormat, parse_calls, prepare, tool_format, uses_tools
@@ -36,6 +37,9 @@ from nimble.types import (
     RankResult,
     SamplingParams,
     Task,
+    TokenizeRequest,
+    Tokens,
+    ToolCallConstraint,
 )
 
 log = logging.getLogger("nimble.runtime")
@@ -54,10 +58,12 @@ class RuntimeConfig:
     engine: EngineConfig
     max_running: int = 4
     max_waiting: int = 64
+    max_queue_wait: float = 15.0  # seconds a request may wait for a running slot
     max_n: int = 8
     max_rank_documents: int = 1000
     log_prompts: bool = False
     tool_parser: str | None = None  # overrides every model profile's parser
+    reasoning_parser: str | None = None  # overrides every model profile's (`none`: off)
     responses_max_stored: int = 1000
 
 
@@ -86,6 +92,7 @@ class Runtime:
             raise ModelLoadError(f"two models are served under the same name: {duplicates}")
         for spec in specs:  # an unknown tool_parser stops the start, not a request
             tool_format(config.tool_parser or spec.options.get("tool_parser"))
+            reasoning_format(config.reasoning_parser or spec.options.get("reasoning_parser"))
         self.config = config
         self.state = ServiceState.STARTING
         self.failure: str | None = None
@@ -93,7 +100,9 @@ class Runtime:
             spec.id: ServedModel(
                 spec,
                 engine_factory(spec, config.engine),
-                Admission(_running_bound(spec, config), config.max_waiting),
+                Admission(
+                    _running_bound(spec, config), config.max_waiting, config.max_queue_wait
+                ),
             )
             for spec in specs
         }
@@ -191,7 +200,10 @@ class Runtime:
 
     # ----- request path -----
     async def check_context(self, model: ServedModel, request: GenerateRequest) -> None:
-        """Refuse, before the engine runs, a prompt (plus max_tokens) beyond the window."""
+        """Refuse, before the engine runs, token ids outside the vocabulary, and a prompt
+        (plus max_tokens) beyond the window."""
+        if isinstance(request.prompt, tuple):
+            _check_token_ids(model, request.prompt)
         window = model.info.context_length
         wanted = request.params.max_tokens or 0
         # a bound that fits is enough (no need to tokenize twice): at most the window less
@@ -234,9 +246,15 @@ class Runtime:
         texts: dict[int, list[str]] = {}
         if self.config.log_prompts:
             log.info("prompt: %s", request.messages or request.prompt)
+        thinking = self._reasoning(model, request)
         async with self._slot(model, request.task, record):
-            produced = model.generator.generate(request)
-            chunks = produced if calls_format is None else parse_calls(produced, calls_format)
+            stages = [model.generator.generate(request)]
+            if thinking is not None:  # first: tool calls are read from the answer only
+                ends = (calls_format.begin,) if calls_format is not None else ()
+                stages.append(split_reasoning(stages[-1], thinking, ends))
+            if calls_format is not None:
+                stages.append(parse_calls(stages[-1], calls_format))
+            chunks = stages[-1]
             try:
                 async for chunk in chunks:
                     _note(record, chunk)
@@ -244,11 +262,24 @@ class Runtime:
                         texts.setdefault(chunk.index, []).append(chunk.text)
                     yield chunk
             finally:
-                await chunks.aclose()
-                await produced.aclose()  # a wrapper's close does not reach the engine
+                for stage in reversed(stages):  # a wrapper's close does not reach the engine
+                    await stage.aclose()
                 if self.config.log_prompts:
                     for index, parts in sorted(texts.items()):
                         log.info("completion %d: %s", index, "".join(parts))
+
+    def _reasoning(self, model: ServedModel, request: GenerateRequest) -> ReasoningFormat | None:
+        """The model's reasoning format, for a chat request whose output may think: not for
+        completions (raw text, as vLLM), nor under a grammar that binds from the first
+        token (response_format, guided_*, a forced tool call), which leaves no room to."""
+        constraint = request.constraint
+        if request.messages is None or (
+            constraint is not None
+            and not (isinstance(constraint, ToolCallConstraint) and constraint.lazy)
+        ):
+            return None
+        name = self.config.reasoning_parser or model.spec.options.get("reasoning_parser")
+        return reasoning_format(name)
 
     def _check_params(self, model: ServedModel, params: SamplingParams) -> None:
         if params.n > self.config.max_n:
@@ -281,11 +312,17 @@ class Runtime:
         return encoders.cut(result, size)
 
     async def rank(
-        self, model_id: str, request: RankRequest, *, documents_param: str = "documents"
+        self,
+        model_id: str,
+        request: RankRequest,
+        *,
+        documents_param: str = "documents",
+        max_document_tokens: int | None = None,
     ) -> tuple[RankResult, str]:
         """Scores of each document for the query, and how they were made: a cross-encoder
         (`cross-encoder`: logits), or an embedding model's cosine similarity (`cosine`).
-        `documents_param`: what the API calls the documents, for errors."""
+        `documents_param`: what the API calls the documents, for errors.
+        `max_document_tokens`: each document cut to its first so many tokens first."""
         if len(request.documents) > self.config.max_rank_documents:
             raise InvalidRequest(
                 f"{documents_param}: at most {self.config.max_rank_documents} per request "
@@ -303,6 +340,8 @@ class Runtime:
         model = self.model(model_id, task)
         record = _record()
         async with self._slot(model, task, record):
+            if max_document_tokens is not None:
+                request = await tokens.cut_documents(model, request, max_document_tokens)
             if method == "cross-encoder":
                 result = await model.ranker.rank(request)
             else:
@@ -313,6 +352,28 @@ class Runtime:
     def ranking_method(self, model_id: str) -> str | None:
         """`cross-encoder`, `cosine` (an embedding model), or None (this model cannot rank)."""
         return encoders.ranking_method(self._lookup(model_id))
+
+    async def tokenize(self, model_id: str, request: TokenizeRequest) -> tuple[Tokens, int]:
+        """The token ids of a prompt, or of a conversation as the model's chat completion
+        sees it; and the model's context window. No running slot: it generates nothing."""
+        model = self._ready(model_id)
+        with self._track():
+            result = await tokens.tokenize(model, request, self.config.tool_parser)
+        return result, model.info.context_length
+
+    async def detokenize(self, model_id: str, ids: tuple[int, ...]) -> str:
+        """The text of token ids (400 naming `tokens` for one outside the vocabulary)."""
+        model = self._ready(model_id)
+        with self._track():
+            return await tokens.detokenize(model, ids)
+
+    def _ready(self, model_id: str) -> ServedModel:
+        """The model, for a request of no particular task (404 or 503 otherwise)."""
+        model = self._lookup(model_id)
+        if self.state is not ServiceState.READY:
+            raise Unavailable(f"service is {self.state.value}; not taking requests")
+        _record().model = model_id
+        return model
 
     @asynccontextmanager
     async def _slot(
@@ -338,6 +399,21 @@ class Runtime:
         return _Inflight(self)
 
 
+def _check_token_ids(model: ServedModel, ids: tuple[int, ...]) -> None:
+    """A prompt of token ids: not empty, each id in the model's vocabulary (where the engine
+    knows its size; else the engine refuses an unknown id itself)."""
+    if not ids:
+        raise InvalidRequest("prompt: a list of token ids must not be empty", param="prompt")
+    size = model.engine.vocab_size() if isinstance(model.engine, Tokenizer) else None
+    outside = next((i for i in ids if i < 0 or (size is not None and i >= size)), None)
+    if outside is not None:
+        ids_are = f" (its vocabulary has {size} ids: 0 to {size - 1})" if size else ""
+        raise InvalidRequest(
+            f"prompt: {outside} is not a token id of model `{model.spec.id}`{ids_are}",
+            param="prompt",
+        )
+
+
 def _record() -> RequestRecord:
     """The record of the HTTP request being served, or a throwaway one (library use)."""
     record = current_record.get()
@@ -351,7 +427,7 @@ def _note(record: RequestRecord, chunk: GenerationChunk) -> None:
         record.prompt_tokens += chunk.usage.prompt_tokens
         record.completion_tokens += chunk.usage.completion_tokens
         return
-    if chunk.text or chunk.logprobs:
+    if chunk.text or chunk.reasoning or chunk.logprobs:
         if record.first_token_at is None:
             record.first_token_at = now
         record.last_token_at = now

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from nimble.engines import CacheReporter, Embedder, Engine, Generator, Ranker
+from nimble.engines import CacheReporter, Embedder, Engine, Generator, Ranker, Tokenizer
 from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
 from nimble.models import ModelSpec
 from nimble.runtime.admission import Admission
@@ -42,7 +42,10 @@ class ServedModel:
         self._generator = engine if isinstance(engine, Generator) else None
         self._embedder = engine if isinstance(engine, Embedder) else None
         self._ranker = engine if isinstance(engine, Ranker) else None
+        # capabilities no task needs: used where the engine has them (metrics; /tokenize,
+        # /detokenize and documents cut to a length, else a 400 naming the model)
         self.cache = engine if isinstance(engine, CacheReporter) else None
+        self._tokenizer = engine if isinstance(engine, Tokenizer) else None
 
     @property
     def info(self) -> EngineInfo:
@@ -76,6 +79,16 @@ class ServedModel:
         if self._ranker is None:
             raise self.unsupported(Task.RERANK)
         return self._ranker
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            raise InvalidRequest(
+                f"model `{self.spec.id}` cannot tokenize: the {self.spec.engine} engine does "
+                "not expose its tokenizer",
+                param="model",
+            )
+        return self._tokenizer
 
     def unsupported(self, task: Task) -> InvalidRequest:
         """The 400 for a request of a task this model does not serve."""

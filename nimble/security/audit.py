@@ -34,7 +34,7 @@ log = logging.getLogger("nimble.audit")
 GENESIS = "0" * 64
 """`prev` of the first line of a chain."""
 
-SKIPPED_PATHS = frozenset({"/v1/health/live", "/v1/health/ready"})
+SKIPPED_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/health"})
 """Health probes (every few seconds, from the orchestrator) would drown the log."""
 
 _TAIL_CHUNK = 64 * 1024

@@ -241,3 +241,56 @@ async def test_an_unexpected_error_is_a_500_with_the_request_id_and_is_counted()
             'nimble_http_requests_total{endpoint="embeddings",method="POST",status="500"} 1.0'
             in metrics
         )
+
+
+# a lone UTF-16 surrogate is legal JSON (Python's json reads it) but no Unicode character:
+# every route that takes text refuses it, naming the field, rather than changing the text
+SURROGATE_CASES: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "/v1/chat/completions",
+        chat_body(messages=[{"role": "user", "content": "hi \ud800 there"}]),
+        "messages.0.content",
+    ),
+    (
+        "/v1/chat/completions",
+        chat_body(messages=[{"role": "user", "content": [{"type": "text", "text": "\udc00"}]}]),
+        "messages.0.content.0.text",
+    ),
+    (
+        "/v1/chat/completions",
+        chat_body(
+            tools=[{"type": "function", "function": {"name": "f", "description": "a\udfffb"}}]
+        ),
+        "tools.0.function.description",
+    ),
+    ("/v1/completions", {"model": FAKE_MODEL, "prompt": "x\ud800"}, "prompt"),
+    ("/v1/completions", {"model": FAKE_MODEL, "prompt": ["ok", "\ud800"]}, "prompt.1"),
+    ("/v1/embeddings", {"model": FAKE_MODEL, "input": ["ok", "a\ud800"]}, "input.1"),
+    (
+        "/v1/ranking",
+        {"model": FAKE_MODEL, "query": {"text": "q"}, "passages": [{"text": "\ud800"}]},
+        "passages.0.text",
+    ),
+    ("/v1/rerank", {"model": FAKE_MODEL, "query": "q\udbff", "documents": ["d"]}, "query"),
+    ("/v1/responses", {"model": FAKE_MODEL, "input": "\ud800"}, "input"),
+    ("/v1/chat/completions", {**chat_body(), "metadata": {"k\ud800": "v"}}, "metadata"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "param"), SURROGATE_CASES)
+async def test_a_lone_surrogate_is_a_400_naming_the_field(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any], param: str
+) -> None:
+    import json
+
+    content = json.dumps(body)  # escapes the surrogate as \udXXX, as a client's json does
+    answer = await client.post(path, content=content, headers={"content-type": "application/json"})
+    error = assert_openai_error(answer, 400, param)
+    assert "lone UTF-16 surrogate" in error["message"]
+    # a surrogate pair (one character outside the BMP) is fine
+    pair = json.dumps(chat_body(messages=[{"role": "user", "content": "smile \U0001f600"}]))
+    assert "\\ud83d\\ude00" in pair
+    ok = await client.post(
+        "/v1/chat/completions", content=pair, headers={"content-type": "application/json"}
+    )
+    assert ok.status_code == 200, ok.text

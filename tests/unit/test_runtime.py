@@ -70,6 +70,56 @@ async def test_admission_refuses_beyond_running_plus_waiting() -> None:
     assert gate.running == 0 and gate.waiting == 0
 
 
+async def test_admission_never_waits_with_max_wait_zero() -> None:
+    gate = Admission(max_running=1, max_waiting=8, max_wait=0.0)
+    await gate.acquire()
+    with pytest.raises(Overloaded, match="max_queue_wait") as refused:
+        await gate.acquire()
+    assert refused.value.retry_after >= 1 and gate.waiting == 0
+    await gate.release(0.1)
+    await gate.acquire()  # a free slot is taken at once, even with no wait allowed
+    assert gate.running == 1
+
+
+async def test_admission_refuses_at_once_a_wait_beyond_the_bound() -> None:
+    """The expected wait is the queue ahead drained at the measured hold time: a request
+    that would wait longer than max_wait is refused without queueing."""
+    gate = Admission(max_running=1, max_waiting=64, max_wait=5.0)
+    for _ in range(20):  # slots held 3 s each, as measured on release
+        await gate.acquire()
+        await gate.release(3.0)
+    await gate.acquire()
+    assert 2.9 < gate.expected_wait() < 3.1  # alone in the queue: one hold
+    waiter = asyncio.create_task(gate.acquire())
+    while gate.waiting == 0:
+        await asyncio.sleep(0)
+    assert gate.expected_wait() > 5.0  # behind one waiter: two holds
+    with pytest.raises(Overloaded, match="would wait about 6.0s") as refused:
+        await gate.acquire()
+    assert refused.value.retry_after == 6 and gate.waiting == 1
+    await gate.release(3.0)
+    await waiter
+    await gate.release(3.0)
+    assert gate.running == 0 and gate.waiting == 0
+
+
+async def test_admission_gives_up_a_wait_that_runs_out_and_passes_the_slot_on() -> None:
+    gate = Admission(max_running=1, max_waiting=8, max_wait=0.05)
+    for _ in range(20):  # a short measured hold: the wait is expected to fit
+        await gate.acquire()
+        await gate.release(0.001)
+    await gate.acquire()
+    with pytest.raises(Overloaded, match="within 0.05s"):
+        await gate.acquire()  # the slot is held past the bound
+    assert gate.waiting == 0 and gate.running == 1
+    later = asyncio.create_task(gate.acquire())
+    while gate.waiting == 0:
+        await asyncio.sleep(0)
+    await gate.release(0.001)
+    await later  # the freed slot reaches the next waiter
+    assert gate.running == 1 and gate.waiting == 0
+
+
 async def test_closing_stream_aborts_engine_and_frees_slot() -> None:
     runtime = await _runtime()
     model = runtime.models["fake-model"]

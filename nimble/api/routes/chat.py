@@ -34,7 +34,8 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
     head = {"id": f"chatcmpl-{call.request_id}", "created": now(), "model": body.model}
     if body.stream:
         primed = await prime(request, stream)
-        return sse_response(_chunks(primed, head, body.include_usage()), call.request_id)
+        chunks = _chunks(primed, head, body.include_usage(), body.continuous_usage())
+        return sse_response(chunks, call.request_id)
     result = await until_disconnect(request, collect(stream, body.n))
     choices = [
         {
@@ -59,6 +60,13 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
 
 
 def _message(choice: Choice) -> dict[str, Any]:
+    message = _answer(choice)
+    if choice.reasoning:  # the name DeepSeek's API and vLLM (before `reasoning`) use
+        message["reasoning_content"] = choice.reasoning
+    return message
+
+
+def _answer(choice: Choice) -> dict[str, Any]:
     calls = choice.tool_calls
     if not calls:
         return {"role": "assistant", "content": choice.text, "tool_calls": None}
@@ -77,28 +85,43 @@ def _message(choice: Choice) -> dict[str, Any]:
 
 
 async def _chunks(
-    stream: AsyncIterator[GenerationChunk], head: dict[str, Any], include_usage: bool
+    stream: AsyncIterator[GenerationChunk],
+    head: dict[str, Any],
+    include_usage: bool,
+    continuous_usage: bool = False,
 ) -> AsyncGenerator[dict[str, Any], None]:
     head = {**head, "object": "chat.completion.chunk"}
     if include_usage:
         head["usage"] = None
     started: set[int] = set()
+    so_far: dict[int, dict[str, int]] = {}  # continuous usage: each choice's latest
     async for chunk in stream:
         if chunk.usage is not None:
             if include_usage:
                 yield {**head, "choices": [], "usage": usage_out(chunk.usage)}
             continue
+        if continuous_usage:
+            if chunk.progress is not None:
+                so_far[chunk.index] = usage_out(chunk.progress)
+            head["usage"] = so_far.get(chunk.index)
         if chunk.index not in started:
             started.add(chunk.index)
             yield {**head, "choices": [_choice(chunk.index, {"role": "assistant", "content": ""})]}
+        if chunk.reasoning:
+            choice = _choice(chunk.index, {"reasoning_content": chunk.reasoning})
+            if chunk.logprobs and not chunk.text:
+                choice["logprobs"] = chat_logprobs(chunk.logprobs)
+            yield {**head, "choices": [choice]}
         if chunk.text:
             choice = _choice(chunk.index, {"content": chunk.text})
             if chunk.logprobs:
                 choice["logprobs"] = chat_logprobs(chunk.logprobs)
             yield {**head, "choices": [choice]}
-        if chunk.tool_calls:
-            deltas = [_call_delta(delta) for delta in chunk.tool_calls]
-            yield {**head, "choices": [_choice(chunk.index, {"tool_calls": deltas})]}
+        # one delta per chunk, as OpenAI and vLLM stream them: a client that reads one
+        # entry per call index per chunk (the SDK's stream helper, instructor, LlamaIndex)
+        # would lose the arguments that shared a chunk with the call's name
+        for delta in chunk.tool_calls:
+            yield {**head, "choices": [_choice(chunk.index, {"tool_calls": [_call_delta(delta)]})]}
         if chunk.finish_reason is not None:
             yield {**head, "choices": [_choice(chunk.index, {}, chunk.finish_reason)]}
 

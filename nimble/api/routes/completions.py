@@ -56,15 +56,20 @@ async def completions(request: Request, body: CompletionRequest) -> Response:
 async def _chunks(
     stream: AsyncIterator[GenerationChunk], head: dict[str, Any], body: CompletionRequest
 ) -> AsyncGenerator[dict[str, Any], None]:
-    include_usage = body.include_usage()
+    include_usage, continuous_usage = body.include_usage(), body.continuous_usage()
     if include_usage:
         head = {**head, "usage": None}
     offsets: dict[int, int] = {}
+    so_far: dict[int, dict[str, int]] = {}  # continuous usage: each choice's latest
     async for chunk in stream:
         if chunk.usage is not None:
             if include_usage:
                 yield {**head, "choices": [], "usage": usage_out(chunk.usage)}
             continue
+        if continuous_usage:
+            if chunk.progress is not None:
+                so_far[chunk.index] = usage_out(chunk.progress)
+            head = {**head, "usage": so_far.get(chunk.index)}
         if not chunk.text and chunk.finish_reason is None:
             continue
         logprobs = None

@@ -1,4 +1,5 @@
-"""`POST /v1/ranking` (NIM) and `POST /v1/rerank` (Cohere/Jina): one runtime call each."""
+"""`POST /v1/ranking` (NIM), `POST /v1/rerank` (Cohere/Jina) and `POST /v2/rerank` (Cohere
+v2): one runtime call each, the same scores."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from nimble.api.schemas.ranking import (
     RankingResponse,
     RerankRequest,
     RerankResponse,
+    RerankV2Request,
+    RerankV2Response,
 )
 from nimble.api.streaming import until_disconnect
+from nimble.errors import UnsupportedParameter
 from nimble.types import RankRequest
 
 router = APIRouter(route_class=Route)
@@ -49,9 +53,50 @@ async def ranking(request: Request, body: RankingRequest) -> Response:
 )
 async def rerank(request: Request, body: RerankRequest) -> Response:
     call = Call.for_model(request, body.model)
+    results, tokens = await _reranked(request, call, body)
+    usage = {"total_tokens": tokens}
+    return json_response(
+        {"id": call.request_id, "model": body.model, "results": results, "usage": usage}
+    )
+
+
+@router.post(
+    "/v2/rerank",
+    response_model=RerankV2Response,
+    response_model_exclude_none=True,  # `document` is left out unless asked for
+    responses=ERROR_RESPONSES,
+    summary="Rerank documents for a query (Cohere v2); relevance scores, best first",
+)
+async def rerank_v2(request: Request, body: RerankV2Request) -> Response:
+    call = Call.for_model(request, body.model)
+    if body.priority:
+        raise UnsupportedParameter("priority: nimble serves in arrival order", param="priority")
+    results, tokens = await _reranked(request, call, body, body.max_tokens_per_doc)
+    meta = {
+        "api_version": {"version": "2"},
+        "billed_units": {"search_units": math.ceil(len(body.documents) / 100)},
+        "tokens": {"input_tokens": tokens, "output_tokens": 0},
+    }
+    return json_response(
+        {
+            "id": call.request_id,
+            "model": body.model,
+            "results": results,
+            "meta": meta,
+            "usage": {"total_tokens": tokens},
+        }
+    )
+
+
+async def _reranked(
+    request: Request, call: Call, body: RerankRequest, max_document_tokens: int | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """The results, best first (top_n of them), and the tokens read."""
     texts = body.texts()
     work = call.runtime.rank(
-        body.model, RankRequest(call.request_id, body.query, texts, body.truncate)
+        body.model,
+        RankRequest(call.request_id, body.query, texts, body.truncate),
+        max_document_tokens=max_document_tokens,
     )
     result, method = await until_disconnect(request, work)
     # a cross-encoder's logit becomes a probability; a cosine is a score already
@@ -63,10 +108,7 @@ async def rerank(request: Request, body: RerankRequest) -> Response:
         if body.return_documents:  # absent otherwise (not null)
             item["document"] = {"text": texts[i]}
         results.append(item)
-    usage = {"total_tokens": result.prompt_tokens}
-    return json_response(
-        {"id": call.request_id, "model": body.model, "results": results, "usage": usage}
-    )
+    return results, result.prompt_tokens
 
 
 def _sigmoid(x: float) -> float:

@@ -24,7 +24,8 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
         "<type>` and a `data: {type, sequence_number, ...}` line: response.created, "
         "response.in_progress, then per output item response.output_item.added, its content "
         "(response.content_part.added, response.output_text.delta..., .done, "
-        "response.content_part.done; or response.function_call_arguments.delta..., .done) and "
+        "response.content_part.done; or the same with response.reasoning_text.delta..., .done "
+        "for a reasoning item; or response.function_call_arguments.delta..., .done) and "
         "response.output_item.done; last response.completed or response.incomplete (or one "
         "`error` event). No `[DONE]` line.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},

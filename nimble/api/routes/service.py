@@ -1,4 +1,4 @@
-"""Models list, version, metadata and the deployment record."""
+"""Models (the list, and one by id), version, metadata and the deployment record."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ from fastapi import APIRouter, Request, Response
 
 from nimble.api.call import Call
 from nimble.api.endpoints import ENDPOINT_PATHS, HEALTH_PATHS
-from nimble.api.route import Route, json_response
+from nimble.api.route import ERROR_RESPONSES, Route, json_response
 from nimble.api.schemas.service import (
     MetadataResponse,
+    ModelCard,
     ModelList,
     VersionResponse,
 )
+from nimble.errors import ModelNotFound
+from nimble.runtime.served import ServedModel
 from nimble.runtime.deployment import deployment_record
 from nimble.version import __version__
 
@@ -28,15 +31,37 @@ router = APIRouter(route_class=Route)
 )
 async def list_models(request: Request) -> Response:
     call = Call.of(request)
-    cards = []
-    for m in call.runtime.models.values():
-        if call.grant.allows_model(m.spec.id):
-            card = {"id": m.spec.id, "object": "model", "created": m.created, "owned_by": "nimble"}
-            ranking = call.runtime.ranking_method(m.spec.id)
-            if ranking is not None:  # absent for a model that does not rank (not null)
-                card["ranking"] = ranking
-            cards.append(card)
+    cards = [_card(call, m) for m in call.runtime.models.values() if call.grant.allows_model(m.spec.id)]
     return json_response({"object": "list", "data": cards})
+
+
+@router.get(
+    "/v1/models/{model_id:path}",
+    response_model=ModelCard,
+    response_model_exclude_none=True,
+    responses={404: ERROR_RESPONSES[404]},
+    summary="One served model (the list's entry); ids may hold slashes (`org/name`)",
+)
+async def retrieve_model(request: Request, model_id: str) -> Response:
+    call = Call.of(request)
+    model = call.runtime.models.get(model_id)
+    # a model the caller's key may not use is as absent as in the list
+    if model is None or not call.grant.allows_model(model_id):
+        raise ModelNotFound(f"The model `{model_id}` does not exist.", param="model")
+    return json_response(_card(call, model))
+
+
+def _card(call: Call, model: ServedModel) -> dict[str, Any]:
+    card: dict[str, Any] = {
+        "id": model.spec.id,
+        "object": "model",
+        "created": model.created,
+        "owned_by": "nimble",
+    }
+    ranking = call.runtime.ranking_method(model.spec.id)
+    if ranking is not None:  # absent for a model that does not rank (not null)
+        card["ranking"] = ranking
+    return card
 
 
 @router.get("/v1/version", response_model=VersionResponse, summary="nimble version")

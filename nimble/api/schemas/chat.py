@@ -46,9 +46,15 @@ class MessageIn(BaseModel):
     tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
     refusal: str | None = None
+    # an assistant turn's thinking, as clients send a reply back: accepted and not shown to
+    # the model again (thinking models' templates drop earlier turns' thoughts too)
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
     @model_validator(mode="after")
     def _content_required(self) -> MessageIn:
+        if (self.reasoning_content or self.reasoning) and self.role != "assistant":
+            raise ValueError("reasoning_content: only assistant messages carry it")
         if self.content is None and self.role != "assistant":
             raise ValueError(f"content: required for role {self.role!r}")
         if self.role == "tool" and not self.tool_call_id:
@@ -224,6 +230,9 @@ class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     tool_calls: list[ToolCallOut] | None = None
+    reasoning_content: str | None = Field(
+        default=None, description="The model's thinking (with a reasoning parser; absent else)."
+    )
 
 
 class ChatChoice(BaseModel):
@@ -259,6 +268,7 @@ class ChunkDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDeltaOut] | None = None
+    reasoning_content: str | None = None
 
 
 class ChunkChoice(BaseModel):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from nimble.errors import UnsupportedParameter
+from nimble.errors import InvalidRequest, UnsupportedParameter
 from nimble.types import SamplingParams, Usage
 
 
@@ -23,24 +23,35 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = Field(description="Of the completion tokens, those thought.")
+
+
 class UsageOut(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    # with a reasoning parser only (chat)
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
-def usage_out(usage: Usage) -> dict[str, int]:
+def usage_out(usage: Usage) -> dict[str, Any]:
     """A `UsageOut` as plain JSON (built per chunk on the streaming path, so no model)."""
-    return {
+    out: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+    if usage.reasoning_tokens is not None:
+        out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return out
 
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
+    # vLLM's: every chunk carries the usage so far (with include_usage, unless it is false)
+    continuous_usage_stats: bool = False
 
 
 class Strict(BaseModel):
@@ -49,8 +60,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class NvExtSampling(Strict):
+    """The sampling fields of NIM's `nvext` object (its structured-output fields are in
+    `constraints.NvExt`); the same meaning as at the top level."""
+
+    ignore_eos: bool | None = None
+    top_k: int | None = Field(default=None, ge=-1)
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
+
+
 class SamplingFields(Strict):
-    """Fields common to chat and completions, with OpenAI's ranges."""
+    """Fields common to chat and completions, with OpenAI's ranges, and vLLM's sampling
+    extensions (docs/sampling.md)."""
 
     model: str = Field(min_length=1, description="Id of a served model (see /v1/models).")
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -63,14 +84,40 @@ class SamplingFields(Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=256)
-    # accepted for OpenAI compatibility, refused when they ask for something unsupported
+    # token id (as a string) -> bias, -100..100, added to the token's logit
     logit_bias: dict[str, float] | None = None
+    # vLLM's extensions
+    top_k: int | None = Field(default=None, ge=-1, description="-1 or 0: off.")
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    min_tokens: int = Field(default=0, ge=0)
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
 
     @field_validator("stop")
     @classmethod
     def _check_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"keys are token ids (as strings); got {key!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"biases are from -100 to 100; got {bias} for token {key}")
+        return value
+
+    @field_validator("stop_token_ids")
+    @classmethod
+    def _check_stop_token_ids(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(token < 0 for token in value):
+            raise ValueError("token ids are not negative")
         return value
 
     @field_validator("stream_options")
@@ -89,17 +136,31 @@ class SamplingFields(Strict):
         return tuple(s for s in stops if s)
 
     def include_usage(self) -> bool:
-        return self.stream_options is not None and self.stream_options.include_usage
+        """A usage chunk at the end (asked for, or implied by continuous_usage_stats)."""
+        options = self.stream_options
+        return options is not None and (options.include_usage or self.continuous_usage())
+
+    def continuous_usage(self) -> bool:
+        """vLLM's continuous_usage_stats: unless include_usage is false (vLLM's default
+        for include_usage is true, so the flag alone asks for it)."""
+        options = self.stream_options
+        if options is None or not options.continuous_usage_stats:
+            return False
+        return options.include_usage or "include_usage" not in options.model_fields_set
 
     def refuse_unsupported(self, fields: dict[str, Any]) -> None:
         """Raise for a known OpenAI field that asks for something not implemented yet."""
-        if self.logit_bias:
-            raise UnsupportedParameter("logit_bias is not supported yet", param="logit_bias")
         for name, value in fields.items():
             if value not in (None, [], {}, False, "none", "auto", "text"):
                 raise UnsupportedParameter(f"{name} is not supported yet", param=name)
 
     def sampling(self, max_tokens: int | None, top_logprobs: int | None) -> SamplingParams:
+        if max_tokens is not None and self.min_tokens > max_tokens:
+            raise InvalidRequest(
+                f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({max_tokens})",
+                param="min_tokens",
+            )
+        top_k, repetition_penalty, ignore_eos = self._with_nvext()
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
@@ -110,7 +171,43 @@ class SamplingFields(Strict):
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             top_logprobs=top_logprobs,
+            top_k=None if top_k is None else max(top_k, 0),
+            min_p=self.min_p,
+            repetition_penalty=repetition_penalty,
+            min_tokens=self.min_tokens,
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+            ignore_eos=ignore_eos,
+            include_stop_str_in_output=self.include_stop_str_in_output,
+            skip_special_tokens=self.skip_special_tokens,
+            logit_bias=tuple((int(key), bias) for key, bias in (self.logit_bias or {}).items()),
+            continuous_usage=self.stream and self.continuous_usage(),
         )
+
+    def _with_nvext(self) -> tuple[int | None, float | None, bool]:
+        """top_k, repetition_penalty and ignore_eos, from the top level or `nvext` (the
+        request's `nvext` when it has one); the two may not disagree."""
+        nvext = getattr(self, "nvext", None)
+        top_k, penalty, ignore_eos = self.top_k, self.repetition_penalty, self.ignore_eos
+        if not isinstance(nvext, NvExtSampling):
+            return top_k, penalty, ignore_eos
+        return (
+            _one_of("top_k", top_k, nvext.top_k),
+            _one_of("repetition_penalty", penalty, nvext.repetition_penalty),
+            bool(_one_of("ignore_eos", ignore_eos or None, nvext.ignore_eos)),
+        )
+
+
+T = TypeVar("T")
+
+
+def _one_of(name: str, top: T | None, nvext: T | None) -> T | None:
+    """A field given at the top level, in nvext, or in both with the same value."""
+    if top is not None and nvext is not None and top != nvext:
+        raise InvalidRequest(
+            f"nvext.{name} ({nvext}) contradicts {name} ({top}); give it once",
+            param=f"nvext.{name}",
+        )
+    return top if top is not None else nvext
 
 
 class TopLogprobOut(BaseModel):

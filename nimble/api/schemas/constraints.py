@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nimble.api.schemas.common import Strict
+from nimble.api.schemas.common import NvExtSampling, Strict
 from nimble.errors import InvalidRequest
 from nimble.structured.checks import check_choices, check_json_schema, check_regex
 from nimble.structured.json_schema import close_objects
@@ -42,8 +42,10 @@ class GuidedFields(Strict):
     guided_grammar: str | None = None
 
 
-class NvExt(GuidedFields):
-    """NIM's extension object; only its structured-output fields are taken."""
+class NvExt(GuidedFields, NvExtSampling):
+    """NIM's extension object: its structured-output fields, and its sampling fields
+    (`ignore_eos`, `top_k`, `repetition_penalty`; read in `SamplingFields`). Other keys
+    are refused."""
 
 
 class StructuredFields(GuidedFields):

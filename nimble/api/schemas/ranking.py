@@ -72,3 +72,46 @@ class RerankResponse(BaseModel):
     model: str
     results: list[RerankResult] = Field(description="Best first.")
     usage: RerankUsage
+
+
+class RerankV2Request(RerankRequest):
+    """Cohere's v2 rerank (what `cohere.ClientV2.rerank` and aiperf's cohere_rankings send).
+    `return_documents` (Cohere v1, vLLM) and `truncate` are nimble's, as on /v1/rerank."""
+
+    max_tokens_per_doc: int | None = Field(
+        default=None,
+        ge=1,
+        description="Cut each document to its first N tokens (the model's tokenizer) before "
+        "scoring. Default: no cut beyond the model's window (`truncate`).",
+    )
+    priority: int | None = Field(
+        default=None,
+        description="Cohere's scheduling priority: nimble serves in arrival order, so only 0.",
+    )
+
+
+class ApiVersion(BaseModel):
+    version: str
+
+
+class BilledUnits(BaseModel):
+    search_units: int = Field(description="One per query and 100 documents, as Cohere bills.")
+
+
+class MetaTokens(BaseModel):
+    input_tokens: int
+    output_tokens: int
+
+
+class RerankMeta(BaseModel):
+    api_version: ApiVersion
+    billed_units: BilledUnits
+    tokens: MetaTokens
+
+
+class RerankV2Response(BaseModel):
+    id: str
+    model: str
+    results: list[RerankResult] = Field(description="Best first.")
+    meta: RerankMeta
+    usage: RerankUsage

@@ -31,7 +31,7 @@ from nimble.types import (
     ToolFunction,
 )
 
-_ITEM_TYPES = ("message", "function_call", "function_call_output")
+_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
 _PART_TYPES = ("input_text", "output_text", "refusal")
 
 
@@ -72,9 +72,11 @@ def _parts(value: Any) -> Any:
 
 
 class InputItem(Strict):
-    """One input item: a message, a function call the model made, or its result."""
+    """One input item: a message, a function call the model made, or its result; or
+    reasoning, the model's thinking in an earlier output sent back, which is accepted and
+    not shown to the model again (as thinking models' templates drop earlier thoughts)."""
 
-    type: Literal["message", "function_call", "function_call_output"] = "message"
+    type: Literal["message", "function_call", "function_call_output", "reasoning"] = "message"
     id: str | None = None
     status: Literal["in_progress", "completed", "incomplete"] | None = None
     # messages
@@ -95,6 +97,8 @@ class InputItem(Strict):
             raise ValueError(
                 f"input item type {kind!r} is not supported (supported: {', '.join(_ITEM_TYPES)})"
             )
+        if kind == "reasoning":  # its summary, content and encrypted content go unread
+            return {"type": "reasoning", "id": value.get("id")}
         return value
 
     @field_validator("content", "output", mode="before")
@@ -108,6 +112,7 @@ class InputItem(Strict):
             "message": ("role", "content"),
             "function_call": ("call_id", "name", "arguments"),
             "function_call_output": ("call_id", "output"),
+            "reasoning": (),
         }[self.type]
         missing = [name for name in needed if getattr(self, name) is None]
         if missing:
@@ -346,6 +351,8 @@ class CreateResponseRequest(Strict):
         joins the assistant turn right before it, and each output must answer a call."""
         turns: list[ChatMessage] = []
         for index, item in enumerate(self.input):
+            if item.type == "reasoning":
+                continue
             if item.type == "message":
                 assert item.role is not None
                 turns.append(ChatMessage(item.role, _text(item.content)))
@@ -361,6 +368,10 @@ class CreateResponseRequest(Strict):
                 turns.append(call_turn)
             else:
                 turns.append(_result(item, index, (*prior, *turns)))
+        if not turns and not prior:
+            raise InvalidRequest(
+                "input: reasoning items alone leave nothing to answer", param="input"
+            )
         return tuple(turns)
 
 

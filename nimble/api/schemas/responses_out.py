@@ -32,7 +32,24 @@ class FunctionCallItem(BaseModel):
     status: Literal["in_progress", "completed", "incomplete"]
 
 
-OutputItem = Annotated[OutputMessage | FunctionCallItem, Field(discriminator="type")]
+class ReasoningText(BaseModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class ReasoningItem(BaseModel):
+    """The model's thinking (with a reasoning parser), before the message it led to."""
+
+    type: Literal["reasoning"] = "reasoning"
+    id: str
+    status: Literal["in_progress", "completed", "incomplete"]
+    summary: list[Any] = []
+    content: list[ReasoningText]
+
+
+OutputItem = Annotated[
+    ReasoningItem | OutputMessage | FunctionCallItem, Field(discriminator="type")
+]
 
 
 class InputTokensDetails(BaseModel):

@@ -13,6 +13,8 @@ How it works
   fails all of them ("Context size has been exceeded"). The price is memory: one window
   per slot, as in Ollama's OLLAMA_NUM_PARALLEL.
 - A request with `n > 1` takes `n` slots; llama.cpp refuses `n` above `max_running`.
+- Sampling: OpenAI's fields, and vLLM's extensions in llama.cpp's names; stop_token_ids
+  and kept stop strings are done on the stream (`sampling.py`, which says what is refused).
 - The Server also opens llama.cpp's HTTP listener on 127.0.0.1 (random port). It is locked
   with a random API key that never leaves this object; the engine itself uses it only for
   `/props`, `/health`, `/apply-template`, `/tokenize` and `/slots` (KV cache use for the
@@ -34,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import secrets
 import threading
@@ -46,7 +49,14 @@ import httpx
 import xllamacpp
 
 from nimble.engines.config import EngineConfig
+from nimble.engines.llamacpp.echo import prompt_logprobs
 from nimble.engines.llamacpp.gguf import GgufSummary, read_gguf_summary
+from nimble.engines.llamacpp.sampling import (
+    Cutter,
+    needs_cutter,
+    refuse_unsupported,
+    sampling_fields,
+)
 from nimble.engines.llamacpp.stream import END, Stream
 from nimble.engines.openai_wire import (
     ChunkMapper,
@@ -71,6 +81,9 @@ from nimble.types import (
     GenerationChunk,
     ModelFile,
     SamplingParams,
+    TokenizeRequest,
+    TokenLogprob,
+    Tokens,
     ToolCallConstraint,
     Usage,
 )
@@ -96,6 +109,7 @@ class LlamaCppEngine:
         self._build = ""
         self._template_cost: tuple[int, int] | None = None
         self._renders_tools = False
+        self._vocab: int | None = None
 
     # lifecycle
 
@@ -210,23 +224,48 @@ class LlamaCppEngine:
     # requests
 
     async def prompt_tokens(self, request: GenerateRequest, fits: int) -> int:
+        if isinstance(request.prompt, tuple):
+            return len(request.prompt)  # token ids go to llama.cpp as they are
         bound = self._bound(request)
         if bound is not None and bound <= fits:
             return bound
         return await self._exact_tokens(request)
 
+    def vocab_size(self) -> int | None:
+        return self._vocab
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokens:
+        """The ids llama.cpp's completion sees: a conversation through the template (the
+        model's BOS added as llama.cpp adds it; a last assistant message stays open, as
+        llama.cpp's chat completions continue it), a prompt with its specials if asked."""
+        text, special = request.prompt or "", request.add_special_tokens
+        if request.chat is not None:
+            body = template_body(request.chat)
+            body["add_generation_prompt"] = request.add_generation_prompt
+            text, special = str((await self._post("/apply-template", body))["prompt"]), True
+        # the flags llama.cpp's completion path tokenizes with (BOS if the model adds one)
+        body = {"content": text, "add_special": special, "parse_special": True}
+        tokens = (await self._post("/tokenize", {**body, "with_pieces": True}))["tokens"]
+        return Tokens(
+            tuple(int(t["id"]) for t in tokens), tuple(_piece(t["piece"]) for t in tokens)
+        )
+
+    async def detokenize(self, ids: tuple[int, ...]) -> str:
+        return str((await self._post("/detokenize", {"tokens": list(ids)}))["content"])
+
     async def _exact_tokens(self, request: GenerateRequest) -> int:
-        prompt = request.prompt or ""
-        if request.messages is not None:
-            rendered = await self._post("/apply-template", template_body(request))
-            prompt = str(rendered["prompt"])
-        # the same flags llama.cpp's completion path tokenizes with (BOS if the model adds one)
-        return await self._count_tokens(prompt, special=True)
+        # /tokenize's path: the count is the same as a client's /tokenize gets
+        if isinstance(request.prompt, tuple):
+            return len(request.prompt)
+        chat = request if request.messages is not None else None
+        return len((await self.tokenize(TokenizeRequest(request.prompt, chat))).ids)
 
     def _bound(self, request: GenerateRequest) -> int | None:
         """An upper bound of the prompt's tokens (None: unknown). Every token covers at least
         one byte of text, so bytes bound tokens; the template's own tokens were measured at
         warm-up."""
+        if isinstance(request.prompt, tuple):
+            return len(request.prompt)
         if request.messages is None:
             return len((request.prompt or "").encode()) + 2  # BOS/EOS
         if self._template_cost is None or request.tools:
@@ -236,10 +275,18 @@ class LlamaCppEngine:
         return first + each * (len(request.messages) - 1) + text
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
+        if request.echo:
+            async with contextlib.aclosing(self._echoed(request)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
+        refuse_unsupported(request.params)
         prompt = None
-        if request.messages is not None and (request.tools or request.constraint is not None):
+        rendered = request.tools or request.constraint is not None or needs_cutter(request.params)
+        if request.messages is not None and rendered:
             # rendered here and sent as a completion: llama.cpp's chat path would apply its
-            # own tool handling and grammar over ours
+            # own tool handling and grammar over ours, and its stream does not say which
+            # choice a usage belongs to (the Cutter needs it)
             prompt = str((await self._post("/apply-template", template_body(request)))["prompt"])
         constraint = request.constraint
         if isinstance(constraint, ToolCallConstraint) and constraint.lazy and prompt is not None:
@@ -250,6 +297,58 @@ class LlamaCppEngine:
         async for chunk in self._run(request, prompt, mapper):
             yield chunk
         yield GenerationChunk(usage=mapper.usage())
+
+    async def _echoed(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
+        """`echo`: each choice starts with the prompt, its tokens scored first when logprobs
+        are asked for (`echo.py`); then the generation, none for max_tokens 0."""
+        params, prompt = request.params, request.prompt or ""
+        scoring = params.top_logprobs is not None
+        tokens: Tokens | None = None
+        if isinstance(prompt, str):
+            text = prompt
+            tokens = await self.tokenize(TokenizeRequest(prompt)) if scoring else None
+        else:
+            text = await self.detokenize(prompt)
+            tokens = await self._pieces(prompt) if scoring else None
+        logprobs: tuple[TokenLogprob, ...] = ()
+        if tokens is not None and tokens.ids:
+            payloads = functools.partial(self._payloads, chat=False)
+            top = params.top_logprobs or 0
+            logprobs = await prompt_logprobs(payloads, tokens.ids, tokens.pieces, top)
+        for index in range(params.n):
+            yield GenerationChunk(index=index, text=text, logprobs=logprobs)
+        if params.max_tokens == 0:  # prompt scoring: nothing generated
+            for index in range(params.n):
+                yield GenerationChunk(index=index, finish_reason="length")
+            counted = len(tokens.ids) if tokens is not None else await self._exact_tokens(request)
+            yield GenerationChunk(usage=Usage(counted, 0))
+            return
+        plain = dataclasses.replace(request, echo=False)
+        async with contextlib.aclosing(self.generate(plain)) as rest:
+            async for chunk in rest:
+                yield chunk
+
+    async def _pieces(self, ids: tuple[int, ...]) -> Tokens:
+        """The text of each token id (special tokens as written in the vocabulary)."""
+        body = {"content": list(ids), "with_pieces": True}
+        tokens = (await self._post("/tokenize", body))["tokens"]
+        return Tokens(ids, tuple(_piece(t["piece"]) for t in tokens))
+
+    async def _payloads(self, body: Json, chat: bool) -> AsyncGenerator[Json, None]:
+        """The streamed payloads of one llama.cpp task; closing this cancels the task."""
+        stream = Stream(asyncio.get_running_loop())
+        self._running.add(stream.cancel)
+        try:
+            self._submit(stream, body, chat=chat)
+            while (item := await stream.get()) is not END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield cast(Json, item)
+            if stream.cancel.is_set():  # stop() cut it short
+                raise Unavailable(f"model {self.spec.id} was stopped during the generation")
+        finally:
+            stream.cancel.set()  # llama.cpp cancels the task at its next token
+            self._running.discard(stream.cancel)
 
     async def _text_then_calls(
         self, request: GenerateRequest, prompt: str, calls: ToolCallConstraint
@@ -302,10 +401,14 @@ class LlamaCppEngine:
     async def _run(
         self, request: GenerateRequest, prompt: str | None, mapper: ChunkMapper
     ) -> AsyncGenerator[GenerationChunk, None]:
-        """One llama.cpp generation's chunks (its usage goes to `mapper`)."""
+        """One llama.cpp generation's chunks (its usage goes to `mapper`). With
+        stop_token_ids or kept stop strings, a `Cutter` ends the choices, and the
+        generation once they all ended (`sampling.py`)."""
         body = request_body(request, prompt)
+        body.update(sampling_fields(request.params, self._vocab))
         if request.constraint is not None:
             body.update(constraint_fields(request.constraint, _to_grammar))
+        cutter = Cutter(request.params) if needs_cutter(request.params) else None
         stream = Stream(asyncio.get_running_loop())
         self._running.add(stream.cancel)
         try:
@@ -313,8 +416,16 @@ class LlamaCppEngine:
             while (item := await stream.get()) is not END:
                 if isinstance(item, BaseException):
                     raise item
-                for chunk in mapper.map(cast(Json, item)):
+                payload = cast(Json, item)
+                if cutter is not None:
+                    rewritten = cutter.rewrite(payload)
+                    if rewritten is None:
+                        continue  # a choice that ended here
+                    payload = rewritten
+                for chunk in mapper.map(payload):
                     yield chunk
+                if cutter is not None and cutter.done:
+                    break  # the finally cancels what llama.cpp still generates
             if stream.cancel.is_set():  # stop() cut it short
                 raise Unavailable(f"model {self.spec.id} was stopped during the generation")
         finally:
@@ -365,11 +476,14 @@ class LlamaCppEngine:
         params.verbosity = _VERBOSITY_INFO if self._config.engine_log else _VERBOSITY_ERRORS
         if self._config.chat_template:
             params.chat_template = self._config.chat_template
+        # the thinking stays in the text: nimble's reasoning parser (or none) decides, the
+        # same for every engine (llama.cpp would move it to a field nimble does not read)
+        params.reasoning_format = xllamacpp.common_reasoning_format.COMMON_REASONING_FORMAT_NONE
         return params
 
     async def _read_props(self, window: int) -> None:
         try:
-            props = await self._get_props()
+            props = await self._get("/props")
         except (EngineError, KeyError, TypeError, ValueError) as exc:
             await self.stop()
             raise ModelLoadError(f"{self.spec.weights}: llama.cpp loaded it but {exc}") from exc
@@ -377,16 +491,19 @@ class LlamaCppEngine:
         self._build = str(props.get("build_info", ""))
         # a Python dict's repr in this build ("{'supports_tools': True, ...}")
         self._renders_tools = "'supports_tools': True" in str(props.get("chat_template_caps"))
+        with contextlib.suppress(EngineError, LookupError, TypeError, ValueError):
+            models = await self._get("/v1/models")  # `meta` has the vocabulary's size
+            self._vocab = int(models["data"][0]["meta"]["n_vocab"])
 
-    async def _get_props(self) -> Json:
+    async def _get(self, route: str) -> Json:
         http = self._client()
         try:
-            response = await http.get("/props")
+            response = await http.get(route)
             response.raise_for_status()
         except httpx.HTTPError as exc:
-            raise EngineError(f"llama.cpp did not answer GET /props: {exc}") from exc
-        props: Json = response.json()
-        return props
+            raise EngineError(f"llama.cpp did not answer GET {route}: {exc}") from exc
+        answer: Json = response.json()
+        return answer
 
     async def _post(self, route: str, body: Json) -> Json:
         try:
@@ -429,6 +546,12 @@ def _release(box: list[Any], pool: ThreadPoolExecutor | None) -> None:
         pool.shutdown(wait=True)
     box.clear()
     gc.collect()
+
+
+def _piece(piece: str | list[int]) -> str:
+    """A token's text; a token that is part of a UTF-8 character (llama.cpp gives its
+    bytes) with those bytes escaped (`\\xe6`)."""
+    return piece if isinstance(piece, str) else bytes(piece).decode("utf-8", "backslashreplace")
 
 
 def _to_grammar(schema: str) -> str:

@@ -40,6 +40,8 @@ from nimble.types import (
     EmbedResult,
     EngineInfo,
     ModelFile,
+    TokenizeRequest,
+    Tokens,
 )
 
 _T = TypeVar("_T")
@@ -171,6 +173,27 @@ class OnnxEmbeddingEngine:
             vectors=tuple(map(tuple, rows.tolist())),
             prompt_tokens=sum(len(s) for s in sequences),
         )
+
+    def vocab_size(self) -> int | None:
+        return self._vocab or None
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokens:
+        """A text as the model reads it, untruncated; an embedding model has no chat
+        template (the runtime refuses `messages` before this)."""
+        counter = self._counter
+        if counter is None:
+            raise Unavailable(f"model {self.spec.id!r} is not loaded")
+        if request.chat is not None:
+            raise InvalidRequest(f"model {self.spec.id} has no chat template", param="messages")
+        encoding = counter.encode(
+            request.prompt or "", add_special_tokens=request.add_special_tokens
+        )
+        return Tokens(tuple(encoding.ids), tuple(encoding.tokens))
+
+    async def detokenize(self, ids: tuple[int, ...]) -> str:
+        if self._counter is None:
+            raise Unavailable(f"model {self.spec.id!r} is not loaded")
+        return self._counter.decode(list(ids), skip_special_tokens=False)
 
     @property
     def batch_stats(self) -> LaneStats | None:

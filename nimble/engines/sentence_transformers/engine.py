@@ -34,6 +34,8 @@ from nimble.types import (
     RankRequest,
     RankResult,
     Task,
+    TokenizeRequest,
+    Tokens,
 )
 
 _T = TypeVar("_T")
@@ -192,6 +194,25 @@ class SentenceTransformersEngine:
         )
         tokens = sum(min(n, self._max_length) for n in lengths)
         return EmbedResult(tuple(tuple(float(x) for x in row) for row in vectors), tokens)
+
+    def vocab_size(self) -> int | None:
+        return len(self._model.tokenizer) if self._model is not None else None
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokens:
+        """A text as the model reads it, untruncated (a cross-encoder reads a pair: the
+        query's and the document's tokens between its special tokens); no chat template."""
+        if request.chat is not None:
+            raise InvalidRequest(f"model {self.spec.id} has no chat template", param="messages")
+        text = request.prompt or ""
+        return await self._in_worker(lambda: self._tokenize_sync(text, request.add_special_tokens))
+
+    def _tokenize_sync(self, text: str, special: bool) -> Tokens:
+        tokenizer = self._model.tokenizer
+        ids = tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"]
+        return Tokens(tuple(ids), tuple(tokenizer.convert_ids_to_tokens(ids)))
+
+    async def detokenize(self, ids: tuple[int, ...]) -> str:
+        return str(await self._in_worker(lambda: self._model.tokenizer.decode(list(ids))))
 
     def _lengths(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[int]:
         """Tokens of each text (or text pair) with special tokens, before any truncation."""

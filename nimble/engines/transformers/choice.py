@@ -9,17 +9,24 @@ next token settles it.
 A choice with a constraint (`hf_constrain.Constrained`) masks its row's logits before anything
 reads them (sampling, penalties and logprobs all see the masked distribution), feeds the
 chosen token to its grammar, and stops with "stop" once the grammar is complete.
+
+The scores a token is picked from, in order: logit_bias added; the end-of-text tokens
+banned (ignore_eos, or fewer than min_tokens so far; stop_token_ids too then); the
+repetition penalty (Hugging Face's and vLLM's: a seen token's positive score divided by it,
+a negative one multiplied, over the prompt and the output); presence and frequency
+penalties (output only); then temperature (0: the best score), top_k, min_p, top_p.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 
 from nimble.engines.transformers.constrain import Constrained
-from nimble.types import GenerationChunk, SamplingParams, TokenLogprob, TopLogprob
+from nimble.types import GenerationChunk, SamplingParams, TokenLogprob, TopLogprob, Usage
 
 _INCOMPLETE = "\ufffd"  # what a decoder shows for a partial UTF-8 sequence
 
@@ -38,9 +45,11 @@ class Sampler:
         eos_ids: frozenset[int],
         generator: torch.Generator,
         constraint: Constrained | None = None,
+        prompt_ids: Sequence[int] = (),
     ):
         self.index = index
         self.prompt_length = prompt_length
+        self._prompt_ids = prompt_ids  # read by the repetition penalty only
         self.tokens: list[int] = []
         self.finish: Literal["stop", "length"] | None = None
         self._params = params
@@ -52,6 +61,12 @@ class Sampler:
         self._generator = generator
         self._constraint = constraint
         self._stops = tuple(stop for stop in params.stop if stop)
+        self._stop_ids = frozenset(params.stop_token_ids)
+        self._top_k = params.top_k or 0
+        self._min_p = params.min_p or 0.0
+        self._repetition = params.repetition_penalty or 1.0
+        self._seen: torch.Tensor | None = None  # tokens of the prompt and output (repetition)
+        self._bias: tuple[torch.Tensor, torch.Tensor] | None = None  # logit_bias ids, values
         self._longest_stop = max((len(stop) for stop in self._stops), default=0)
         self._counts: torch.Tensor | None = None  # token counts, only with penalties
         self._text = ""  # decoded completion so far (without end-of-sequence tokens)
@@ -81,10 +96,17 @@ class Sampler:
     # sampling
 
     def _choose(self, logits: torch.Tensor) -> int:
-        scores = self._penalised(logits)
+        scores = self._penalised(self._banned(self._biased(logits)))
         if self._temperature == 0.0:
             return int(torch.argmax(scores).item())
-        probs = torch.softmax(scores / self._temperature, dim=-1)
+        scores = scores / self._temperature
+        if 0 < self._top_k < scores.shape[-1]:
+            kth = torch.topk(scores, self._top_k).values[-1]
+            scores = scores.masked_fill(scores < kth, -math.inf)
+        probs = torch.softmax(scores, dim=-1)
+        if self._min_p > 0.0:  # tokens less likely than min_p times the likeliest are out
+            probs = probs.masked_fill(probs < self._min_p * probs.max(), 0.0)
+            probs = probs / probs.sum()
         if self._top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
             # keep the smallest head whose mass reaches top_p (the first token always stays)
@@ -94,8 +116,38 @@ class Sampler:
             return int(order[pick].item())
         return int(torch.multinomial(probs, 1, generator=self._generator).item())
 
+    def _biased(self, logits: torch.Tensor) -> torch.Tensor:
+        """OpenAI's logit_bias, added to the scores (ids were checked against the vocabulary)."""
+        if not self._params.logit_bias:
+            return logits
+        if self._bias is None:
+            pairs = self._params.logit_bias
+            self._bias = (
+                torch.tensor([t for t, _ in pairs], dtype=torch.long, device=logits.device),
+                torch.tensor([b for _, b in pairs], dtype=logits.dtype, device=logits.device),
+            )
+        ids, values = self._bias
+        return logits.index_add(0, ids, values)
+
+    def _banned(self, logits: torch.Tensor) -> torch.Tensor:
+        """No end of text with ignore_eos, nor before min_tokens (nor a stop token then).
+        If that leaves nothing to pick (a grammar that allows only its end), nothing is."""
+        early = len(self.tokens) < self._params.min_tokens
+        banned = set(self._eos) if self._params.ignore_eos or early else set()
+        if early:
+            banned |= self._stop_ids
+        banned = {token for token in banned if token < logits.shape[-1]}
+        if not banned:
+            return logits
+        masked = logits.index_fill(
+            0, torch.tensor(sorted(banned), device=logits.device), -math.inf
+        )
+        return logits if bool(torch.isinf(masked).all()) else masked
+
     def _penalised(self, logits: torch.Tensor) -> torch.Tensor:
-        """OpenAI's presence and frequency penalties over the tokens generated so far."""
+        """The repetition penalty (prompt and output), then OpenAI's presence and frequency
+        penalties over the tokens generated so far."""
+        logits = self._repeated(logits)
         presence, frequency = self._params.presence_penalty, self._params.frequency_penalty
         if not presence and not frequency:
             return logits
@@ -105,6 +157,17 @@ class Sampler:
                 self._counts[token] += 1
         seen = (self._counts > 0).to(logits.dtype)
         return logits - frequency * self._counts - presence * seen
+
+    def _repeated(self, logits: torch.Tensor) -> torch.Tensor:
+        if self._repetition == 1.0:
+            return logits
+        if self._seen is None:
+            self._seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            for token in (*self._prompt_ids, *self.tokens):
+                if token < logits.shape[-1]:
+                    self._seen[token] = True
+        penalised = torch.where(logits > 0, logits / self._repetition, logits * self._repetition)
+        return torch.where(self._seen, penalised, logits)
 
     def _logprob(self, logits: torch.Tensor, token: int) -> TokenLogprob:
         """The model's own log-probabilities (before penalties, temperature and top_p; after a
@@ -132,18 +195,24 @@ class Sampler:
         self.tokens.append(token)
         if self._counts is not None:
             self._counts[token] += 1
-        if token in self._eos:
+        if self._seen is not None and token < self._seen.shape[-1]:
+            self._seen[token] = True
+        early = len(self.tokens) < self._params.min_tokens
+        keep_stop = self._params.include_stop_str_in_output
+        if token in self._eos or (token in self._stop_ids and not keep_stop):
             return self._finish("stop", len(self._text))
         if logprob is not None:
             self._pending.append(logprob)
         self._text = str(
             self._tokenizer.decode(
                 [t for t in self.tokens if t not in self._eos],
-                skip_special_tokens=True,
+                skip_special_tokens=self._params.skip_special_tokens,
                 clean_up_tokenization_spaces=False,
             )
         )
-        cut = self._stop_at()
+        if token in self._stop_ids:  # kept in the text (include_stop_str_in_output)
+            return self._finish("stop", len(self._text))
+        cut = None if early else self._stop_at()
         if cut is not None:
             return self._finish("stop", cut)
         if self._constraint is not None and self._constraint.finished:
@@ -154,9 +223,16 @@ class Sampler:
         if safe <= self._sent:
             return []
         piece, self._sent = self._text[self._sent : safe], safe
-        chunk = GenerationChunk(index=self.index, text=piece, logprobs=tuple(self._pending))
+        chunk = GenerationChunk(
+            index=self.index, text=piece, logprobs=tuple(self._pending), progress=self._progress()
+        )
         self._pending.clear()
         return [chunk]
+
+    def _progress(self) -> Usage | None:
+        if not self._params.continuous_usage:
+            return None
+        return Usage(self.prompt_length, len(self.tokens))
 
     def _finish(self, reason: Literal["stop", "length"], end: int) -> list[GenerationChunk]:
         self.finish = reason
@@ -165,15 +241,27 @@ class Sampler:
         logprobs = tuple(self._pending)
         self._pending.clear()
         return [
-            GenerationChunk(index=self.index, text=piece, finish_reason=reason, logprobs=logprobs)
+            GenerationChunk(
+                index=self.index,
+                text=piece,
+                finish_reason=reason,
+                logprobs=logprobs,
+                progress=self._progress(),
+            )
         ]
 
     def _stop_at(self) -> int | None:
+        """Where the text ends at a stop string: its start, or its end when the stop string
+        is kept (include_stop_str_in_output); None if no stop string is in it."""
         if not self._stops:
             return None
         start = max(0, self._sent - self._longest_stop)
-        found = [p for p in (self._text.find(s, start) for s in self._stops) if p >= 0]
-        return min(found) if found else None
+        found = [(self._text.find(s, start), s) for s in self._stops]
+        found = [(at, stop) for at, stop in found if at >= 0]
+        if not found:
+            return None
+        at, stop = min(found)
+        return at + len(stop) if self._params.include_stop_str_in_output else at
 
     def _safe_end(self) -> int:
         """How much of the text can be sent: not a partial character, not a partial stop."""

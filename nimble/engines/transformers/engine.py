@@ -15,7 +15,9 @@ How it works
   tokens (BOS where the model adds one).
 - Sampling per choice (`choice.Sampler`): temperature (0: greedy; unset: the model's
   generation_config when it samples by default, else 1), top_p, presence and frequency
-  penalties, stop strings, seed (a torch.Generator per choice), logprobs with alternatives.
+  penalties, stop strings, seed (a torch.Generator per choice), logprobs with alternatives;
+  vLLM's top_k, min_p, repetition_penalty, min_tokens, stop_token_ids, ignore_eos,
+  include_stop_str_in_output, skip_special_tokens, and OpenAI's logit_bias.
 - Constraints (`hf_constrain`): JSON schema, regex, choice, grammar (Lark, or GBNF) and tool
   calls (forced, or lazy for tool_choice auto) are enforced while decoding by masking each
   constrained row's logits with llguidance; a grammar it cannot compile is a 400 before any
@@ -56,6 +58,8 @@ from nimble.types import (
     GenerateRequest,
     GenerationChunk,
     SamplingParams,
+    TokenizeRequest,
+    Tokens,
 )
 
 _SEED_BITS = 63
@@ -169,6 +173,20 @@ class TransformersEngine:
         finally:
             job.cancelled = True  # the scheduler drops its rows at the next step
 
+    # tokenizer
+
+    def vocab_size(self) -> int | None:
+        return len(self._loaded.tokenizer) if self._loaded is not None else None
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokens:
+        loaded, _ = self._require()
+        ids = await asyncio.to_thread(self._ids, request)
+        return Tokens(tuple(ids), tuple(loaded.tokenizer.convert_ids_to_tokens(ids)))
+
+    async def detokenize(self, ids: tuple[int, ...]) -> str:
+        loaded, _ = self._require()
+        return str(await asyncio.to_thread(loaded.tokenizer.decode, list(ids)))
+
     # helpers
 
     def _require(self) -> tuple[Loaded, Scheduler]:
@@ -195,6 +213,14 @@ class TransformersEngine:
                 param=where,
             )
         budget = min(params.max_tokens, room) if params.max_tokens else room
+        vocab = int(getattr(loaded.model.config, "vocab_size", 0) or len(loaded.tokenizer))
+        outside = sorted(token for token, _ in params.logit_bias if token >= vocab)
+        if outside:
+            raise InvalidRequest(
+                f"logit_bias: token id {outside[0]} is not in the model's vocabulary "
+                f"(0 to {vocab - 1})",
+                param="logit_bias",
+            )
         effective = dataclasses.replace(
             params,
             temperature=loaded.temperature if params.temperature is None else params.temperature,
@@ -211,19 +237,35 @@ class TransformersEngine:
                 eos_ids=loaded.eos_ids,
                 generator=_generator(loaded.device, seed, index),
                 constraint=constraints[index] if constraints else None,
+                prompt_ids=ids,
             )
             for index in range(params.n)
         ]
 
     def _encode(self, request: GenerateRequest) -> list[int]:
+        chat = request if request.messages is not None else None
+        # a chat template writes the special tokens itself
+        return self._ids(TokenizeRequest(request.prompt, chat, add_special_tokens=chat is None))
+
+    def _ids(self, request: TokenizeRequest) -> list[int]:
+        """The ids of a prompt or a conversation, as generation (and /tokenize) sees them."""
         loaded, _ = self._require()
-        if request.messages is None:
-            encoded = loaded.tokenizer(request.prompt or "", add_special_tokens=True)
-        else:  # the template writes the special tokens itself
-            encoded = loaded.tokenizer(self._render(request.messages), add_special_tokens=False)
+        text = request.prompt or ""
+        if request.chat is not None:
+            text = self._render(
+                request.chat.messages or (),
+                request.add_generation_prompt,
+                request.continue_final_message,
+            )
+        encoded = loaded.tokenizer(text, add_special_tokens=request.add_special_tokens)
         return list(encoded["input_ids"])
 
-    def _render(self, messages: tuple[ChatMessage, ...]) -> str:
+    def _render(
+        self,
+        messages: tuple[ChatMessage, ...],
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+    ) -> str:
         loaded, _ = self._require()
         tokenizer = loaded.tokenizer
         if not getattr(tokenizer, "chat_template", None):
@@ -238,11 +280,20 @@ class TransformersEngine:
         ]
         try:
             rendered = tokenizer.apply_chat_template(
-                conversation, tokenize=False, add_generation_prompt=True
+                conversation,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
             )
         except jinja2.TemplateError as exc:
             raise InvalidRequest(
                 f"messages: the model's chat template refused them: {exc}", param="messages"
+            ) from exc
+        except ValueError as exc:  # the last message cannot be found to continue it
+            if not continue_final_message:
+                raise
+            raise InvalidRequest(
+                f"continue_final_message: {exc}", param="continue_final_message"
             ) from exc
         return str(rendered)
 

@@ -42,12 +42,20 @@ from nimble.engines.vllm.wire import (
     error_of,
     is_error,
     log,
+    sampling_fields,
     serve_args,
     structured_fields,
     template_shows_tools,
+    vocab_size,
     weight_files,
 )
-from nimble.errors import EngineError, ModelLoadError, Unavailable, UnsupportedParameter
+from nimble.errors import (
+    EngineError,
+    InvalidRequest,
+    ModelLoadError,
+    Unavailable,
+    UnsupportedParameter,
+)
 from nimble.models.spec import ModelSpec
 from nimble.structured.json_schema import tool_json
 from nimble.types import (
@@ -61,6 +69,8 @@ from nimble.types import (
     RankResult,
     SamplingParams,
     Task,
+    TokenizeRequest,
+    Tokens,
 )
 
 RESTARTS = RestartPolicy()  # backoff 1, 2, 4 ... 30 s; 5 restarts in 10 minutes
@@ -82,6 +92,7 @@ class VllmEngine:
         self._version = ""
         self._context_length = 0
         self._files: tuple[ModelFile, ...] = ()
+        self._vocab: int | None = None
         policy = RESTARTS if config.engine_restart == "restart" else RestartPolicy(restart=False)
         self._process = Supervisor(
             f"vllm for {spec.id}",
@@ -110,6 +121,7 @@ class VllmEngine:
         try:
             await self._process.start()
             self._files = await hashing
+            self._vocab = await asyncio.to_thread(vocab_size, self.spec.weights)
         except BaseException as exc:
             hashing.cancel()
             await self.stop()
@@ -173,22 +185,23 @@ class VllmEngine:
     # requests
 
     async def prompt_tokens(self, request: GenerateRequest, fits: int) -> int:
+        if isinstance(request.prompt, tuple):
+            return len(request.prompt)  # token ids go to vLLM as they are
         bound = self._bound(request)
         if bound <= fits:
             return bound
-        body: Json = {"model": self.spec.id}
-        if request.messages is not None:
-            body.update(messages=message_dicts(request.messages), add_generation_prompt=True)
-        else:
-            body["prompt"] = request.prompt or ""
-        answer = await self._post("/tokenize", body, _param(request))
-        return int(answer["count"])
+        chat = request if request.messages is not None else None
+        # vLLM's defaults: a chat template writes the special tokens itself
+        counted = TokenizeRequest(request.prompt, chat, add_special_tokens=chat is None)
+        return len((await self.tokenize(counted)).ids)
 
     def _bound(self, request: GenerateRequest) -> int:
         """An upper bound of the prompt's tokens: each token covers at least a byte of text;
         the chat template's own tokens fit in the slack. Saves a /tokenize round trip for
         most requests; a prompt that still does not fit is refused by vLLM itself
         (ContextLengthExceeded all the same)."""
+        if isinstance(request.prompt, tuple):
+            return len(request.prompt)
         if request.messages is None:
             return len((request.prompt or "").encode()) + _TEMPLATE_SLACK
         return _TEMPLATE_SLACK + sum(
@@ -199,9 +212,11 @@ class VllmEngine:
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
         client = self._ready_client()
         chat = request.messages is not None
-        body = {**request_body(request), "model": self.spec.id}
+        body = {**request_body(request), "model": self.spec.id, **sampling_fields(request.params)}
         if request.params.seed is not None:
             body["seed"] = request.params.seed  # vLLM takes any int (llama.cpp: uint32)
+        if request.echo:  # vLLM scores the prompt itself (max_tokens 0: only that)
+            body["echo"] = True
         wrap = ("", "")
         if request.constraint is not None:
             fields, wrap = structured_fields(request.constraint)
@@ -209,7 +224,8 @@ class VllmEngine:
         if request.tools:  # the template shows them; nimble reads the calls from the text
             body.update(tools=[tool_json(tool) for tool in request.tools], tool_choice="none")
         path = "/v1/chat/completions" if chat else "/v1/completions"
-        mapper = ChunkMapper(request)
+        # with continuous usage vLLM's chunks each carry the usage so far
+        mapper = ChunkMapper(request, usage_per_chunk=request.params.continuous_usage)
         param = _param(request)
         done = False
         opened: set[int] = set()
@@ -242,6 +258,32 @@ class VllmEngine:
         if not done:
             raise EngineError(f"vllm ({self.spec.id}): the stream ended before [DONE]")
         yield GenerationChunk(usage=mapper.usage())
+
+    def vocab_size(self) -> int | None:
+        return self._vocab
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokens:
+        """vLLM's own /tokenize (the chat template and the tools as its chat completion
+        renders them)."""
+        body: Json = {"model": self.spec.id, "add_special_tokens": request.add_special_tokens}
+        chat = request.chat
+        if chat is not None:
+            body["messages"] = message_dicts(chat.messages or ())
+            body["add_generation_prompt"] = request.add_generation_prompt
+            body["continue_final_message"] = request.continue_final_message
+            if chat.tools:
+                body["tools"] = [tool_json(tool) for tool in chat.tools]
+        else:
+            body["prompt"] = request.prompt or ""
+        param = "messages" if chat is not None else "prompt"
+        answer = await self._post("/tokenize", {**body, "return_token_strs": True}, param)
+        ids = tuple(int(i) for i in answer["tokens"])
+        pieces = answer.get("token_strs") or [""] * len(ids)
+        return Tokens(ids, tuple(str(p) for p in pieces))
+
+    async def detokenize(self, ids: tuple[int, ...]) -> str:
+        body = {"model": self.spec.id, "tokens": list(ids)}
+        return str((await self._post("/detokenize", body, "tokens"))["prompt"])
 
     async def rank(self, request: RankRequest) -> RankResult:
         """A cross-encoder served by vLLM (a `…ForSequenceClassification` model with one
@@ -342,7 +384,10 @@ class VllmEngine:
             raise EngineError(f"vllm ({self.spec.id}): {exc!r}") from exc
         payload = _json(response.content)
         if response.status_code != 200 or not isinstance(payload, dict):
-            raise error_of(response.status_code, payload, param)
+            error = error_of(response.status_code, payload, param)
+            if isinstance(error, InvalidRequest) and error.param is None:
+                error.param = param  # the field nimble forwarded (vLLM's 400s name none)
+            raise error
         return payload
 
 

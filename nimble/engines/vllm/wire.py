@@ -28,6 +28,7 @@ from nimble.types import (
     JsonSchemaConstraint,
     ModelFile,
     RegexConstraint,
+    SamplingParams,
     ToolCallConstraint,
 )
 
@@ -60,6 +61,7 @@ def serve_args(spec: ModelSpec, context_length: int | None, max_running: int) ->
     flags: dict[str, str | None] = {}
     precision = options.pop("precision", "").lower()
     options.pop("tool_parser", None)  # nimble parses tool calls itself
+    options.pop("reasoning_parser", None)  # and thinking: vLLM must send it as text
     if precision in _PRECISION:
         flag, value = _PRECISION[precision]
         flags[flag] = value
@@ -86,6 +88,33 @@ def serve_args(spec: ModelSpec, context_length: int | None, max_running: int) ->
     for flag, flag_value in flags.items():
         args += [flag] if flag_value is None else [flag, flag_value]
     return args
+
+
+def sampling_fields(params: SamplingParams) -> Json:
+    """vLLM's own sampling fields, in its names, for what the request sets (vLLM's
+    defaults, or the model's generation_config, for the rest)."""
+    fields: Json = {}
+    if params.top_k is not None:
+        fields["top_k"] = params.top_k or -1  # -1: off, in every vLLM version
+    if params.min_p is not None:
+        fields["min_p"] = params.min_p
+    if params.repetition_penalty is not None:
+        fields["repetition_penalty"] = params.repetition_penalty
+    if params.min_tokens:
+        fields["min_tokens"] = params.min_tokens
+    if params.stop_token_ids:
+        fields["stop_token_ids"] = list(params.stop_token_ids)
+    if params.ignore_eos:
+        fields["ignore_eos"] = True
+    if params.include_stop_str_in_output:
+        fields["include_stop_str_in_output"] = True
+    if not params.skip_special_tokens:
+        fields["skip_special_tokens"] = False
+    if params.logit_bias:
+        fields["logit_bias"] = {str(token): bias for token, bias in params.logit_bias}
+    if params.continuous_usage:
+        fields["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+    return fields
 
 
 def structured_fields(constraint: Constraint) -> tuple[Json, tuple[str, str]]:
@@ -198,3 +227,13 @@ def weight_files(folder: Path) -> tuple[ModelFile, ...]:
     else:
         paths = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
     return tuple(ModelFile(str(p), sha256_of(p), p.stat().st_size) for p in paths if p.is_file())
+
+
+def vocab_size(folder: Path) -> int | None:
+    """The model's vocabulary size from its folder's config.json (None: not said there)."""
+    config = folder / "config.json"
+    try:
+        value = json.loads(config.read_text()).get("vocab_size") if config.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None

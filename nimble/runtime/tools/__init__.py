@@ -38,6 +38,12 @@ async def parse_calls(
         if chunk.usage is not None:
             yield chunk
             continue
+        if chunk.reasoning:  # thinking passes by: calls are read from the answer only
+            yield GenerationChunk(
+                index=chunk.index,
+                reasoning=chunk.reasoning,
+                logprobs=() if chunk.text else chunk.logprobs,
+            )
         parser = parsers.get(chunk.index)
         if parser is None:
             parser = parsers[chunk.index] = CallParser(fmt)

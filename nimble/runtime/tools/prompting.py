@@ -55,7 +55,10 @@ def constraint(request: GenerateRequest, fmt: ToolFormat) -> ToolCallConstraint 
         return None
     if not forced and not fmt.begin:
         return None  # nothing marks where calls start: auto output stays free
-    parallel = request.parallel_tool_calls
+    # a named choice is one call of that function (as OpenAI and vLLM answer), so the
+    # grammar ends after it: a small model would otherwise write the same call again
+    # until max_tokens
+    parallel = request.parallel_tool_calls and choice in ("auto", "required")
     return ToolCallConstraint(
         call_schema=fmt.call_schema(tools, parallel),
         begin=fmt.grammar_begin,
