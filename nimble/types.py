@@ -226,6 +226,9 @@ class GenerationChunk:
     progress: Usage | None = None
     # the model's thinking (a reasoning parser moved it out of `text`)
     reasoning: str = ""
+    # with finish_reason "stop": the stop string (`params.stop`) that ended the choice; None
+    # for the end of the turn (an end-of-text or stop token) or an engine that cannot tell
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,14 @@ from starlette.middleware.cors import CORSMiddleware
 from nimble.api.auth import AuthMiddleware
 from nimble.api.endpoints import HEALTH_PATHS, endpoint_of
 from nimble.api.errors import install_error_handlers
+from nimble.api.messages_errors import AnthropicErrors
 from nimble.api.middleware import BodyLimitMiddleware, RecordSink, RequestContextMiddleware
 from nimble.api.routes import (
     chat,
     completions,
     embeddings,
     health,
+    messages,
     ranking,
     responses,
     service,
@@ -119,6 +121,7 @@ def create_app(
         (
             chat,
             responses,
+            messages,
             completions,
             embeddings,
             ranking,
@@ -143,6 +146,9 @@ def create_app(
     if audit is not None:
         sinks.append(audit.write)
     app.add_middleware(RequestContextMiddleware, tracing=tracing, sinks=sinks)
+    if "messages" in settings.endpoints:
+        # around the request context: its 500s and X-Request-Id pass through it too
+        app.add_middleware(AnthropicErrors)
     if settings.cors_allow_origins:
         # outermost: preflights are answered without a key, and 401s carry CORS headers
         app.add_middleware(

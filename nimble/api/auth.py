@@ -1,7 +1,7 @@
 """API key middleware: every path except the health probes, vLLM's /health among them (and,
-if so set, the metrics)
-needs a valid key (401), inside its endpoint scope (403) and its limits (429). Unknown
-paths need a key too: without one, nothing tells a stranger which paths exist."""
+if so set, the metrics) needs a valid key (401), inside its endpoint scope (403) and its
+limits (429). Unknown paths need a key too: without one, nothing tells a stranger which
+paths exist."""
 
 from __future__ import annotations
 
@@ -22,6 +22,15 @@ def bearer_token(scope: Scope) -> str | None:
         return None
     scheme, _, token = value.partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def presented_key(scope: Scope) -> str | None:
+    """The key the caller sent: `Authorization: Bearer <key>` (OpenAI's clients), else
+    `x-api-key: <key>` (Anthropic's); the bearer token wins when both are sent."""
+    token = bearer_token(scope)
+    if token is not None:
+        return token
+    return (header(scope, b"x-api-key") or "").strip() or None
 
 
 class AuthMiddleware:
@@ -46,7 +55,7 @@ class AuthMiddleware:
             return
         record = current_record.get() or RequestRecord(request_id="-")
         try:
-            key = self.keys.authenticate(bearer_token(scope))
+            key = self.keys.authenticate(presented_key(scope))
             record.key_id = key.id
             if record.endpoint is not None:
                 key.require_endpoint(record.endpoint)

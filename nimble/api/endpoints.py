@@ -8,6 +8,8 @@ from nimble.config.settings import ALL_ENDPOINTS
 ENDPOINT_PATHS: dict[str, tuple[str, ...]] = {
     # the Responses API generates chat turns: same scope and switch as chat completions
     "chat": ("/v1/chat/completions", "/v1/responses", "/v1/responses/{response_id}"),
+    # Anthropic's Messages API: its own switch and scope (it generates chat turns too)
+    "messages": ("/v1/messages", "/v1/messages/count_tokens"),
     "completions": ("/v1/completions",),
     "embeddings": ("/v1/embeddings",),
     "ranking": ("/v1/ranking",),

@@ -41,8 +41,7 @@ def completion_logprobs(tokens: Sequence[TokenLogprob], offset: int = 0) -> dict
         "tokens": [t.token for t in tokens],
         "token_logprobs": [t.logprob for t in tokens],
         "top_logprobs": [
-            None if t.logprob is None else {top.token: top.logprob for top in t.top}
-            for t in tokens
+            None if t.logprob is None else {top.token: top.logprob for top in t.top} for t in tokens
         ],
         "text_offset": offsets,
     }

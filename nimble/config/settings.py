@@ -29,6 +29,7 @@ DEFAULT_MODELS = ("smollm2-135m-instruct", "all-minilm-l6-v2")
 # `health` is vLLM's /health, for routers written for vLLM)
 ALL_ENDPOINTS = (
     "chat",
+    "messages",
     "completions",
     "embeddings",
     "ranking",
@@ -287,7 +288,14 @@ class Settings(BaseSettings):
         default=("GET", "POST", "OPTIONS"), description="Methods allowed by CORS."
     )
     cors_allow_headers: Annotated[tuple[str, ...], NoDecode] = Field(
-        default=("Authorization", "Content-Type", "X-Request-Id", "traceparent"),
+        default=(
+            "Authorization",
+            "Content-Type",
+            "X-Request-Id",
+            "traceparent",
+            "X-Api-Key",  # Anthropic clients send the key here
+            "Anthropic-Version",
+        ),
         description="Request headers allowed by CORS.",
     )
     cors_max_age: int = Field(

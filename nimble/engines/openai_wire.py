@@ -200,13 +200,15 @@ class ChunkMapper:
             progress = None
         elif progress is None:
             progress = _timed(payload.get("timings"))
-        chunks = (self._choice(choice, progress) for choice in choices)
+        chunks = (self._choice(choice, progress, payload) for choice in choices)
         return [chunk for chunk in chunks if chunk is not None]
 
     def usage(self) -> Usage:
         return Usage(self._prompt_tokens, self._completion_tokens)
 
-    def _choice(self, choice: Json, progress: Usage | None) -> GenerationChunk | None:
+    def _choice(
+        self, choice: Json, progress: Usage | None, payload: Json
+    ) -> GenerationChunk | None:
         delta = choice.get("delta")
         text = (delta.get("content") if isinstance(delta, dict) else choice.get("text")) or ""
         finish = _finish_reason(choice.get("finish_reason"))
@@ -215,7 +217,12 @@ class ChunkMapper:
             return None  # role announcements, timing-only chunks
         index = int(choice.get("index", 0))
         return GenerationChunk(
-            index=index, text=text, finish_reason=finish, logprobs=logprobs, progress=progress
+            index=index,
+            text=text,
+            finish_reason=finish,
+            logprobs=logprobs,
+            progress=progress,
+            stop_sequence=_stop_string(choice, payload) if finish == "stop" else None,
         )
 
     def _logprobs(self, raw: object) -> tuple[TokenLogprob, ...]:
@@ -230,6 +237,20 @@ class ChunkMapper:
         )
         first = self._echo and entry.get("logprob") is None
         return TokenLogprob(entry["token"], None if first else _logprob(entry), _bytes(entry), top)
+
+
+def _stop_string(choice: Json, payload: Json) -> str | None:
+    """The stop string that ended a choice: vLLM's `stop_reason` (a string; a stop token is
+    an int), or llama.cpp's `stopping_word` (in `__verbose`, sent when the body asks for
+    `verbose`)."""
+    reason = choice.get("stop_reason")
+    if isinstance(reason, str) and reason:
+        return reason
+    verbose = payload.get("__verbose")
+    if isinstance(verbose, dict) and verbose.get("stop_type") == "word":
+        word = verbose.get("stopping_word")
+        return word if isinstance(word, str) and word else None
+    return None
 
 
 def _usage(raw: object) -> Usage | None:

@@ -104,7 +104,7 @@ def _tool_calling(settings: Settings, runtime: Runtime) -> dict[str, Any]:
         models[served.spec.id] = {"parser": fmt.name, "template_renders_tools": shows}
     return {
         "supported": True,
-        "enabled": "chat" in settings.endpoints,
+        "enabled": bool({"chat", "messages"} & set(settings.endpoints)),
         "parser_setting": settings.tool_parser,
         "models": models,
         "structured_output": list(STRUCTURED_OUTPUT),

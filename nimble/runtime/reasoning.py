@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from nimble.errors import ConfigError
-from nimble.types import GenerationChunk, TokenLogprob
+from nimble.types import GenerationChunk, TokenLogprob, Usage
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ async def split_reasoning(
             thought += max(1, len(chunk.logprobs))
         logprobs = held.pop(index, ()) + chunk.logprobs
         if chunk.text:
-            for out in _pieces(index, splitter.feed(chunk.text), logprobs):
+            for out in _pieces(index, splitter.feed(chunk.text), logprobs, chunk.progress):
                 logprobs = ()
                 yield out
         if logprobs:
@@ -137,17 +137,31 @@ async def split_reasoning(
             continue
         for out in _pieces(index, splitter.finish(), held.pop(index, ())):
             yield out
-        yield GenerationChunk(index=index, finish_reason=chunk.finish_reason)
+        yield GenerationChunk(
+            index=index, finish_reason=chunk.finish_reason, stop_sequence=chunk.stop_sequence
+        )
 
 
-def _pieces(index: int, split: Split, logprobs: tuple[TokenLogprob, ...]) -> list[GenerationChunk]:
-    """A split as chunks, the chunk's logprobs on the first of them."""
+def _pieces(
+    index: int,
+    split: Split,
+    logprobs: tuple[TokenLogprob, ...],
+    progress: Usage | None = None,
+) -> list[GenerationChunk]:
+    """A split as chunks, the chunk's logprobs on the first of them (and its usage so far,
+    for continuous usage, on each)."""
     out = []
     if split.reasoning:
-        out.append(GenerationChunk(index=index, reasoning=split.reasoning, logprobs=logprobs))
+        out.append(
+            GenerationChunk(
+                index=index, reasoning=split.reasoning, logprobs=logprobs, progress=progress
+            )
+        )
         logprobs = ()
     if split.content:
-        out.append(GenerationChunk(index=index, text=split.content, logprobs=logprobs))
+        out.append(
+            GenerationChunk(index=index, text=split.content, logprobs=logprobs, progress=progress)
+        )
     return out
 
 

@@ -235,12 +235,7 @@ class Runtime:
         """
         model = self.model(model_id, request.task)
         self._check_params(model, request.params)
-        calls_format: ToolFormat | None = None
-        if uses_tools(request):
-            fmt = tool_format(self.config.tool_parser or model.spec.options.get("tool_parser"))
-            offered = bool(request.tools) and request.tool_choice != "none"
-            request = prepare(request, fmt, model.info.renders_tools)
-            calls_format = fmt if offered else None
+        request, calls_format = self._with_tools(model, request)
         await self.check_context(model, request)
         record = _record()
         texts: dict[int, list[str]] = {}
@@ -267,6 +262,27 @@ class Runtime:
                 if self.config.log_prompts:
                     for index, parts in sorted(texts.items()):
                         log.info("completion %d: %s", index, "".join(parts))
+
+    async def prompt_tokens(self, model_id: str, request: GenerateRequest) -> int:
+        """The exact number of tokens of the prompt that `generate` would give the engine for
+        `request` (chat template applied, tools written in); it generates nothing, so it
+        takes no running slot."""
+        model = self.model(model_id, request.task)
+        request, _ = self._with_tools(model, request)
+        _record().model = model_id
+        with self._track():
+            return await model.generator.prompt_tokens(request, -1)  # no bound fits: exact
+
+    def _with_tools(
+        self, model: ServedModel, request: GenerateRequest
+    ) -> tuple[GenerateRequest, ToolFormat | None]:
+        """The request with its tools written in for the model, and the format its calls
+        are read back in (None: no tools offered)."""
+        if not uses_tools(request):
+            return request, None
+        fmt = tool_format(self.config.tool_parser or model.spec.options.get("tool_parser"))
+        offered = bool(request.tools) and request.tool_choice != "none"
+        return prepare(request, fmt, model.info.renders_tools), fmt if offered else None
 
     def _reasoning(self, model: ServedModel, request: GenerateRequest) -> ReasoningFormat | None:
         """The model's reasoning format, for a chat request whose output may think: not for

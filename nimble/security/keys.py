@@ -205,7 +205,7 @@ class KeyStore:
         self.maybe_reload()
         if not presented:
             raise Unauthenticated(
-                "Missing API key: send it as `Authorization: Bearer <key>`.",
+                "Missing API key: send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.",
                 code="missing_api_key",
             )
         digest = hashlib.sha256(presented.encode()).digest()

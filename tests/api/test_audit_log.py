@@ -44,6 +44,7 @@ async def test_a_thousand_concurrent_requests_give_a_thousand_chained_lines(
             for _ in range(5):
                 assert (await client.get("/v1/health/live")).status_code == 200
                 assert (await client.get("/v1/health/ready")).status_code == 200
+                assert (await client.get("/health")).status_code == 200  # vLLM's
                 await asyncio.sleep(0)
 
         responses, *_ = await asyncio.gather(

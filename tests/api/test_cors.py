@@ -77,3 +77,13 @@ async def test_with_api_keys(tmp_path: Path) -> None:
             headers={"Origin": ORIGIN, "Authorization": "Bearer nb-web"},
         )
         assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == ORIGIN
+
+
+async def test_an_anthropic_browser_client_passes_the_preflight() -> None:
+    """Anthropic's SDK sends the key in x-api-key, with anthropic-version."""
+    headers = {**PREFLIGHT, "Access-Control-Request-Headers": "x-api-key, anthropic-version"}
+    async with fake_service(cors_allow_origins=(ORIGIN,)) as (_, client):
+        preflight = await client.options("/v1/messages", headers=headers)
+    assert preflight.status_code == 200, preflight.text
+    allowed = preflight.headers["access-control-allow-headers"].lower()
+    assert "x-api-key" in allowed and "anthropic-version" in allowed

@@ -49,6 +49,16 @@ async def test_openapi_lists_only_enabled_endpoints() -> None:
     assert paths == {"/v1/embeddings", *HEALTH_PATHS}
 
 
+def test_templated_paths_find_their_endpoint() -> None:
+    assert endpoint_of("/v1/models/{model_id:path}") == "models"
+    assert endpoint_of("/v1/models/acme/tiny-chat") == "models"  # ids may hold slashes
+    assert endpoint_of("/v1/responses/resp_1") == "chat"
+    assert endpoint_of("/v1/responses/resp_1/x") is None  # one segment only there
+    assert endpoint_of("/v1/models/") is None
+    assert (endpoint_of("/tokenize"), endpoint_of("/detokenize")) == ("tokenize", "tokenize")
+    assert (endpoint_of("/v2/rerank"), endpoint_of("/health")) == ("rerank", "health")
+
+
 def test_unknown_endpoint_names_are_refused() -> None:
     with pytest.raises(ConfigError, match="unknown ranking-v2"):
         load_settings(endpoints=("chat", "ranking-v2"))

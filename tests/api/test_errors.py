@@ -52,7 +52,7 @@ CHAT_CASES: list[tuple[str, dict[str, Any], int, str | None]] = [
         400,
         "response_format.type",
     ),
-    ("logit_bias not yet", chat_body(logit_bias={"1": 5}), 400, "logit_bias"),
+    ("logit_bias key not a token id", chat_body(logit_bias={"the": 5}), 400, "logit_bias"),
     (
         "stream_options without stream",
         chat_body(stream_options={"include_usage": True}),

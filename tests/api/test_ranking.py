@@ -222,3 +222,61 @@ async def test_document_limit_and_truncate_none_name_their_param() -> None:
         chat = {"model": "nope", "query": {"text": "q"}, "passages": [long]}
         assert_openai_error(await http.post("/v1/ranking", json=chat), 404, "model")
     await runtime.stop()
+
+
+async def test_cohere_v2_rerank_same_scores_and_v2_shape(client: httpx.AsyncClient) -> None:
+    body = {"model": "reranker", "query": QUERY, "documents": DOCS, "top_n": 3}
+    v1 = (await client.post("/v1/rerank", json=body)).json()
+    response = await client.post("/v2/rerank", json=body)
+    assert response.status_code == 200, response.text
+    v2 = response.json()
+    assert v2["results"] == v1["results"]  # the same runtime call: the same scores, order
+    assert [r["index"] for r in v2["results"]] == [2, 1, 3]
+    assert v2["id"] == response.headers["x-request-id"] and v2["model"] == "reranker"
+    tokens = v1["usage"]["total_tokens"]
+    assert v2["meta"] == {
+        "api_version": {"version": "2"},
+        "billed_units": {"search_units": 1},
+        "tokens": {"input_tokens": tokens, "output_tokens": 0},
+    }
+    assert v2["usage"] == {"total_tokens": tokens}
+    many = {"model": "embedder", "query": "q", "documents": ["d"] * 101}
+    assert (await client.post("/v2/rerank", json=many)).json()["meta"]["billed_units"] == {
+        "search_units": 2
+    }
+
+
+async def test_max_tokens_per_doc_cuts_documents_before_scoring(
+    client: httpx.AsyncClient,
+) -> None:
+    # the fake vocabulary: known words survive a cut (tokenize, first N ids, detokenize)
+    docs = ["alpha bravo charlie", "delta echo alpha"]
+    body = {"model": "reranker", "query": "alpha", "documents": docs, "return_documents": True}
+    whole = (await client.post("/v2/rerank", json=body)).json()["results"]
+    cut = (await client.post("/v2/rerank", json={**body, "max_tokens_per_doc": 2})).json()
+    # cut to two tokens, "delta echo" no longer holds the query's word
+    assert [r["index"] for r in whole] == [0, 1] and len({r["relevance_score"] for r in whole}) == 1
+    assert [r["index"] for r in cut["results"]] == [0, 1]
+    assert cut["results"][0]["relevance_score"] > cut["results"][1]["relevance_score"]
+    # the answer's documents are the client's, uncut
+    assert [r["document"]["text"] for r in cut["results"]] == docs
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"max_tokens_per_doc": 0}, 400, "max_tokens_per_doc"),
+        ({"priority": 1}, 400, "priority"),
+        ({"documents": [{"content": [{"type": "image_url"}]}]}, 400, "documents.0"),
+        ({"model": "chat"}, 400, "model"),
+        ({"model": "nope"}, 404, "model"),
+    ],
+)
+async def test_v2_refusals(
+    client: httpx.AsyncClient,
+    body: dict,  # type: ignore[type-arg]
+    status: int,
+    param: str,
+) -> None:
+    request = {"model": "reranker", "query": "q", "documents": ["a"], **body}
+    assert_openai_error(await client.post("/v2/rerank", json=request), status, param)

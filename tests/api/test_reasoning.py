@@ -118,8 +118,8 @@ async def test_without_a_parser_the_thinking_stays_in_the_answer() -> None:
         )
     body = answer.json()
     assert body["choices"][0]["message"]["content"].startswith("<think>")
-    assert "reasoning_content" not in body["choices"][0]["message"]
-    assert "completion_tokens_details" not in body["usage"]
+    assert body["choices"][0]["message"]["reasoning_content"] is None
+    assert body["usage"]["completion_tokens_details"] is None
 
 
 async def test_reasoning_content_only_on_assistant_messages(
@@ -151,12 +151,11 @@ async def test_responses_reasoning_item_before_the_message(
 
     # the output sent back as input (reasoning item included) continues the conversation
     follow = [*(item.model_dump(exclude_none=True) for item in response.output)]
-    follow.append({"role": "user", "content": "And 3 and 3?"})
+    follow.append({"role": "user", "content": "And 3 and 3? /think"})
     again = await oai.responses.create(model=FAKE_MODEL, input=follow)  # type: ignore[arg-type]
+    assert [item.type for item in again.output] == ["reasoning", "message"]
     assert again.output_text
-    alone = await client.post(
-        "/v1/responses", json={"model": FAKE_MODEL, "input": follow[:1]}
-    )
+    alone = await client.post("/v1/responses", json={"model": FAKE_MODEL, "input": follow[:1]})
     assert_openai_error(alone, 400, "input")
 
 
@@ -172,9 +171,7 @@ async def test_responses_stream_events_of_the_reasoning_item(
     first_text = kinds.index("response.output_text.delta")
     reasoning_events = [kind for kind in dict.fromkeys(kinds[:first_text]) if "reason" in kind]
     assert reasoning_events == ["response.reasoning_text.delta", "response.reasoning_text.done"]
-    deltas = "".join(
-        e.delta for e in events if e.type == "response.reasoning_text.delta"
-    )
+    deltas = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
     done = next(e for e in events if e.type == "response.reasoning_text.done")
     assert deltas == done.text == thought
     added = [e for e in events if e.type == "response.output_item.added"]

@@ -15,7 +15,16 @@ from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
 from nimble.api import create_app
-from nimble.api.routes import chat, completions, embeddings, health, ranking, responses, service
+from nimble.api.routes import (
+    chat,
+    completions,
+    embeddings,
+    health,
+    ranking,
+    responses,
+    service,
+    tokenize,
+)
 from nimble.config import Settings
 from nimble.models import resolve_model
 from nimble.runtime import Runtime
@@ -25,7 +34,7 @@ from tests.conftest import FAKE_MODEL, chat_body, fake_service
 
 ROUTES = {
     (method, route.path): route
-    for module in (chat, completions, embeddings, health, ranking, responses, service)
+    for module in (chat, completions, embeddings, health, ranking, responses, service, tokenize)
     for route in module.router.routes
     if isinstance(route, APIRoute)
     for method in route.methods
@@ -69,6 +78,14 @@ POSTS: list[tuple[str, dict[str, Any]]] = [
             "return_documents": True,
         },
     ),
+    ("/v2/rerank", {"model": FAKE_MODEL, "query": "cats", "documents": ["a cat", "dogs"]}),
+    (
+        "/v2/rerank",
+        {"model": FAKE_MODEL, "query": "c", "documents": ["a"], "return_documents": True},
+    ),
+    ("/tokenize", {"model": FAKE_MODEL, "prompt": "alpha bravo"}),
+    ("/tokenize", {"model": FAKE_MODEL, "messages": ASK, "return_token_strs": True}),
+    ("/detokenize", {"model": FAKE_MODEL, "tokens": [0, 1]}),
     ("/v1/responses", {"model": FAKE_MODEL, "input": "hi", "instructions": "be brief"}),
     ("/v1/responses", {"model": FAKE_MODEL, "input": "hi", "max_output_tokens": 2}),
     (
@@ -82,6 +99,8 @@ POSTS: list[tuple[str, dict[str, Any]]] = [
     ),
 ]
 GETS = ["/v1/models", "/v1/version", "/v1/metadata", "/v1/manifest", "/v1/health/live"]
+# (the path asked, its route's template)
+TEMPLATED_GETS = [(f"/v1/models/{FAKE_MODEL}", "/v1/models/{model_id:path}")]
 
 
 def _expected(method: str, template: str, response: httpx.Response) -> bytes:
@@ -122,6 +141,15 @@ async def test_get_answers_are_their_models_dump(client: httpx.AsyncClient, path
     response = await client.get(path)
     assert response.status_code == 200, response.text
     assert response.content == _expected("GET", path, response)
+
+
+@pytest.mark.parametrize(("path", "template"), TEMPLATED_GETS)
+async def test_templated_get_answers_are_their_models_dump(
+    client: httpx.AsyncClient, path: str, template: str
+) -> None:
+    response = await client.get(path)
+    assert response.status_code == 200, response.text
+    assert response.content == _expected("GET", template, response)
 
 
 async def test_not_ready_is_its_models_dump() -> None:

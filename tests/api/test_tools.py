@@ -202,9 +202,11 @@ async def test_bad_structured_output_is_400(
 
 
 async def test_the_sdk_stream_helper_assembles_the_calls(oai: openai.AsyncOpenAI) -> None:
-    """The SDK's own accumulator (chat.completions.stream) reads nimble's deltas."""
+    """The SDK's own accumulator (chat.completions.stream) reads nimble's deltas (the 2.x
+    SDK auto-parses strict tools only)."""
+    strict = [{**tool, "function": {**tool["function"], "strict": True}} for tool in TOOLS]
     async with oai.chat.completions.stream(
-        model=FAKE_MODEL, messages=ASK, tools=TOOLS, tool_choice="required"
+        model=FAKE_MODEL, messages=ASK, tools=strict, tool_choice="required"
     ) as stream:
         kinds = [event.type async for event in stream]
         final = await stream.get_final_completion()

@@ -218,3 +218,82 @@ def test_metrics_after_real_requests(default_server: NimbleProcess) -> None:
     # llama.cpp reports its KV cache (idle now: 0); the ONNX encoder has none
     assert samples["nimble_kv_cache_usage_ratio" + chat_label] == 0.0
     assert "nimble_kv_cache_usage_ratio" + embed_label not in samples
+
+
+GET_TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "The current time in a time zone",
+        "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}},
+    },
+}
+
+
+def test_tokenize_counts_equal_usage_and_detokenize_round_trips(
+    default_server: NimbleProcess,
+) -> None:
+    """SmolLM2 on llama.cpp and MiniLM on ONNX: /tokenize counts what the generation and
+    embedding usages count (the chat template, with tools as a chat completion writes
+    them in); /detokenize gives the text back."""
+    url = default_server.base_url
+    with default_server.client() as client:
+        _tokenize_checks(url, client)
+
+
+def _tokenize_checks(url: str, client: openai.OpenAI) -> None:
+    for tools in ((), (GET_TIME,)):
+        extra = {"tools": list(tools)} if tools else {}
+        chat = client.chat.completions.create(
+            model=CHAT_MODEL,
+            messages=HELLO,
+            max_tokens=1,
+            **extra,  # type: ignore[arg-type]
+        )
+        counted = httpx.post(
+            url + "/tokenize",
+            json={"model": CHAT_MODEL, "messages": HELLO, "return_token_strs": True, **extra},
+        ).json()
+        assert chat.usage is not None and counted["count"] == chat.usage.prompt_tokens
+        assert counted["max_model_len"] == 8192 and len(counted["token_strs"]) == counted["count"]
+        assert "<|im_start|>" in counted["token_strs"]  # the template's own tokens
+    assert counted["count"] > 100  # the tools' instructions were counted
+    prompt = "The capital of France is"
+    completion = client.completions.create(model=CHAT_MODEL, prompt=prompt, max_tokens=1)
+    ids = httpx.post(url + "/tokenize", json={"model": CHAT_MODEL, "prompt": prompt}).json()
+    assert completion.usage is not None and ids["count"] == completion.usage.prompt_tokens
+    back = httpx.post(url + "/detokenize", json={"model": CHAT_MODEL, "tokens": ids["tokens"]})
+    assert back.json() == {"prompt": prompt}
+    outside = httpx.post(url + "/detokenize", json={"model": CHAT_MODEL, "tokens": [49152]})
+    assert outside.status_code == 400 and outside.json()["error"]["param"] == "tokens"
+    # the embedding model: its tokenizer, with [CLS] and [SEP]
+    text = "A man is playing a guitar."
+    embedded = client.embeddings.create(model=EMBED_MODEL, input=text)
+    minilm = httpx.post(
+        url + "/tokenize", json={"model": EMBED_MODEL, "prompt": text, "return_token_strs": True}
+    ).json()
+    assert minilm["count"] == embedded.usage.prompt_tokens and minilm["max_model_len"] == 256
+    assert minilm["token_strs"][0] == "[CLS]" and minilm["token_strs"][-1] == "[SEP]"
+    words = httpx.post(url + "/detokenize", json={"model": EMBED_MODEL, "tokens": minilm["tokens"]})
+    assert words.json()["prompt"] == "[CLS] a man is playing a guitar. [SEP]"
+
+
+def test_v2_rerank_models_retrieve_and_vllm_health(default_server: NimbleProcess) -> None:
+    url = default_server.base_url
+    body = {
+        "model": EMBED_MODEL,
+        "query": "Who plays the guitar?",
+        "documents": ["Stocks fell today. A man plays the guitar.", "A woman sings."],
+    }
+    whole = httpx.post(url + "/v2/rerank", json=body).json()
+    cut = httpx.post(url + "/v2/rerank", json={**body, "max_tokens_per_doc": 4}).json()
+    v1 = httpx.post(url + "/v1/rerank", json=body).json()
+    assert whole["results"] == v1["results"] and whole["meta"]["api_version"]["version"] == "2"
+    # the guitar is past the first 4 tokens of the first document: cut, it loses its lead
+    assert [r["index"] for r in whole["results"]] == [0, 1]
+    assert [r["index"] for r in cut["results"]] == [1, 0]
+    with default_server.client() as client:
+        model = client.models.retrieve(CHAT_MODEL)
+    assert (model.id, model.owned_by) == (CHAT_MODEL, "nimble")
+    health = httpx.get(url + "/health")
+    assert (health.status_code, health.content) == (200, b"")

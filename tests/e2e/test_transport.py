@@ -124,6 +124,7 @@ def test_management_port_answers_without_keys_or_tls(
     plain = f"http://127.0.0.1:{management}"
     assert httpx.get(plain + "/v1/health/ready").status_code == 200
     assert httpx.get(plain + "/v1/health/live").status_code == 200
+    assert httpx.get(plain + "/health").status_code == 200  # vLLM's, for its routers
     metrics = httpx.get(plain + "/v1/metrics")
     assert metrics.status_code == 200 and "nimble_num_requests_running" in metrics.text
     assert httpx.get(plain + "/metrics").status_code == 200

@@ -18,7 +18,7 @@ from nimble.engines.onnx.engine import OnnxEmbeddingEngine
 from nimble.engines.sentence_transformers.engine import SentenceTransformersEngine
 from nimble.errors import InvalidRequest, ModelLoadError
 from nimble.models import resolve_model
-from nimble.types import EmbedRequest, RankRequest, Task
+from nimble.types import EmbedRequest, RankRequest, Task, TokenizeRequest
 from tests.support.tiny_reranker import PAIRS, build_reranker
 
 pytestmark = pytest.mark.models
@@ -68,6 +68,12 @@ async def test_a_cross_encoder_folder_is_served_as_a_reranker(reranker: Path) ->
         with pytest.raises(InvalidRequest, match=r"more than the 128") as refused:
             await engine.rank(RankRequest("r", query, (good, long), truncate="NONE"))
         assert refused.value.param == "passages"
+        # its tokenizer: a document's tokens, and back (cut documents, /tokenize)
+        tokens = await engine.tokenize(TokenizeRequest(prompt=good, add_special_tokens=False))
+        assert list(tokens.ids) == tokenizer(good, add_special_tokens=False)["input_ids"]
+        assert list(tokens.pieces) == tokenizer.convert_ids_to_tokens(list(tokens.ids))
+        assert await engine.detokenize(tokens.ids) == tokenizer.decode(list(tokens.ids))
+        assert engine.vocab_size() == len(tokenizer)
     finally:
         await engine.stop()
     both = dataclasses.replace(spec, tasks=frozenset({Task.RERANK, Task.EMBEDDING}))

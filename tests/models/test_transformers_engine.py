@@ -8,6 +8,7 @@ the session's temporary folder). Greedy outputs are checked against transformers
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -35,6 +36,7 @@ from nimble.types import (
     GenerationChunk,
     SamplingParams,
     Task,
+    TokenizeRequest,
 )
 
 pytestmark = [pytest.mark.models, pytest.mark.asyncio(loop_scope="module")]
@@ -303,6 +305,35 @@ async def test_penalties_count_generated_tokens(reference: tuple[Any, Any]) -> N
     # scores 1.0 and 0.6, less 0.5 per use (frequency) or once used (presence)
     assert picks(frequency_penalty=0.5) == [first, second, first, second]
     assert picks(presence_penalty=0.5) == [first, second, first, first]
+
+
+async def test_tokenize_is_what_generation_reads(
+    engine: TransformersEngine, reference: tuple[Any, Any]
+) -> None:
+    request = chat("What is 2+2?", max_tokens=1)
+    tokens = await engine.tokenize(TokenizeRequest(chat=request, add_special_tokens=False))
+    (usage,) = [c.usage for c in await collect(engine, request) if c.usage is not None]
+    assert len(tokens.ids) == usage.prompt_tokens == await engine.prompt_tokens(request, 0)
+    _, tokenizer = reference
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}], tokenize=False, add_generation_prompt=True
+    )
+    expected = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert list(tokens.ids) == expected
+    assert list(tokens.pieces) == tokenizer.convert_ids_to_tokens(expected)
+    assert engine.vocab_size() == len(tokenizer)
+    # a prefilled answer, left open to be continued
+    prefilled = dataclasses.replace(
+        request, messages=(*(request.messages or ()), ChatMessage("assistant", "It is"))
+    )
+    open_turn = TokenizeRequest(
+        chat=prefilled,
+        add_special_tokens=False,
+        add_generation_prompt=False,
+        continue_final_message=True,
+    )
+    text = await engine.detokenize((await engine.tokenize(open_turn)).ids)
+    assert text.endswith("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\nIt is")
 
 
 async def test_refusals(engine: TransformersEngine) -> None:

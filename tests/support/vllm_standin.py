@@ -1,8 +1,8 @@
 """A stand-in for `vllm serve`: the same command line and the same OpenAI-compatible HTTP
 protocol (health, version, models with max_model_len, completions and chat completions
-streamed or not, tokenize, embeddings, scores of text pairs, Prometheus metrics with vLLM's
-names, vLLM's error bodies, the API key from VLLM_API_KEY), with deterministic text: the
-prompt's words, echoed.
+streamed or not, tokenize and detokenize, embeddings, scores of text pairs, Prometheus
+metrics with vLLM's names, vLLM's error bodies, the API key from VLLM_API_KEY), with
+deterministic text: the prompt's words, echoed.
 
 Run as `python vllm_standin.py serve MODEL --port P ...`. Knobs (environment):
 STANDIN_LOG (append JSON lines: the argv, each request body, disconnects),
@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from nimble.engines.fake.constrained import instance
 
 VERSION = "0.11.0+standin"
+VOCAB_SIZE = 32000
 
 
 def note(entry: dict[str, Any]) -> None:
@@ -64,7 +65,25 @@ def words_of(body: dict[str, Any]) -> list[str]:
         text = " ".join(str(m.get("content", "")) for m in body["messages"])
         return ["<|user|>", *text.split(), "<|assistant|>"]
     prompt = body.get("prompt", "")
+    if isinstance(prompt, list) and all(isinstance(token, int) for token in prompt):
+        return [f"t{token}" for token in prompt]  # token ids: word `t<id>` each
     return (prompt if isinstance(prompt, str) else " ".join(prompt)).split()
+
+
+def echoed(prompt: list[str], logprobs: int | None) -> tuple[str, dict[str, Any] | None]:
+    """`echo`: the prompt's text, and with `logprobs` its tokens' (vLLM's prompt logprobs:
+    the first token's logprob and alternatives are null)."""
+    tokens = [f"{word} " for word in prompt]
+    if logprobs is None:
+        return "".join(tokens), None
+    values = [None, *(-1.0 - i / 10 for i in range(1, len(tokens)))]
+    tops = [None] + [
+        {token: value, **{f"alt{k}": -5.0 - k for k in range(logprobs - 1)}}
+        for token, value in zip(tokens[1:], values[1:], strict=True)
+    ]
+    offsets = [len("".join(tokens[:i])) for i in range(len(tokens))]
+    shape = {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops}
+    return "".join(tokens), {**shape, "text_offset": offsets}
 
 
 def error(status: int, message: str, kind: str = "BadRequestError") -> JSONResponse:
@@ -123,12 +142,29 @@ def build(args: argparse.Namespace) -> FastAPI:
         ]
         return PlainTextResponse("\n".join(lines) + "\n")
 
+    vocabulary: dict[str, int] = {}  # word -> id, in the order words are first seen
+
     @app.post("/tokenize")
     async def tokenize(request: Request) -> Any:
+        """One token per word (and the template's two around messages), as generation
+        counts them; ids in the order words are first seen."""
         body = await request.json()
         note({"path": "/tokenize", "body": body})
-        tokens = list(range(len(words_of(body))))
-        return {"count": len(tokens), "max_model_len": args.max_model_len, "tokens": tokens}
+        words = words_of(body)
+        tokens = [vocabulary.setdefault(word, len(vocabulary)) for word in words]
+        answer = {"count": len(tokens), "max_model_len": args.max_model_len, "tokens": tokens}
+        answer["token_strs"] = words if body.get("return_token_strs") else None
+        return answer
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> Any:
+        body = await request.json()
+        note({"path": "/detokenize", "body": body})
+        words = {token: word for word, token in vocabulary.items()}
+        outside = [t for t in body["tokens"] if t >= VOCAB_SIZE]
+        if outside:
+            return error(400, f"Token id {max(outside)} is out of vocabulary")
+        return {"prompt": " ".join(words.get(t, f"<{t}>") for t in body["tokens"])}
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Any:
@@ -195,7 +231,9 @@ def build(args: argparse.Namespace) -> FastAPI:
         if body.get("model") != name:
             return error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
         prompt = words_of(body)
-        max_tokens = int(body.get("max_tokens") or 16)
+        max_tokens = 16 if body.get("max_tokens") is None else int(body["max_tokens"])
+        if max_tokens == 0 and not body.get("echo"):
+            return error(400, "max_tokens must be at least 1, got 0.")
         if len(prompt) + max_tokens > args.max_model_len:
             return error(
                 400,
@@ -296,12 +334,21 @@ def build(args: argparse.Namespace) -> FastAPI:
                 "usage": usage,
             }
 
+        options = body.get("stream_options") or {}
+        continuous = bool(options.get("include_usage") and options.get("continuous_usage_stats"))
+
         async def events() -> AsyncIterator[str]:
             state["running"] += 1
             sent = 0
             try:
                 for index in range(n):
                     text, why = "", "length"
+                    if not chat and body.get("echo"):  # the prompt first (scored)
+                        said, scores = echoed(prompt, body.get("logprobs"))
+                        item = {"index": index, "text": said, "logprobs": scores}
+                        echo = {"id": "cmpl-standin", "object": kind, "created": created}
+                        echo.update(model=name, choices=[{**item, "finish_reason": None}])
+                        yield f"data: {json.dumps(echo)}\n\n"
                     if chat:  # vLLM opens each choice with the role and no content
                         opening = {
                             "id": "cmpl-standin",
@@ -344,6 +391,13 @@ def build(args: argparse.Namespace) -> FastAPI:
                             "model": name,
                             "choices": [choice(index, piece, None)],
                         }
+                        if continuous:  # vLLM: this choice's usage so far, on every chunk
+                            done = len(text.split())
+                            chunk["usage"] = {
+                                "prompt_tokens": len(prompt),
+                                "completion_tokens": done,
+                                "total_tokens": len(prompt) + done,
+                            }
                         yield f"data: {json.dumps(chunk)}\n\n"
                         if token_delay:
                             await asyncio.sleep(token_delay)

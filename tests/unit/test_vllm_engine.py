@@ -29,6 +29,7 @@ from nimble.engines.vllm.wire import (
     is_error,
     serve_args,
     template_shows_tools,
+    vocab_size,
 )
 from nimble.errors import (
     ContextLengthExceeded,
@@ -49,6 +50,7 @@ from nimble.types import (
     RankRequest,
     SamplingParams,
     Task,
+    TokenizeRequest,
     ToolCallConstraint,
     ToolFunction,
 )
@@ -291,6 +293,52 @@ async def test_completion_with_stop_n_and_legacy_logprobs(running: VllmEngine, l
     assert sent["stop"] == ["c"] and sent["n"] == 2 and sent["logprobs"] == 2
 
 
+async def test_sampling_extensions_go_to_vllm_in_its_names(running: VllmEngine, log: Path) -> None:
+    request = chat(
+        "a b c",
+        max_tokens=4,
+        top_k=0,
+        min_p=0.1,
+        repetition_penalty=1.2,
+        min_tokens=2,
+        stop_token_ids=(7, 9),
+        ignore_eos=True,
+        include_stop_str_in_output=True,
+        skip_special_tokens=False,
+        logit_bias=((5, -100.0), (11, 2.5)),
+        continuous_usage=True,
+    )
+    chunks = await collect(running, request)
+    (sent,) = bodies(log, "/v1/chat/completions")
+    assert {key: sent[key] for key in sent if key not in ("messages", "model")} == {
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        "n": 1,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "max_tokens": 4,
+        "top_k": -1,  # off, in the spelling every vLLM version takes
+        "min_p": 0.1,
+        "repetition_penalty": 1.2,
+        "min_tokens": 2,
+        "stop_token_ids": [7, 9],
+        "ignore_eos": True,
+        "include_stop_str_in_output": True,
+        "skip_special_tokens": False,
+        "logit_bias": {"5": -100.0, "11": 2.5},
+    }
+    # vLLM's usage on every chunk is progress; only the last, choice-less one is the total
+    texts = [c for c in chunks if c.text]
+    assert [c.progress.completion_tokens for c in texts if c.progress] == [1, 2, 3, 4]
+    assert {c.progress.prompt_tokens for c in texts if c.progress} == {5}
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+    # unset: nothing of vLLM's own is sent (its defaults, or the model's generation_config)
+    await collect(running, chat("a b c", max_tokens=2))
+    plain = bodies(log, "/v1/chat/completions")[-1]
+    assert not {"top_k", "min_p", "repetition_penalty", "logit_bias", "ignore_eos"} & set(plain)
+    assert plain["stream_options"] == {"include_usage": True}
+
+
 async def test_tokens_embeddings_and_cache_usage(running: VllmEngine, log: Path) -> None:
     assert await running.prompt_tokens(chat("one two three"), fits=0) == 5  # exact
     (counted,) = bodies(log, "/tokenize")
@@ -311,6 +359,77 @@ async def test_tokens_embeddings_and_cache_usage(running: VllmEngine, log: Path)
     with pytest.raises(UnsupportedParameter):
         await running.embed(EmbedRequest("e", ("a",), truncate="START"))
     assert await running.cache_usage() == 0.0
+
+
+async def test_token_id_prompts_and_echo_go_to_vllm(running: VllmEngine, log: Path) -> None:
+    """Ids go as a JSON array (counted without a /tokenize), `echo` and max_tokens 0 as
+    they are; vLLM's echoed prompt comes back first, its first token's logprob null."""
+    params = SamplingParams(max_tokens=0, top_logprobs=2)
+    scoring = GenerateRequest("s", params, prompt=(5, 6, 7), echo=True)
+    assert await running.prompt_tokens(scoring, fits=0) == 3
+    assert bodies(log, "/tokenize") == []
+    chunks = await collect(running, scoring)
+    (echo,) = [c for c in chunks if c.text]
+    assert echo.text == "t5 t6 t7 "
+    assert [(t.token, t.logprob) for t in echo.logprobs] == [
+        ("t5 ", None),
+        ("t6 ", -1.1),
+        ("t7 ", -1.2),
+    ]
+    assert [t.token for t in echo.logprobs[1].top] == ["t6 ", "alt0"]
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["length"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 0
+    (sent,) = bodies(log, "/v1/completions")
+    assert (sent["prompt"], sent["echo"], sent["max_tokens"]) == ([5, 6, 7], True, 0)
+    generated = GenerateRequest("g", SamplingParams(max_tokens=2), prompt=(5, 6), echo=True)
+    text = "".join(c.text for c in await collect(running, generated))
+    assert text == "t5 t6 " + "t5 t6 "
+
+
+async def test_tokenize_and_detokenize_forward_to_vllm(running: VllmEngine, log: Path) -> None:
+    tool = ToolFunction("get_time", "The time", {"type": "object"})
+    conversation = dataclasses.replace(chat("what time"), tools=(tool,))
+    request = TokenizeRequest(
+        chat=conversation, add_generation_prompt=False, continue_final_message=True
+    )
+    tokens = await running.tokenize(request)
+    assert tokens.pieces == ("<|user|>", "what", "time", "<|assistant|>")
+    sent = bodies(log, "/tokenize")[-1]
+    assert sent == {
+        "model": "llama-test",
+        "add_special_tokens": True,
+        "messages": [{"role": "user", "content": "what time"}],
+        "add_generation_prompt": False,
+        "continue_final_message": True,
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_time",
+                    "description": "The time",
+                    "parameters": {"type": "object"},
+                },
+            }
+        ],
+        "return_token_strs": True,
+    }
+    prompt = await running.tokenize(TokenizeRequest(prompt="what now", add_special_tokens=False))
+    assert bodies(log, "/tokenize")[-1]["prompt"] == "what now"
+    assert await running.detokenize(prompt.ids) == "what now"
+    assert bodies(log, "/detokenize")[-1] == {"model": "llama-test", "tokens": list(prompt.ids)}
+    # the folder's config.json says no vocabulary size: vLLM refuses an unknown id itself
+    assert running.vocab_size() is None
+    with pytest.raises(InvalidRequest, match="out of vocabulary") as outside:
+        await running.detokenize((32000,))
+    assert outside.value.param == "tokens"
+
+
+def test_the_vocabulary_size_comes_from_the_model_folder(tmp_path: Path) -> None:
+    assert vocab_size(tmp_path) is None  # no config.json
+    (tmp_path / "config.json").write_text('{"vocab_size": 49152}')
+    assert vocab_size(tmp_path) == 49152
+    (tmp_path / "config.json").write_text('{"text_config": {"vocab_size": 5}}')
+    assert vocab_size(tmp_path) is None  # not said at the top: unknown, vLLM checks
 
 
 async def test_a_reranker_scores_pairs_through_the_score_api(tmp_path: Path, log: Path) -> None:

@@ -60,10 +60,8 @@ async def chat_completions(request: Request, body: ChatCompletionRequest) -> Res
 
 
 def _message(choice: Choice) -> dict[str, Any]:
-    message = _answer(choice)
-    if choice.reasoning:  # the name DeepSeek's API and vLLM (before `reasoning`) use
-        message["reasoning_content"] = choice.reasoning
-    return message
+    # the name DeepSeek's API and vLLM (before `reasoning`) use; null as vLLM writes it
+    return {**_answer(choice), "reasoning_content": choice.reasoning or None}
 
 
 def _answer(choice: Choice) -> dict[str, Any]:

@@ -16,8 +16,8 @@ from nimble.api.schemas.service import (
     VersionResponse,
 )
 from nimble.errors import ModelNotFound
-from nimble.runtime.served import ServedModel
 from nimble.runtime.deployment import deployment_record
+from nimble.runtime.served import ServedModel
 from nimble.version import __version__
 
 router = APIRouter(route_class=Route)
@@ -31,7 +31,9 @@ router = APIRouter(route_class=Route)
 )
 async def list_models(request: Request) -> Response:
     call = Call.of(request)
-    cards = [_card(call, m) for m in call.runtime.models.values() if call.grant.allows_model(m.spec.id)]
+    cards = [
+        _card(call, m) for m in call.runtime.models.values() if call.grant.allows_model(m.spec.id)
+    ]
     return json_response({"object": "list", "data": cards})
 
 

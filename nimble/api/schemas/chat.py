@@ -231,7 +231,7 @@ class AssistantMessage(BaseModel):
     content: str | None
     tool_calls: list[ToolCallOut] | None = None
     reasoning_content: str | None = Field(
-        default=None, description="The model's thinking (with a reasoning parser; absent else)."
+        default=None, description="The model's thinking (with a reasoning parser; null else)."
     )
 
 

@@ -37,14 +37,14 @@ class UsageOut(BaseModel):
 
 def usage_out(usage: Usage) -> dict[str, Any]:
     """A `UsageOut` as plain JSON (built per chunk on the streaming path, so no model)."""
-    out: dict[str, Any] = {
+    thought = usage.reasoning_tokens
+    return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
+        # null without a reasoning parser (as vLLM writes an absent detail)
+        "completion_tokens_details": None if thought is None else {"reasoning_tokens": thought},
     }
-    if usage.reasoning_tokens is not None:
-        out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
-    return out
 
 
 class StreamOptions(BaseModel):

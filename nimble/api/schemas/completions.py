@@ -12,9 +12,7 @@ from nimble.errors import InvalidRequest
 from nimble.types import FinishReason, GenerateRequest
 
 Prompt = str | list[str] | list[int] | list[list[int]]
-_PROMPT_SHAPES = (
-    "a string, a list of strings, a list of token ids, or a list of lists of token ids"
-)
+_PROMPT_SHAPES = "a string, a list of strings, a list of token ids, or a list of lists of token ids"
 
 
 class CompletionRequest(SamplingFields, StructuredFields):

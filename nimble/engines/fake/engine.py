@@ -160,6 +160,7 @@ class FakeEngine:
                 natural_length = max(natural_length, params.min_tokens)
                 text = ""
                 finish: Literal["stop", "length"] = "length"
+                stopped_by: str | None = None  # the stop string that ended the text
                 for step in range(budget):
                     if step >= natural_length:
                         finish = "stop"
@@ -172,6 +173,8 @@ class FakeEngine:
                     progress = Usage(prompt_tokens, step + 1) if params.continuous_usage else None
                     may_end = step >= params.min_tokens  # vLLM: no end before min_tokens
                     cut = _stop_cut(text, piece, params) if may_end else None
+                    if cut is not None:
+                        stopped_by = _first_stop(text + piece, params)[1]
                     if cut is None and may_end and token in params.stop_token_ids:
                         cut = piece if params.include_stop_str_in_output else ""
                     if cut is not None:
@@ -186,7 +189,7 @@ class FakeEngine:
                         logprobs=_logprobs(piece, params.top_logprobs),
                         progress=progress,
                     )
-                yield GenerationChunk(index=index, finish_reason=finish)
+                yield GenerationChunk(index=index, finish_reason=finish, stop_sequence=stopped_by)
             finished = True
             yield GenerationChunk(usage=Usage(prompt_tokens, completion_tokens))
         finally:
@@ -303,12 +306,17 @@ def _stop_cut(text: str, piece: str, params: SamplingParams) -> str | None:
     """The part of `piece` to send when a stop string ends the text in it (up to the
     stop string, or through it with include_stop_str_in_output); None: no stop."""
     whole = text + piece
-    found = [(whole.find(stop), stop) for stop in params.stop if stop and stop in whole]
-    if not found:
+    at, stop = _first_stop(whole, params)
+    if at < 0:
         return None
-    at, stop = min(found)
     end = at + len(stop) if params.include_stop_str_in_output else at
     return whole[:end][len(text) :]
+
+
+def _first_stop(text: str, params: SamplingParams) -> tuple[int, str]:
+    """Where the first stop string in `text` starts, and which it is; (-1, "") if none."""
+    found = [(text.find(stop), stop) for stop in params.stop if stop and stop in text]
+    return min(found) if found else (-1, "")
 
 
 def _asks_to_think(request: GenerateRequest) -> bool:

@@ -1,102 +1,123 @@
 """Prompt scoring on llama.cpp: the logprob of every prompt token (`echo` with `logprobs`).
 
 llama.cpp's server has no prompt logprobs (its OpenAI completions refuse `echo`: "Only no
-echo is supported"). What it does report, for each token it generates, is the model's own
-distribution at that step before any sampler or grammar (`n_probs`, without
-`post_sampling_probs`): the logprob of the token it picked and the best alternatives. So the
-prompt is scored by having llama.cpp generate it (teacher forcing): the prompt's first token
-is the prompt, and a grammar of token ids (llguidance's `<[id]>`, one per step) forces the
-others in order; each step's logprob is the model's logprob of that prompt token given the
-tokens before it. That costs one decode step per prompt token, where vLLM and transformers
-score a prompt in one batched pass; the numbers are the same to float rounding (a batched
-pass's logprobs of the same tokens differ by ~1e-5: tests/clients/test_lm_eval.py).
+echo is supported"). What it does report, for a token it generates, is the model's own
+distribution at that step before any sampler (`n_probs` without `post_sampling_probs`: the
+logprob of the token it picked and the best alternatives, from the raw logits). So token i
+of the prompt is scored by a one-token completion of the tokens before it whose
+`logit_bias` makes the model pick token i: the reported logprob is the model's logprob of
+that token given the ones before (teacher forcing; the bias moves the pick, not the
+reported numbers). One llama.cpp task per prompt token, each reading one new token (the
+prefix is in the slot's prompt cache), where vLLM and transformers score a prompt in one
+batched pass; the numbers are the same to float rounding (~1e-5 against a batched pass:
+tests/clients/test_lm_eval.py). A grammar of token ids would force the whole prompt in one
+task, but llama.cpp's GBNF cannot force an end-of-generation token (`<|im_end|>`) or a
+lone byte token, and llguidance costs seconds to set up for a vocabulary.
 
-An end-of-generation token in the prompt (`<|im_end|>`) ends a llama.cpp generation after
-its own logprob is reported: the scoring goes on from the token after it, with a new
-generation (its prompt, the tokens scored so far, is in llama.cpp's prompt cache).
+A token that is part of a UTF-8 character (a lone byte) is held back by llama.cpp with its
+probabilities until the character is complete, which a one-token completion never is: for
+such a token the completion picks a token of whole text instead (`plain`) and asks for the
+whole vocabulary's logprobs (`n_probs` = its size), where the token's own is found.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
 
 from nimble.engines.openai_wire import Json, error_from, is_error
 from nimble.errors import EngineError
 from nimble.types import TokenLogprob, TopLogprob
 
-# what OpenAI reports for a token too unlikely to have a finite logprob
-_UNLIKELY = -9999.0
+_FORCE = 1000.0  # a logit bias no model's scores overcome
+_UNLIKELY = -9999.0  # what OpenAI reports for a token too unlikely to have a finite logprob
 
 Payloads = Callable[[Json], AsyncGenerator[Json, None]]
+Pieces = Callable[[tuple[int, ...]], Awaitable[tuple[str, ...]]]
 
 
-def forcing_body(scored: tuple[int, ...], rest: tuple[int, ...], top: int) -> Json:
-    """A llama.cpp completion of `scored` that must write exactly the ids `rest`, with
-    the model's logprobs (before the grammar) of each and of `top` alternatives."""
+def forcing_body(before: tuple[int, ...], token: int, top: int) -> Json:
+    """A one-token llama.cpp completion of `before` that picks `token`, with the model's
+    logprobs (before the bias) of it and of `top` alternatives."""
     return {
-        "prompt": list(scored),
-        "max_tokens": len(rest),
-        "n_probs": max(top, 1),  # llama.cpp sends no probabilities for 0
+        "prompt": list(before),
+        "max_tokens": 1,
+        "n_probs": top,
         "post_sampling_probs": False,
         "temperature": 0.0,
-        "grammar": "%llguidance {}\nstart: " + " ".join(f"<[{token}]>" for token in rest),
+        "logit_bias": [[token, _FORCE]],
         "cache_prompt": True,
-        "stream": True,
+        "stream": False,
     }
 
 
-async def prompt_logprobs(
-    payloads: Payloads, ids: tuple[int, ...], pieces: tuple[str, ...], top: int
-) -> tuple[TokenLogprob, ...]:
+@dataclass(frozen=True)
+class Model:
+    """What scoring needs of the engine: `payloads` runs one llama.cpp completion body and
+    yields its payloads; `pieces_of` gives the text of token ids (special tokens as
+    written); the vocabulary's size, and a token of whole text (`plain`)."""
+
+    payloads: Payloads
+    pieces_of: Pieces
+    vocab: int
+    plain: int
+
+
+async def prompt_logprobs(model: Model, ids: tuple[int, ...], top: int) -> tuple[TokenLogprob, ...]:
     """The logprob of each of `ids` given those before it (None for the first) with `top`
-    alternatives, by forced generation (`payloads` runs one llama.cpp completion body and
-    yields its streamed payloads). `pieces`: each token's text."""
+    alternatives."""
+    entries = [await _forced(model, ids[:at], ids[at], top) for at in range(1, len(ids))]
+    pieces_of = model.pieces_of
+    alternatives = sorted({int(alt["id"]) for e in entries for alt in _alternatives(e, top)})
+    texts: dict[int, str] = {}
+    if alternatives:
+        texts = dict(zip(alternatives, await pieces_of(tuple(alternatives)), strict=True))
+    pieces = await pieces_of(ids)
     scored = [TokenLogprob(pieces[0], None, tuple(pieces[0].encode()))]
-    while len(scored) < len(ids):
-        before = len(scored)
-        body = forcing_body(ids[:before], ids[before:], top)
-        async with contextlib.aclosing(payloads(body)) as stream:
-            async for payload in stream:
-                if is_error(payload):
-                    raise error_from(payload, "prompt")
-                for entry in _entries(payload):
-                    scored.append(_scored(entry, ids, pieces, len(scored), top))
-        if len(scored) == before:
-            raise EngineError("llama.cpp scored no token of the prompt")
+    for piece, entry in zip(pieces[1:], entries, strict=True):
+        top_ones = tuple(
+            TopLogprob(texts[int(alt["id"])], _logprob(alt), tuple(texts[int(alt["id"])].encode()))
+            for alt in _alternatives(entry, top)
+        )
+        scored.append(TokenLogprob(piece, _logprob(entry), tuple(piece.encode()), top_ones))
     return tuple(scored)
 
 
-def _entries(payload: Json) -> list[Json]:
-    entries: list[Json] = []
-    for choice in payload.get("choices") or ():
-        logprobs = choice.get("logprobs")
-        if isinstance(logprobs, dict):
-            entries.extend(logprobs.get("content") or ())
-    return entries
+async def _forced(model: Model, before: tuple[int, ...], token: int, top: int) -> Json:
+    """llama.cpp's logprob entry of `token` after `before` (with `top` alternatives)."""
+    # llama.cpp sends no probabilities for n_probs 0
+    found = await _entry(model.payloads, forcing_body(before, token, max(top, 1)))
+    if found is None:  # part of a UTF-8 character: held back; read it from the whole list
+        listed = await _entry(model.payloads, forcing_body(before, model.plain, model.vocab))
+        ranked = list(listed.get("top_logprobs") or ()) if listed is not None else []
+        mine = next((alt for alt in ranked if int(alt.get("id", -1)) == token), None)
+        found = None if mine is None else {**mine, "top_logprobs": ranked[:top]}
+    if found is None or int(found.get("id", -1)) != token:
+        picked = None if found is None else found.get("id")
+        raise EngineError(f"llama.cpp did not score prompt token {token} (it answered {picked})")
+    return found
 
 
-def _scored(
-    entry: Json, ids: tuple[int, ...], pieces: tuple[str, ...], at: int, top: int
-) -> TokenLogprob:
-    if at >= len(ids) or int(entry.get("id", -1)) != ids[at]:
-        raise EngineError(
-            f"llama.cpp did not follow the prompt while scoring it (token {at}: "
-            f"{entry.get('id')}, not {ids[at] if at < len(ids) else 'the end'})"
-        )
-    alternatives = tuple(
-        TopLogprob(str(alt.get("token", "")), _logprob(alt), _bytes(alt))
-        for alt in (entry.get("top_logprobs") or ())[:top]
-    )
-    piece = pieces[at]
-    return TokenLogprob(piece, _logprob(entry), tuple(piece.encode()), alternatives)
+async def _entry(payloads: Payloads, body: Json) -> Json | None:
+    """The logprob entry of the token a one-token completion picked (None: none sent)."""
+    found: Json | None = None
+    async with contextlib.aclosing(payloads(body)) as stream:
+        async for payload in stream:
+            if is_error(payload):
+                raise error_from(payload, "prompt")
+            for choice in payload.get("choices") or ():
+                logprobs = choice.get("logprobs")
+                content = logprobs.get("content") if isinstance(logprobs, dict) else None
+                if content and found is None:
+                    found = content[0]
+    return found
+
+
+def _alternatives(entry: Json, top: int) -> list[Json]:
+    return list(entry.get("top_logprobs") or ())[:top]
 
 
 def _logprob(entry: Json) -> float:
     value = entry.get("logprob")
     return _UNLIKELY if value is None else float(value)
-
-
-def _bytes(entry: Json) -> tuple[int, ...] | None:
-    raw = entry.get("bytes")
-    return tuple(raw) if isinstance(raw, list) else None

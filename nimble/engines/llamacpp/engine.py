@@ -49,6 +49,7 @@ import httpx
 import xllamacpp
 
 from nimble.engines.config import EngineConfig
+from nimble.engines.llamacpp.echo import Model as ScoringModel
 from nimble.engines.llamacpp.echo import prompt_logprobs
 from nimble.engines.llamacpp.gguf import GgufSummary, read_gguf_summary
 from nimble.engines.llamacpp.sampling import (
@@ -302,25 +303,23 @@ class LlamaCppEngine:
         """`echo`: each choice starts with the prompt, its tokens scored first when logprobs
         are asked for (`echo.py`); then the generation, none for max_tokens 0."""
         params, prompt = request.params, request.prompt or ""
-        scoring = params.top_logprobs is not None
-        tokens: Tokens | None = None
-        if isinstance(prompt, str):
-            text = prompt
-            tokens = await self.tokenize(TokenizeRequest(prompt)) if scoring else None
-        else:
-            text = await self.detokenize(prompt)
-            tokens = await self._pieces(prompt) if scoring else None
+        text = prompt if isinstance(prompt, str) else await self.detokenize(prompt)
+        ids: tuple[int, ...] | None = None
         logprobs: tuple[TokenLogprob, ...] = ()
-        if tokens is not None and tokens.ids:
-            payloads = functools.partial(self._payloads, chat=False)
-            top = params.top_logprobs or 0
-            logprobs = await prompt_logprobs(payloads, tokens.ids, tokens.pieces, top)
+        if params.top_logprobs is not None:
+            if isinstance(prompt, tuple):
+                ids = prompt
+            else:
+                ids = (await self.tokenize(TokenizeRequest(prompt))).ids
+            if ids:
+                model = await self._scoring()
+                logprobs = await prompt_logprobs(model, ids, params.top_logprobs)
         for index in range(params.n):
             yield GenerationChunk(index=index, text=text, logprobs=logprobs)
         if params.max_tokens == 0:  # prompt scoring: nothing generated
             for index in range(params.n):
                 yield GenerationChunk(index=index, finish_reason="length")
-            counted = len(tokens.ids) if tokens is not None else await self._exact_tokens(request)
+            counted = len(ids) if ids is not None else await self._exact_tokens(request)
             yield GenerationChunk(usage=Usage(counted, 0))
             return
         plain = dataclasses.replace(request, echo=False)
@@ -328,11 +327,18 @@ class LlamaCppEngine:
             async for chunk in rest:
                 yield chunk
 
-    async def _pieces(self, ids: tuple[int, ...]) -> Tokens:
+    async def _scoring(self) -> ScoringModel:
+        """What `echo.py` needs to score a prompt on this model."""
+        if self._vocab is None:
+            raise EngineError(f"model {self.spec.id}: llama.cpp did not say its vocabulary's size")
+        plain = await self.tokenize(TokenizeRequest("a", add_special_tokens=False))
+        payloads = functools.partial(self._payloads, chat=False)
+        return ScoringModel(payloads, self._texts, self._vocab, plain.ids[0])
+
+    async def _texts(self, ids: tuple[int, ...]) -> tuple[str, ...]:
         """The text of each token id (special tokens as written in the vocabulary)."""
         body = {"content": list(ids), "with_pieces": True}
-        tokens = (await self._post("/tokenize", body))["tokens"]
-        return Tokens(ids, tuple(_piece(t["piece"]) for t in tokens))
+        return tuple(_piece(t["piece"]) for t in (await self._post("/tokenize", body))["tokens"])
 
     async def _payloads(self, body: Json, chat: bool) -> AsyncGenerator[Json, None]:
         """The streamed payloads of one llama.cpp task; closing this cancels the task."""
@@ -405,7 +411,9 @@ class LlamaCppEngine:
         stop_token_ids or kept stop strings, a `Cutter` ends the choices, and the
         generation once they all ended (`sampling.py`)."""
         body = request_body(request, prompt)
-        body.update(sampling_fields(request.params, self._vocab))
+        body.update(sampling_fields(request.params, self._vocab, self._context_length))
+        if request.params.stop:  # the last chunk then names the stop string that ended it
+            body["verbose"] = True
         if request.constraint is not None:
             body.update(constraint_fields(request.constraint, _to_grammar))
         cutter = Cutter(request.params) if needs_cutter(request.params) else None

@@ -1,8 +1,9 @@
 """vLLM's sampling extensions and OpenAI's logit_bias on llama.cpp's server.
 
 llama.cpp's server takes most of them in its own names (`sampling_fields`): top_k (0 is
-off, as nimble's), min_p, repeat_penalty (over the whole window, `repeat_last_n: -1`, as
-vLLM's repetition_penalty reads the prompt and the output), ignore_eos (it bans every
+off, as nimble's), min_p, repeat_penalty (over the whole window, `repeat_last_n`, as
+vLLM's repetition_penalty reads the prompt and the output; llama.cpp's default is the last
+64 tokens), ignore_eos (it bans every
 end-of-generation token), logit_bias (token ids as keys). What it has no field for:
 
 - `stop_token_ids`, and stop strings kept in the text (`include_stop_str_in_output`; llama.cpp
@@ -26,9 +27,10 @@ from nimble.types import SamplingParams
 Json = dict[str, Any]
 
 
-def sampling_fields(params: SamplingParams, vocab: int | None) -> Json:
+def sampling_fields(params: SamplingParams, vocab: int | None, window: int) -> Json:
     """llama.cpp's fields for what the request sets (llama.cpp's defaults for the rest:
-    top_k 40, min_p 0.05); refusals for what it cannot do (`vocab`: its size, if known)."""
+    top_k 40, min_p 0.05); refusals for what it cannot do (`vocab`: its size, if known;
+    `window`: the context length)."""
     refuse_unsupported(params)
     fields: Json = {}
     if params.top_k is not None:
@@ -37,7 +39,7 @@ def sampling_fields(params: SamplingParams, vocab: int | None) -> Json:
         fields["min_p"] = params.min_p
     if params.repetition_penalty is not None:
         fields["repeat_penalty"] = params.repetition_penalty
-        fields["repeat_last_n"] = -1  # the whole window, as vLLM and Hugging Face
+        fields["repeat_last_n"] = window  # the whole window, as vLLM and Hugging Face
     if params.ignore_eos:
         fields["ignore_eos"] = True
     if params.logit_bias:

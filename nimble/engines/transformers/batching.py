@@ -34,8 +34,9 @@ from transformers import DynamicCache
 
 from nimble.engines.transformers.choice import Sampler
 from nimble.engines.transformers.constrain import ConstraintFailed
+from nimble.engines.transformers.echo import Echo
 from nimble.errors import EngineError, Unavailable
-from nimble.types import GenerationChunk, Usage
+from nimble.types import GenerationChunk, TokenLogprob, Usage
 
 log = logging.getLogger("nimble.engines.transformers")
 
@@ -54,13 +55,24 @@ class DecodeStats:
 
 
 class Job:
-    """One request: its prompt, its choices, and the bridge of its chunks to the event loop."""
+    """One request: its prompt, its choices, and the bridge of its chunks to the event loop.
+
+    `echo`: each choice starts with the prompt (scored in the prefill when it asks for
+    logprobs); `generate` False (max_tokens 0 with echo): the choices end after it."""
 
     def __init__(
-        self, prompt_ids: list[int], choices: list[Sampler], loop: asyncio.AbstractEventLoop
+        self,
+        prompt_ids: list[int],
+        choices: list[Sampler],
+        loop: asyncio.AbstractEventLoop,
+        *,
+        echo: Echo | None = None,
+        generate: bool = True,
     ):
         self.prompt_ids = prompt_ids
         self.choices = choices
+        self.echo = echo
+        self.generate = generate
         self.cancelled = False  # set by the event loop when the consumer went away
         self._open = len(choices)
         self._loop = loop
@@ -225,6 +237,11 @@ class Scheduler:
             self.stats.running = 0
 
     def _prefill(self, job: Job) -> None:
+        echo = job.echo
+        scoring = echo is not None and echo.top is not None
+        if echo is not None and not scoring and not job.generate:
+            self._echoed(job, echo, ())  # nothing for the model to do
+            return
         ids = torch.tensor([job.prompt_ids], dtype=torch.long, device=self._device)
         cache = DynamicCache()
         out = self._model(
@@ -232,18 +249,32 @@ class Scheduler:
             attention_mask=torch.ones_like(ids),
             use_cache=True,
             **{self._cache_arg: cache},
-            **self._last_logits_only,
+            **({} if scoring else self._last_logits_only),  # scoring reads every position
         )
         logits = out.logits[0, -1].float()
+        scored = echo.logprobs(out.logits[0], job.prompt_ids) if echo and scoring else ()
         del out
+        self.stats.prefills += 1
+        if echo is not None and not self._echoed(job, echo, scored):
+            return
         if len(job.choices) > 1:
             cache.batch_repeat_interleave(len(job.choices))
         mask = torch.ones((len(job.choices), ids.shape[1]), dtype=torch.long, device=self._device)
         self._join(cache, mask)
         self._rows.extend(_Row(job, choice) for choice in job.choices)
-        self.stats.prefills += 1
         for choice in job.choices:
             self._advance(job, choice, logits)
+
+    def _echoed(self, job: Job, echo: Echo, scored: tuple[TokenLogprob, ...]) -> bool:
+        """Start each choice with the prompt; True if they go on to generate."""
+        for choice in job.choices:
+            job.send([GenerationChunk(index=choice.index, text=echo.text, logprobs=scored)], choice)
+        if job.generate:
+            return True
+        for choice in job.choices:  # max_tokens 0: the prompt was all
+            choice.finish = "length"
+            job.send([GenerationChunk(index=choice.index, finish_reason="length")], choice)
+        return False
 
     def _step(self) -> None:
         rows = self._rows

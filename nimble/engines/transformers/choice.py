@@ -52,6 +52,7 @@ class Sampler:
         self._prompt_ids = prompt_ids  # read by the repetition penalty only
         self.tokens: list[int] = []
         self.finish: Literal["stop", "length"] | None = None
+        self._stopped_by: str | None = None  # the stop string that ended the text
         self._params = params
         self._temperature = params.temperature if params.temperature is not None else 1.0
         self._top_p = params.top_p if params.top_p is not None else 1.0
@@ -139,9 +140,7 @@ class Sampler:
         banned = {token for token in banned if token < logits.shape[-1]}
         if not banned:
             return logits
-        masked = logits.index_fill(
-            0, torch.tensor(sorted(banned), device=logits.device), -math.inf
-        )
+        masked = logits.index_fill(0, torch.tensor(sorted(banned), device=logits.device), -math.inf)
         return logits if bool(torch.isinf(masked).all()) else masked
 
     def _penalised(self, logits: torch.Tensor) -> torch.Tensor:
@@ -247,6 +246,7 @@ class Sampler:
                 finish_reason=reason,
                 logprobs=logprobs,
                 progress=self._progress(),
+                stop_sequence=self._stopped_by,
             )
         ]
 
@@ -261,6 +261,7 @@ class Sampler:
         if not found:
             return None
         at, stop = min(found)
+        self._stopped_by = stop
         return at + len(stop) if self._params.include_stop_str_in_output else at
 
     def _safe_end(self) -> int:

@@ -43,6 +43,7 @@ from nimble.engines.config import EngineConfig
 from nimble.engines.transformers.batching import DecodeStats, Job, Scheduler
 from nimble.engines.transformers.choice import Sampler
 from nimble.engines.transformers.constrain import Constrained, Grammars
+from nimble.engines.transformers.echo import Echo
 from nimble.engines.transformers.loading import Loaded, load
 from nimble.errors import (
     ContextLengthExceeded,
@@ -142,6 +143,8 @@ class TransformersEngine:
     def _bound(self, request: GenerateRequest) -> int | None:
         """Every token covers at least one byte of the rendered prompt (special tokens many);
         2 more for BOS/EOS or a leading-space marker the tokenizer may add."""
+        if isinstance(request.prompt, tuple):
+            return len(request.prompt)
         if request.messages is None:
             return len((request.prompt or "").encode()) + 2
         try:
@@ -165,7 +168,13 @@ class TransformersEngine:
                 raise Unavailable(f"model {self.spec.id} is not loaded")
             constraints = await asyncio.to_thread(grammars.compile, request.constraint, params.n)
         choices = self._choices(loaded, request, ids, constraints)
-        job = Job(ids, choices, asyncio.get_running_loop())
+        echo = None
+        if request.echo:  # the prompt starts each choice (scored in the prefill)
+            prompt = request.prompt
+            text = prompt if isinstance(prompt, str) else await self.detokenize(tuple(ids))
+            echo = Echo(text, params.top_logprobs, loaded.tokenizer)
+        loop = asyncio.get_running_loop()
+        job = Job(ids, choices, loop, echo=echo, generate=params.max_tokens != 0)
         scheduler.submit(job)
         try:
             while (chunk := await job.get()) is not None:
@@ -243,6 +252,8 @@ class TransformersEngine:
         ]
 
     def _encode(self, request: GenerateRequest) -> list[int]:
+        if isinstance(request.prompt, tuple):
+            return list(request.prompt)  # token ids, as they are
         chat = request if request.messages is not None else None
         # a chat template writes the special tokens itself
         return self._ids(TokenizeRequest(request.prompt, chat, add_special_tokens=chat is None))

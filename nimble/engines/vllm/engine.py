@@ -407,7 +407,13 @@ def wrapped(
         if chunk.text or chunk.logprobs:
             out.append(dataclasses.replace(chunk, finish_reason=None))
         out.append(GenerationChunk(index=chunk.index, text=end))
-        out.append(GenerationChunk(index=chunk.index, finish_reason=chunk.finish_reason))
+        out.append(
+            GenerationChunk(
+                index=chunk.index,
+                finish_reason=chunk.finish_reason,
+                stop_sequence=chunk.stop_sequence,
+            )
+        )
         return out
     return [*out, chunk]
 

@@ -65,4 +65,5 @@ async def parse_calls(
         finish = chunk.finish_reason
         if parser.called and finish == "stop":
             finish = "tool_calls"
-        yield GenerationChunk(index=chunk.index, finish_reason=finish)
+        stop = chunk.stop_sequence if finish == "stop" else None
+        yield GenerationChunk(index=chunk.index, finish_reason=finish, stop_sequence=stop)

@@ -112,9 +112,9 @@ def test_a_tool_call_marker_ends_the_thinking_and_stays_in_the_answer() -> None:
 def test_parser_names() -> None:
     assert reasoning_format(None) is None
     assert reasoning_format("none") is None
-    assert {"deepseek_r1", "qwen3"} <= {
-        fmt.name for fmt in map(reasoning_format, ("deepseek_r1", "qwen3")) if fmt
-    }
+    for name in ("deepseek_r1", "qwen3"):  # vLLM's names
+        fmt = reasoning_format(name)
+        assert fmt is not None and (fmt.name, fmt.start, fmt.end) == (name, "<think>", "</think>")
     with pytest.raises(ConfigError, match=r"unknown reasoning_parser 'r2'; known: none, "):
         reasoning_format("r2")
 
@@ -242,3 +242,11 @@ def test_an_unknown_parser_stops_the_start_and_the_setting_overrides_the_profile
     with pytest.raises(ConfigError, match="reasoning_parser 'nope'"):
         Runtime([profiled], RuntimeConfig(EngineConfig()))
     Runtime([profiled], RuntimeConfig(EngineConfig(), reasoning_parser="none"))
+
+
+def test_vllm_is_not_told_to_parse_the_thinking_itself() -> None:
+    from nimble.engines.vllm.wire import serve_args
+
+    spec = dataclasses.replace(resolve_model("fake"), options={"reasoning_parser": "qwen3"})
+    args = serve_args(spec, None, 4)
+    assert not any("reasoning" in arg for arg in args), args
