@@ -100,9 +100,7 @@ class Runtime:
             spec.id: ServedModel(
                 spec,
                 engine_factory(spec, config.engine),
-                Admission(
-                    _running_bound(spec, config), config.max_waiting, config.max_queue_wait
-                ),
+                Admission(_running_bound(spec, config), config.max_waiting, config.max_queue_wait),
             )
             for spec in specs
         }

@@ -152,7 +152,8 @@ async def test_embeddings_unknown_field_is_named(client: httpx.AsyncClient) -> N
     ("path", "body", "param"),
     [
         ("/v1/completions", {"model": FAKE_MODEL, "prompt": []}, "prompt"),
-        ("/v1/completions", {"model": FAKE_MODEL, "prompt": "x", "echo": True}, "echo"),
+        ("/v1/completions", {"model": FAKE_MODEL, "prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ("/v1/completions", {"model": FAKE_MODEL, "prompt": [[1], [-2]]}, "prompt"),
         ("/v1/completions", {"model": FAKE_MODEL, "prompt": "x", "max_tokens": -1}, "max_tokens"),
         ("/v1/completions", {"model": FAKE_MODEL, "prompt": "x", "logprobs": 50}, "logprobs"),
         ("/v1/embeddings", {"model": FAKE_MODEL, "input": []}, "input"),

@@ -61,6 +61,10 @@ POSTS: list[tuple[str, dict[str, Any]]] = [
         {"model": FAKE_MODEL, "prompt": ["a b", "c d"], "n": 2, "max_tokens": 4, "logprobs": 2},
     ),
     ("/v1/completions", {"model": FAKE_MODEL, "prompt": "x", "guided_choice": ["yes", "no"]}),
+    (  # token ids, the prompt echoed with its logprobs (the first one null)
+        "/v1/completions",
+        {"model": FAKE_MODEL, "prompt": [[0, 1, 2], [3]], "echo": True, "logprobs": 1},
+    ),
     ("/v1/embeddings", {"model": FAKE_MODEL, "input": ["hello world", "bye"]}),
     ("/v1/embeddings", {"model": FAKE_MODEL, "input": "hello", "encoding_format": "base64"}),
     (

@@ -194,12 +194,13 @@ def test_llamaindex_stream_chat_with_tools(smollm2: NimbleProcess) -> None:
         max_retries=0,
     )
     tool = FunctionTool.from_defaults(fn=get_weather)
-    last = None
-    for last in llm.stream_chat_with_tools(
-        [tool], user_msg="What is the weather in Paris?", tool_required=True
-    ):
-        pass
-    assert last is not None
+    responses = list(
+        llm.stream_chat_with_tools(
+            [tool], user_msg="What is the weather in Paris?", tool_required=True
+        )
+    )
+    assert len(responses) > 1  # it streamed
+    last = responses[-1]
     (call,) = llm.get_tool_calls_from_response(last, error_on_no_tool_call=True)
     assert call.tool_name == "get_weather"
     assert set(call.tool_kwargs) == {"city", "unit"} and call.tool_kwargs["city"]
@@ -227,9 +228,7 @@ def test_openai_agents_runs_an_agent_with_one_function_tool(smollm2: NimbleProce
         seen.append((city, unit))
         return f"21 degrees {unit} and clear in {city}"
 
-    client = openai.AsyncOpenAI(
-        base_url=smollm2.base_url + "/v1", api_key="unused", max_retries=0
-    )
+    client = openai.AsyncOpenAI(base_url=smollm2.base_url + "/v1", api_key="unused", max_retries=0)
     agent = Agent(
         name="weather",
         instructions="Answer questions about the weather with the get_weather tool.",

@@ -121,6 +121,26 @@ async def test_real_vllm_serves_through_the_engine(model_folder: Path) -> None:
         tokens = [lp for c in chunks for lp in c.logprobs]
         assert len(tokens) == usage.completion_tokens and all(len(t.top) == 2 for t in tokens)
 
+        # vLLM takes the sampling extensions in the names nimble sends (docs/sampling.md)
+        fixed = chat(
+            "hello cat",
+            max_tokens=8,
+            temperature=0,
+            ignore_eos=True,
+            min_tokens=8,
+            top_k=0,
+            min_p=0.0,
+            repetition_penalty=1.1,
+            logit_bias=((7, 1.0),),
+            skip_special_tokens=False,
+            continuous_usage=True,
+        )
+        chunks = [c async for c in engine.generate(fixed)]
+        usage = chunks[-1].usage
+        assert usage is not None and usage.completion_tokens == 8
+        counts = [c.progress.completion_tokens for c in chunks if c.progress is not None]
+        assert counts and counts == sorted(counts) and counts[-1] <= 8
+
         completion = GenerateRequest(
             "gpu-c", SamplingParams(max_tokens=4, n=2, seed=1, top_logprobs=1), prompt="one two"
         )

@@ -27,6 +27,7 @@ from nimble.types import (
     GenerationChunk,
     SamplingParams,
     Task,
+    TokenizeRequest,
 )
 
 pytestmark = [pytest.mark.models, pytest.mark.asyncio(loop_scope="module")]
@@ -179,6 +180,49 @@ async def test_zero_top_logprobs_still_gives_the_token_logprobs(engine: LlamaCpp
     assert len(tokens) == 2 and all(token.top == () for token in tokens)
     without = await collect(engine, completion(COUNTING, max_tokens=2))
     assert all(chunk.logprobs == () for chunk in without)
+
+
+async def test_echo_scores_every_prompt_token_special_and_partial_ones_too(
+    engine: LlamaCppEngine,
+) -> None:
+    """`echo` with logprobs (`echo.py`) on token ids: an end-of-generation token inside the
+    prompt and the tokens of an emoji (the first is part of a UTF-8 character, which
+    llama.cpp holds back) are scored too. Each step's alternatives are those of a plain
+    one-token completion of the tokens before it (a batched prompt pass), and a token's
+    logprob is the one listed for it there when it is one of them; max_tokens 0 generates
+    nothing."""
+    tokens = await engine.tokenize(TokenizeRequest("<|im_start|>user\nHi \U0001f600<|im_end|>\nok"))
+    ids = tokens.ids
+    assert 2 in ids[1:-1]  # <|im_end|>, the end of generation
+    scoring = SamplingParams(max_tokens=0, top_logprobs=20)
+    chunks = [
+        c async for c in engine.generate(GenerateRequest("e", scoring, prompt=ids, echo=True))
+    ]
+    (echo,) = [c for c in chunks if c.text]
+    assert echo.text == await engine.detokenize(ids)
+    assert [t.token for t in echo.logprobs] == list(tokens.pieces)
+    assert echo.logprobs[0].logprob is None
+    compared = 0
+    for at, token in enumerate(echo.logprobs[1:], start=1):
+        assert token.logprob is not None and -60.0 < token.logprob <= 0.0
+        assert len(token.top) == 20 and token.top[0].logprob >= token.logprob
+        same = [top.logprob for top in token.top if top.token == token.token]
+        assert same in ([], [pytest.approx(token.logprob, abs=1e-6)])
+        plain = SamplingParams(max_tokens=1, temperature=0, top_logprobs=20)
+        picked = [
+            t
+            for c in await collect(engine, GenerateRequest("p", plain, prompt=ids[:at]))
+            for t in c.logprobs
+        ]
+        if picked:  # none when the pick is part of a character (held back, as above)
+            (first,) = picked
+            expected = [top.logprob for top in first.top]
+            assert [top.logprob for top in token.top] == pytest.approx(expected, abs=1e-3)
+            compared += 1
+    assert compared >= len(ids) // 2  # 7 of the 8 steps here
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["length"]
+    assert chunks[-1].usage is not None
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (len(ids), 0)
 
 
 @pytest.mark.parametrize(

@@ -218,6 +218,39 @@ async def test_logprobs_with_alternatives(engine: TransformersEngine) -> None:
         assert token.bytes == tuple(token.token.encode())
 
 
+async def test_echo_scores_the_prompt_in_the_prefill(
+    engine: TransformersEngine, reference: tuple[Any, Any]
+) -> None:
+    """`echo` with logprobs on token ids: each prompt token's logprob (the first has none)
+    is transformers' own log-softmax of the logits before it; max_tokens 0 generates
+    nothing; with a budget the generation follows the echoed prompt."""
+    model, tokenizer = reference
+    text = "The capital of France is"
+    ids = tuple(tokenizer(text + " Paris")["input_ids"])
+    scoring = SamplingParams(max_tokens=0, top_logprobs=2, n=2)
+    chunks = await collect(engine, GenerateRequest("echo", scoring, prompt=ids, echo=True))
+    with torch.inference_mode():
+        direct = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    for index in (0, 1):
+        (echo,) = [c for c in chunks if c.index == index and c.text]
+        assert echo.text == text + " Paris"
+        first, *rest = echo.logprobs
+        assert (first.token, first.logprob, first.top) == ("The", None, ())
+        assert "".join(t.token for t in echo.logprobs) == echo.text
+        for at, token in enumerate(rest, start=1):
+            assert token.logprob == pytest.approx(direct[at - 1, ids[at]].item(), abs=1e-4)
+            best = direct[at - 1].topk(2)
+            assert [t.logprob for t in token.top] == pytest.approx(best.values.tolist(), abs=1e-4)
+    assert finishes(chunks) == {0: "length", 1: "length"}
+    assert chunks[-1].usage is not None
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (len(ids), 0)
+    plain = await collect(engine, completion(text, max_tokens=3, temperature=0))
+    echoed = GenerateRequest("echo", SamplingParams(max_tokens=3, temperature=0), prompt=text)
+    assert text_of(await collect(engine, dataclasses.replace(echoed, echo=True))) == (
+        text + text_of(plain)
+    )
+
+
 async def test_concurrent_requests_share_a_batch_and_match_alone(
     engine: TransformersEngine, reference: tuple[Any, Any]
 ) -> None:

@@ -95,8 +95,8 @@ async def test_logit_bias_top_k_min_p_and_repetition_penalty(
     for fields in ({"top_k": 1}, {"min_p": 1.0}):  # only the likeliest token is left
         sampled = completion(FRANCE, max_tokens=3, temperature=1.0, seed=5, **fields)
         assert text_of(await collect(engine, sampled)) == greedy, fields
-    plain = text_of(await collect(engine, chat(HI, max_tokens=8, temperature=0)))
-    penalised = chat(HI, max_tokens=8, temperature=0, repetition_penalty=1.5)
+    plain = text_of(await collect(engine, chat(HI, max_tokens=16, temperature=0)))
+    penalised = chat(HI, max_tokens=16, temperature=0, repetition_penalty=1.5)
     assert text_of(await collect(engine, penalised)) != plain
     outside = completion(FRANCE, max_tokens=3, logit_bias=((len(tokenizer) + 10**6, 1.0),))
     with pytest.raises(InvalidRequest) as refused:

@@ -94,7 +94,7 @@ async def test_admission_refuses_at_once_a_wait_beyond_the_bound() -> None:
     while gate.waiting == 0:
         await asyncio.sleep(0)
     assert gate.expected_wait() > 5.0  # behind one waiter: two holds
-    with pytest.raises(Overloaded, match="would wait about 6.0s") as refused:
+    with pytest.raises(Overloaded, match=r"would wait about 6\.0s") as refused:
         await gate.acquire()
     assert refused.value.retry_after == 6 and gate.waiting == 1
     await gate.release(3.0)
@@ -109,7 +109,7 @@ async def test_admission_gives_up_a_wait_that_runs_out_and_passes_the_slot_on() 
         await gate.acquire()
         await gate.release(0.001)
     await gate.acquire()
-    with pytest.raises(Overloaded, match="within 0.05s"):
+    with pytest.raises(Overloaded, match=r"within 0\.05s"):
         await gate.acquire()  # the slot is held past the bound
     assert gate.waiting == 0 and gate.running == 1
     later = asyncio.create_task(gate.acquire())

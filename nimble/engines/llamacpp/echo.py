@@ -56,24 +56,23 @@ def forcing_body(before: tuple[int, ...], token: int, top: int) -> Json:
 class Model:
     """What scoring needs of the engine: `payloads` runs one llama.cpp completion body and
     yields its payloads; `pieces_of` gives the text of token ids (special tokens as
-    written); the vocabulary's size, and a token of whole text (`plain`)."""
+    written); the vocabulary's size, and a token of whole text (`plain`, asked for only
+    when a token is part of a character)."""
 
     payloads: Payloads
     pieces_of: Pieces
     vocab: int
-    plain: int
+    plain: Callable[[], Awaitable[int]]
 
 
 async def prompt_logprobs(model: Model, ids: tuple[int, ...], top: int) -> tuple[TokenLogprob, ...]:
     """The logprob of each of `ids` given those before it (None for the first) with `top`
     alternatives."""
     entries = [await _forced(model, ids[:at], ids[at], top) for at in range(1, len(ids))]
-    pieces_of = model.pieces_of
     alternatives = sorted({int(alt["id"]) for e in entries for alt in _alternatives(e, top)})
-    texts: dict[int, str] = {}
-    if alternatives:
-        texts = dict(zip(alternatives, await pieces_of(tuple(alternatives)), strict=True))
-    pieces = await pieces_of(ids)
+    everything = await model.pieces_of(ids + tuple(alternatives))  # one round trip
+    pieces = everything[: len(ids)]
+    texts = dict(zip(alternatives, everything[len(ids) :], strict=True))
     scored = [TokenLogprob(pieces[0], None, tuple(pieces[0].encode()))]
     for piece, entry in zip(pieces[1:], entries, strict=True):
         top_ones = tuple(
@@ -89,7 +88,8 @@ async def _forced(model: Model, before: tuple[int, ...], token: int, top: int) -
     # llama.cpp sends no probabilities for n_probs 0
     found = await _entry(model.payloads, forcing_body(before, token, max(top, 1)))
     if found is None:  # part of a UTF-8 character: held back; read it from the whole list
-        listed = await _entry(model.payloads, forcing_body(before, model.plain, model.vocab))
+        whole = forcing_body(before, await model.plain(), model.vocab)
+        listed = await _entry(model.payloads, whole)
         ranked = list(listed.get("top_logprobs") or ()) if listed is not None else []
         mine = next((alt for alt in ranked if int(alt.get("id", -1)) == token), None)
         found = None if mine is None else {**mine, "top_logprobs": ranked[:top]}

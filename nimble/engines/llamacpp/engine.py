@@ -331,9 +331,12 @@ class LlamaCppEngine:
         """What `echo.py` needs to score a prompt on this model."""
         if self._vocab is None:
             raise EngineError(f"model {self.spec.id}: llama.cpp did not say its vocabulary's size")
-        plain = await self.tokenize(TokenizeRequest("a", add_special_tokens=False))
         payloads = functools.partial(self._payloads, chat=False)
-        return ScoringModel(payloads, self._texts, self._vocab, plain.ids[0])
+        return ScoringModel(payloads, self._texts, self._vocab, self._plain_token)
+
+    async def _plain_token(self) -> int:
+        """A token of whole text: "a"."""
+        return (await self.tokenize(TokenizeRequest("a", add_special_tokens=False))).ids[0]
 
     async def _texts(self, ids: tuple[int, ...]) -> tuple[str, ...]:
         """The text of each token id (special tokens as written in the vocabulary)."""

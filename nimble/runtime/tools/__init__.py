@@ -54,6 +54,7 @@ async def parse_calls(
                 text=parsed.content,
                 logprobs=chunk.logprobs if parsed.content else (),
                 tool_calls=tuple(parsed.calls),
+                progress=chunk.progress,
             )
         if chunk.finish_reason is None:
             continue
@@ -66,4 +67,6 @@ async def parse_calls(
         if parser.called and finish == "stop":
             finish = "tool_calls"
         stop = chunk.stop_sequence if finish == "stop" else None
-        yield GenerationChunk(index=chunk.index, finish_reason=finish, stop_sequence=stop)
+        yield GenerationChunk(
+            index=chunk.index, finish_reason=finish, stop_sequence=stop, progress=chunk.progress
+        )
