@@ -71,6 +71,14 @@ def _post(url: str, path: str, body: dict[str, object]) -> dict[str, object]:
     return dict(answer.json())
 
 
+def _same_counts(usage: dict[str, object], engine_usage: dict[str, object]) -> None:
+    """The token counts are the engine's own; nimble adds `completion_tokens_details` (null
+    without a reasoning parser), which llama.cpp's server does not write."""
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    assert {k: usage[k] for k in counts} == {k: engine_usage[k] for k in counts}
+    assert usage["completion_tokens_details"] is None
+
+
 @pytest.mark.parametrize("question", QUESTIONS)
 def test_chat_equals_the_engine_server(smollm2: NimbleProcess, engine: str, question: str) -> None:
     body = {"messages": [{"role": "user", "content": question}], **SETTINGS}
@@ -80,8 +88,7 @@ def test_chat_equals_the_engine_server(smollm2: NimbleProcess, engine: str, ques
     assert mine["message"]["content"] == its["message"]["content"]
     assert mine["message"]["content"].strip()
     assert mine["finish_reason"] == its["finish_reason"]
-    usage, engine_usage = ours["usage"], theirs["usage"]
-    assert usage == {k: engine_usage[k] for k in usage}  # type: ignore[index, union-attr]
+    _same_counts(ours["usage"], theirs["usage"])  # type: ignore[arg-type]
 
 
 def test_completion_equals_the_engine_server(smollm2: NimbleProcess, engine: str) -> None:
@@ -91,5 +98,4 @@ def test_completion_equals_the_engine_server(smollm2: NimbleProcess, engine: str
     (mine,), (its,) = ours["choices"], theirs["choices"]  # type: ignore[misc]
     assert mine["text"] == its["text"] and mine["text"].strip()
     assert mine["finish_reason"] == its["finish_reason"]
-    usage, engine_usage = ours["usage"], theirs["usage"]
-    assert usage == {k: engine_usage[k] for k in usage}  # type: ignore[index, union-attr]
+    _same_counts(ours["usage"], theirs["usage"])  # type: ignore[arg-type]

@@ -420,14 +420,9 @@ class LlamaCppEngine:
         if request.constraint is not None:
             body.update(constraint_fields(request.constraint, _to_grammar))
         cutter = Cutter(request.params) if needs_cutter(request.params) else None
-        stream = Stream(asyncio.get_running_loop())
-        self._running.add(stream.cancel)
-        try:
-            self._submit(stream, body, chat=request.messages is not None and prompt is None)
-            while (item := await stream.get()) is not END:
-                if isinstance(item, BaseException):
-                    raise item
-                payload = cast(Json, item)
+        chat = request.messages is not None and prompt is None
+        async with contextlib.aclosing(self._payloads(body, chat)) as payloads:
+            async for payload in payloads:
                 if cutter is not None:
                     rewritten = cutter.rewrite(payload)
                     if rewritten is None:
@@ -436,12 +431,7 @@ class LlamaCppEngine:
                 for chunk in mapper.map(payload):
                     yield chunk
                 if cutter is not None and cutter.done:
-                    break  # the finally cancels what llama.cpp still generates
-            if stream.cancel.is_set():  # stop() cut it short
-                raise Unavailable(f"model {self.spec.id} was stopped during the generation")
-        finally:
-            stream.cancel.set()  # llama.cpp cancels the task at its next token
-            self._running.discard(stream.cancel)
+                    break  # closing the payloads cancels what llama.cpp still generates
 
     async def _count_tokens(self, text: str, special: bool) -> int:
         body = {"content": text, "add_special": special, "parse_special": True}
