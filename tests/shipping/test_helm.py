@@ -26,15 +26,19 @@ def of_kind(r: Rendered, kind: str) -> list[dict[str, Any]]:
     return [m for m in r.manifests if m["kind"] == kind]
 
 
-def deployment(r: Rendered) -> dict[str, Any]:
-    (found,) = of_kind(r, "Deployment")
+def named(r: Rendered, kind: str, name: str) -> dict[str, Any]:
+    (found,) = [m for m in of_kind(r, kind) if m["metadata"]["name"] == name]
     return found
 
 
-def container(r: Rendered) -> dict[str, Any]:
-    spec = deployment(r)["spec"]["template"]["spec"]
-    (nimble,) = [c for c in spec["containers"] if c["name"] == "nimble"]
-    return dict(nimble)
+def deployment(r: Rendered, name: str = "nimble") -> dict[str, Any]:
+    return named(r, "Deployment", name)
+
+
+def container(r: Rendered, name: str = "nimble") -> dict[str, Any]:
+    spec = deployment(r, name)["spec"]["template"]["spec"]
+    (found,) = [c for c in spec["containers"] if c["name"] == name.removeprefix("nimble-")]
+    return dict(found)
 
 
 def env(r: Rendered) -> dict[str, str]:
@@ -42,7 +46,7 @@ def env(r: Rendered) -> dict[str, str]:
 
 
 def test_every_ci_values_file_lints_renders_and_validates_strictly() -> None:
-    assert set(CI) >= {"default", "gpu", "production", "unauthenticated"}
+    assert set(CI) >= {"default", "gateway", "gpu", "production", "unauthenticated"}
     assert check_chart.check() == []
 
 
@@ -79,10 +83,10 @@ def test_gpu_profile_requests_a_gpu_and_the_default_does_not() -> None:
 @pytest.mark.parametrize("name", sorted(CI))
 def test_non_root_read_only_no_privileges(name: str) -> None:
     r = rendered(name)
-    pod = deployment(r)["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["automountServiceAccountToken"] is False
-    containers = pod["containers"] + pod.get("initContainers", [])
+    pods = [d["spec"]["template"]["spec"] for d in of_kind(r, "Deployment")]
+    assert all(pod["securityContext"]["runAsNonRoot"] is True for pod in pods)
+    assert all(pod["automountServiceAccountToken"] is False for pod in pods)
+    containers = [c for pod in pods for c in pod["containers"] + pod.get("initContainers", [])]
     containers += [c for t in of_kind(r, "Pod") for c in t["spec"]["containers"]]
     for c in containers:
         sc = c["securityContext"]
@@ -162,8 +166,12 @@ def test_production_objects() -> None:
     assert pdb["spec"]["maxUnavailable"] == 1
     (ingress,) = of_kind(r, "Ingress")
     assert ingress["spec"]["tls"][0]["hosts"] == ["llm.example.com"]
-    (pvc,) = of_kind(r, "PersistentVolumeClaim")
-    assert pvc["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    # several replicas: a cache claim per pod, none shared
+    assert not of_kind(r, "PersistentVolumeClaim")
+    (cache,) = [v for v in deployment(r)["spec"]["template"]["spec"]["volumes"] if v["name"] == "cache"]
+    claim = cache["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert claim["accessModes"] == ["ReadWriteOnce"] and claim["storageClassName"] == "standard"
+    assert claim["resources"]["requests"]["storage"] == "20Gi"
 
 
 def test_cache_prefill_init_step() -> None:
