@@ -95,6 +95,8 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         span = self.tracing.start(record, scope)
         record.trace_id = span.trace_id
+        # for a service that calls another one on the request's behalf (the gateway)
+        scope["state"]["trace_headers"] = span.response_headers()
         id_token = request_id_var.set(request_id)
         record_token = current_record.set(record)
 

@@ -29,9 +29,16 @@ def version() -> None:
 
 
 @app.command("settings-doc")
-def settings_doc() -> None:
+def settings_doc(
+    gateway: bool = typer.Option(False, help="The settings of `nimble gateway` of its own."),
+) -> None:
     """Print the settings table (Markdown): flags, env variables, defaults."""
-    typer.echo(settings_table())
+    if gateway:
+        from nimble.config.gateway import GatewaySettings
+
+        typer.echo(settings_table(GatewaySettings, own_only=True))
+    else:
+        typer.echo(settings_table())
 
 
 @app.command("serve")
@@ -46,6 +53,28 @@ def serve(**values: Any) -> None:
     from nimble.cli.serve import serve as run  # imported late: keeps `nimble --help` fast
 
     sys.exit(run(given(values)))
+
+
+def _gateway(**values: Any) -> None:
+    """Serve one OpenAI-compatible endpoint in front of `nimble serve` replicas: requests go
+    by their model to the replicas that serve it, and to the one that served the prompt's
+    prefix last unless it is busier (docs/scaling.md).
+
+    Every option is also a NIMBLE_* environment variable or a key of the --config YAML file.
+    """
+    from nimble.cli.gateway import gateway as run  # imported late: keeps `nimble --help` fast
+
+    sys.exit(run(given(values)))
+
+
+def _register_gateway() -> None:
+    from nimble.config.gateway import GatewaySettings
+
+    command = with_settings_options(_gateway, cls=GatewaySettings)
+    app.command("gateway")(command)
+
+
+_register_gateway()
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import typer
 
 from nimble.config import Settings
 from nimble.config.doc import format_default
+from nimble.config.service import ServiceSettings
 
 
 def _base_type(annotation: Any) -> tuple[Any, bool]:
@@ -33,10 +34,10 @@ def _cli_type(scalar: Any) -> Any:
     return str
 
 
-def settings_parameters() -> list[inspect.Parameter]:
+def settings_parameters(cls: type[ServiceSettings] = Settings) -> list[inspect.Parameter]:
     """One keyword parameter per settings field, defaults None so that env and YAML apply."""
     params = []
-    for name, field in Settings.model_fields.items():
+    for name, field in cls.model_fields.items():
         scalar, multiple = _base_type(field.annotation)
         # parentheses, not brackets: rich would read "[env: ...]" as markup
         help_text = (
@@ -60,7 +61,9 @@ def settings_parameters() -> list[inspect.Parameter]:
     return params
 
 
-def with_settings_options(func: Callable[..., Any], keep: bool = False) -> Callable[..., Any]:
+def with_settings_options(
+    func: Callable[..., Any], keep: bool = False, cls: type[ServiceSettings] = Settings
+) -> Callable[..., Any]:
     """Give `func(**values)` a signature with one option per setting (typer reads it).
     With `keep`, the function's own parameters come first and replace settings of the same
     name; the settings arrive in `**values`."""
@@ -73,7 +76,7 @@ def with_settings_options(func: Callable[..., Any], keep: bool = False) -> Calla
             if p.kind is not inspect.Parameter.VAR_KEYWORD
         ]
     taken = {p.name for p in own}
-    settings = [p for p in settings_parameters() if p.name not in taken]
+    settings = [p for p in settings_parameters(cls) if p.name not in taken]
     func.__signature__ = inspect.Signature([*own, *settings])  # type: ignore[attr-defined]
     return func
 

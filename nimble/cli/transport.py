@@ -11,13 +11,13 @@ from typing import Any
 
 import uvicorn
 
-from nimble.config import Settings
+from nimble.config.service import ServiceSettings
 from nimble.errors import ConfigError
 
 log = logging.getLogger("nimble.serve")
 
 
-def ssl_options(settings: Settings) -> dict[str, Any]:
+def ssl_options(settings: ServiceSettings) -> dict[str, Any]:
     """uvicorn's ssl_* options for `settings.ssl_mode`, checked now: a missing file, a key
     that does not match its certificate or a bad CA bundle is one clear ConfigError at
     start, not a traceback when the first client connects.

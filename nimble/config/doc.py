@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from nimble.config.service import ServiceSettings
 from nimble.config.settings import Settings
 
 
@@ -15,12 +16,15 @@ def format_default(value: object) -> str:
     return str(value)
 
 
-def settings_table() -> str:
+def settings_table(cls: type[ServiceSettings] = Settings, own_only: bool = False) -> str:
+    """The table of `cls`'s settings (`own_only`: those every service has left out)."""
     lines = [
         "| Flag | Environment variable | Default | Description |",
         "|---|---|---|---|",
     ]
-    for name, field in Settings.model_fields.items():
+    for name, field in cls.model_fields.items():
+        if own_only and name in ServiceSettings.model_fields:
+            continue
         flag = "--" + name.replace("_", "-")
         env = "NIMBLE_" + name.upper()
         description = (field.description or "").replace("|", "\\|")

@@ -1,28 +1,16 @@
-"""The one settings object. Every field is a `nimble serve` flag and a `NIMBLE_*` variable."""
+"""The settings of `nimble serve`. Every field is a flag and a `NIMBLE_*` variable."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AliasChoices,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic_settings import (
-    BaseSettings,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
-    YamlConfigSettingsSource,
-)
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
 
-from nimble.errors import ConfigError
+from nimble.config.service import LOOPBACK_HOSTS, ServiceSettings, load, split_csv
+
+__all__ = ["ALL_ENDPOINTS", "DEFAULT_MODELS", "LOOPBACK_HOSTS", "Settings", "load_settings"]
 
 DEFAULT_MODELS = ("smollm2-135m-instruct", "all-minilm-l6-v2")
 # endpoint names for --endpoints and API key scopes (/v1/health/* probes are always on;
@@ -43,19 +31,10 @@ ALL_ENDPOINTS = (
     "openapi",
     "health",
 )
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-class Settings(BaseSettings):
-    """nimble's configuration. Field descriptions are the `--help` text and the docs table."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="NIMBLE_",
-        frozen=True,
-        extra="forbid",
-        env_parse_none_str="",
-        populate_by_name=True,
-    )
+class Settings(ServiceSettings):
+    """nimble serve's configuration: the service's settings and what it serves, how."""
 
     # --- what to serve ---
     model: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -132,10 +111,6 @@ class Settings(BaseSettings):
         default=900.0, gt=0, description="Seconds a supervised engine may take to become healthy."
     )
 
-    # --- network ---
-    host: str = Field(default="127.0.0.1", description="Address to listen on.")
-    port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on (0: any).")
-
     # --- admission control ---
     max_running: int = Field(
         default=4,
@@ -168,11 +143,6 @@ class Settings(BaseSettings):
         description="Embedding models: how long the first request of a batch waits for others "
         "to join it (milliseconds). Under load batches fill while the previous one runs.",
     )
-    max_body_bytes: int = Field(
-        default=4 * 1024 * 1024,
-        ge=1024,
-        description="Largest accepted request body in bytes (413 beyond).",
-    )
     max_n: int = Field(default=8, ge=1, description="Largest accepted `n` (choices per request).")
     max_rank_documents: int = Field(
         default=1000,
@@ -202,117 +172,23 @@ class Settings(BaseSettings):
         description="Most `/v1/responses` kept in memory for `store` and "
         "`previous_response_id` (the oldest go first; 0 stores none).",
     )
-    drain_timeout: float = Field(
-        default=30.0,
-        ge=0,
-        description="Seconds that in-flight requests may take to finish after SIGTERM.",
-    )
 
     # --- logging ---
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        default="info", description="Log level."
-    )
-    jsonl_logging: bool = Field(
-        default=False, description="Write logs as one JSON object per line."
-    )
     engine_log: bool = Field(
         default=False, description="Let the engine print its own (verbose) log to stderr."
     )
-
     log_prompts: bool = Field(
         default=False,
         description="Log prompts and completions (debugging only: they may hold personal "
         "data). Off: they are never logged.",
     )
 
-    # --- metrics and tracing ---
-    metrics_require_key: bool = Field(
-        default=True,
-        description="With API keys on, /metrics needs a key whose endpoints include "
-        "`metrics`. Off: anyone who reaches the port may scrape.",
-    )
-    otlp_endpoint: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("NIMBLE_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
-        description="OTLP/HTTP collector URL for traces (also read from "
-        "OTEL_EXPORTER_OTLP_ENDPOINT). Unset: tracing exports nothing.",
-    )
-    otel_service_name: str = Field(
-        default="nimble",
-        validation_alias=AliasChoices("NIMBLE_OTEL_SERVICE_NAME", "OTEL_SERVICE_NAME"),
-        description="service.name of exported traces (also read from OTEL_SERVICE_NAME).",
-    )
-
-    # --- access control ---
-    api_keys_file: Path | None = Field(
-        default=None,
-        description="YAML file of API keys (sha256-hashed, with scopes and limits; see "
-        "docs/operations.md). Re-read when it changes and on SIGHUP. Unset: no keys.",
-    )
-    allow_unauthenticated: bool = Field(
-        default=False,
-        description="Allow listening on an address other than loopback without API keys.",
-    )
-    audit_log: Path | None = Field(
-        default=None,
-        description="Append one hash-chained JSON line per request to this file "
-        "(`nimble audit verify FILE` checks it). Unset: no audit log.",
-    )
-
-    audit_fsync: bool = Field(
-        default=False,
-        description="fsync the audit log after every line (survives power loss; costs one "
-        "disk flush per request).",
-    )
-
     # --- transport ---
-    ssl_mode: Literal["DISABLED", "TLS", "MTLS"] = Field(
-        default="DISABLED",
-        description="DISABLED: plain HTTP. TLS: HTTPS with --ssl-cert-file and --ssl-key-file. "
-        "MTLS: HTTPS that also requires a client certificate signed by --ssl-ca-file.",
-    )
-    ssl_cert_file: Path | None = Field(
-        default=None, description="Server certificate (PEM, chain allowed) for TLS and MTLS."
-    )
-    ssl_key_file: Path | None = Field(
-        default=None, description="Private key (PEM) of the server certificate."
-    )
-    ssl_ca_file: Path | None = Field(
-        default=None, description="CA bundle (PEM) that client certificates must chain to (MTLS)."
-    )
-    cors_allow_origins: Annotated[tuple[str, ...], NoDecode] = Field(
-        default=(),
-        description="Origins allowed by CORS (`*` for any). Empty: CORS is off.",
-    )
-    cors_allow_methods: Annotated[tuple[str, ...], NoDecode] = Field(
-        default=("GET", "POST", "OPTIONS"), description="Methods allowed by CORS."
-    )
-    cors_allow_headers: Annotated[tuple[str, ...], NoDecode] = Field(
-        default=(
-            "Authorization",
-            "Content-Type",
-            "X-Request-Id",
-            "traceparent",
-            "X-Api-Key",  # Anthropic clients send the key here
-            "Anthropic-Version",
-        ),
-        description="Request headers allowed by CORS.",
-    )
-    cors_max_age: int = Field(
-        default=600, ge=0, description="Seconds a browser may cache a CORS preflight answer."
-    )
     endpoints: Annotated[tuple[str, ...], NoDecode] = Field(
         default=ALL_ENDPOINTS,
         description="Endpoints to expose (allowlist); any other answers 404 like an unknown "
         f"path. Names: {', '.join(ALL_ENDPOINTS)}. The /v1/health/live and /v1/health/ready "
         "probes are always on.",
-    )
-    management_port: int | None = Field(
-        default=None,
-        ge=0,
-        le=65535,
-        description="Also serve health probes and /metrics on this port, on the same host, "
-        "without API keys or TLS (for probes and scrapers inside the cluster).",
     )
 
     # --- governance ---
@@ -334,90 +210,21 @@ class Settings(BaseSettings):
         description="Fake engine only: seconds between generated tokens (for tests and demos).",
     )
 
-    config: Path | None = Field(
-        default=None,
-        description="YAML file with settings (same names as the flags, snake_case).",
-    )
-
-    @field_validator(
-        "model",
-        "served_model_name",
-        "cors_allow_origins",
-        "cors_allow_methods",
-        "cors_allow_headers",
-        "endpoints",
-        mode="before",
-    )
+    @field_validator("model", "served_model_name", "endpoints", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
+        return split_csv(value)
 
     @model_validator(mode="after")
-    def _consistent(self) -> Settings:
+    def _known_endpoints(self) -> Settings:
         unknown = sorted(set(self.endpoints) - set(ALL_ENDPOINTS))
         if unknown:
             raise ValueError(
                 f"endpoints: unknown {', '.join(unknown)} (known: {', '.join(ALL_ENDPOINTS)})"
             )
-        if self.ssl_mode != "DISABLED" and (
-            self.ssl_cert_file is None or self.ssl_key_file is None
-        ):
-            raise ValueError(f"ssl_mode {self.ssl_mode} needs --ssl-cert-file and --ssl-key-file")
-        if self.ssl_mode == "MTLS" and self.ssl_ca_file is None:
-            raise ValueError("ssl_mode MTLS needs --ssl-ca-file (the CA of client certificates)")
-        if (
-            self.host not in LOOPBACK_HOSTS
-            and self.api_keys_file is None
-            and not self.allow_unauthenticated
-        ):
-            raise ValueError(
-                f"refusing to listen on {self.host} without API keys: give --api-keys-file, "
-                "or --allow-unauthenticated if something in front of nimble authenticates"
-            )
         return self
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        yaml_path = _yaml_path(init_settings, env_settings)
-        if yaml_path is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
-        return tuple(sources)
-
-
-def _yaml_path(*sources: PydanticBaseSettingsSource) -> Path | None:
-    for source in sources:
-        value = source().get("config")
-        if value:
-            path = Path(value)
-            if not path.is_file():
-                raise ConfigError(f"config file {path} does not exist")
-            return path
-    return None
 
 
 def load_settings(**cli_values: Any) -> Settings:
     """Build the frozen settings from CLI values (highest priority), env and YAML."""
-    given = {key: value for key, value in cli_values.items() if value is not None}
-    try:
-        return Settings(**given)
-    except SettingsError as exc:
-        raise ConfigError(str(exc)) from exc
-    except ValidationError as exc:
-        raise ConfigError("; ".join(_problem(err) for err in exc.errors())) from exc
-
-
-def _problem(err: Any) -> str:
-    """One validation error as a line: `field: message` (a cross-field check has no field)."""
-    where = ".".join(str(p) for p in err["loc"])
-    message = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
-    return f"invalid setting {where}: {message}" if where else message
+    return load(Settings, cli_values)

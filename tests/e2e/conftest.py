@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 class NimbleProcess:
-    """A `nimble serve` subprocess with its log in a file."""
+    """A `nimble serve` (or `nimble gateway`) subprocess with its log in a file."""
 
     def __init__(
         self,
@@ -38,14 +38,16 @@ class NimbleProcess:
         *,
         scheme: str = "http",
         verify: ssl.SSLContext | bool = True,
+        command: str = "serve",
+        port: int | None = None,
     ):
-        self.port = free_port()
+        self.port = port or free_port()
         self.base_url = f"{scheme}://127.0.0.1:{self.port}"
         self.verify = verify  # what polling trusts (and presents, for mutual TLS)
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nimble.cli.main", "serve", "--port", str(self.port), *args],
+            [sys.executable, "-m", "nimble.cli.main", command, "--port", str(self.port), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

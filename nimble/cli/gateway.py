@@ -1,0 +1,79 @@
+"""`nimble gateway`: settings → the gateway app (`nimble.gateway.app`) → uvicorn. On SIGTERM
+uvicorn stops taking connections and lets in-flight requests finish (up to
+`--drain-timeout`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import uvicorn
+
+from nimble.cli.transport import ManagementServer, listen_socket, ssl_options
+from nimble.config.gateway import load_gateway_settings
+from nimble.errors import ConfigError
+from nimble.gateway.app import create_gateway_app, create_gateway_management_app
+from nimble.observability.logging import configure_logging
+from nimble.observability.tracing import configure_tracing
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn with the management server beside it, in the same event loop."""
+
+    management: ManagementServer | None = None
+
+    async def serve(self, sockets: Any = None) -> None:
+        side = asyncio.create_task(self.management.serve()) if self.management else None
+        try:
+            await super().serve(sockets)
+        finally:
+            if side is not None and self.management is not None:
+                self.management.should_exit = True
+                await side
+
+
+def gateway(values: dict[str, Any]) -> int:
+    try:
+        settings = load_gateway_settings(**values)
+        ssl = ssl_options(settings)
+        configure_logging(settings.log_level, settings.jsonl_logging)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per proxied request
+        app = create_gateway_app(
+            settings,
+            tracing=configure_tracing(settings.otel_service_name, settings.otlp_endpoint),
+        )
+    except ConfigError as exc:
+        print(f"nimble: {exc}", file=sys.stderr)
+        return 2
+    server = GatewayServer(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            http="httptools",
+            timeout_graceful_shutdown=int(settings.drain_timeout) or None,
+            **ssl,
+        )
+    )
+    if settings.management_port is not None:
+        try:
+            sock = listen_socket(settings.host, settings.management_port)
+        except OSError as exc:
+            print(f"nimble: --management-port: {exc.strerror or exc}", file=sys.stderr)
+            return 3
+        server.management = ManagementServer(
+            uvicorn.Config(
+                create_gateway_management_app(app),
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            ),
+            sock,
+        )
+    server.run()
+    return 0

@@ -1,0 +1,386 @@
+"""Forward one request to a replica: pick it (the routing policy), send it, retry on another
+one while nothing has reached the client, then pass the answer through as it comes.
+
+- A replica that refuses the connection (or drops it before answering) is ejected from the
+  rotation at once; one that answers 503 or 429 (draining, loading, its queue full) is
+  skipped. Either way the request goes to another replica, at most `retries` more times,
+  and only before the first byte of the answer: the gateway holds the response headers
+  until the replica's first body byte, so a replica that dies while it generates a
+  non-streamed answer is retried too. After the first byte nothing is retried: a stream
+  whose replica dies ends with one error event (the endpoint's own error event shape).
+- Nothing is buffered: each chunk goes on to the client as it arrives. A client that goes
+  away closes the upstream response, and the replica cancels the generation.
+- The usage of each answer (its JSON `usage`, or the stream's usage event) is read on the
+  way through, for the access log, the metrics and the API keys' token limits. A chat or
+  completion stream that did not ask for usage is sent upstream with
+  `stream_options.include_usage` and its usage-only event is dropped before the client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from nimble.api.errors import error_payload
+from nimble.errors import ModelNotFound, Unavailable
+from nimble.gateway.metrics import GatewayMetrics
+from nimble.gateway.policy import RoutingPolicy
+from nimble.gateway.request import Target, usage_of
+from nimble.gateway.upstreams import Upstream, UpstreamPool
+from nimble.observability.record import RequestRecord, current_record
+
+log = logging.getLogger("nimble.gateway")
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "host",
+        "content-length",
+    }
+)
+# set by the gateway's own middleware on the way out (the same values, or its own span)
+_OWN_RESPONSE_HEADERS = frozenset({"x-request-id", "request-id", "traceparent", "tracestate"})
+_TRACE_HEADERS = (b"traceparent", b"tracestate")
+_RESPONSE_ID = re.compile(rb'"id"\s*:\s*"(resp_[A-Za-z0-9_-]+)"')
+_STICKY = 10_000  # response ids remembered (their replica holds them: previous_response_id)
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    retries: int = 2
+    upstream_key: str | None = None  # sent as the bearer key instead of the client's
+
+
+class Proxy:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        policy: RoutingPolicy,
+        metrics: GatewayMetrics,
+        client: httpx.AsyncClient,
+        config: ProxyConfig,
+    ):
+        self.pool = pool
+        self.policy = policy
+        self.metrics = metrics
+        self.client = client
+        self.config = config
+        self._responses: OrderedDict[str, str] = OrderedDict()  # response id -> replica
+
+    async def forward(self, request: Request, target: Target) -> Response:
+        record = current_record.get() or RequestRecord(request_id="-")
+        record.model = target.model
+        record.task = target.task
+        record.queued_at = record.started
+        candidates = self._candidates(target)
+        tried: set[str] = set()
+        last: httpx.Response | None = None
+        for attempt in range(self.config.retries + 1):
+            left = [u for u in candidates if u.url not in tried and u.ready]
+            if not left:
+                break
+            upstream = self._choose(target, left)
+            tried.add(upstream.url)
+            if attempt:
+                self.metrics.retries.labels(upstream.url).inc()
+            opened = await self._open(request, target, upstream)
+            if opened is None:
+                continue
+            if isinstance(opened, httpx.Response):
+                if last is not None:
+                    await last.aclose()
+                last = opened
+                continue
+            record.admitted_at = time.monotonic()
+            return self._respond(request, target, upstream, opened, record)
+        if last is not None:  # every replica tried answered 429/503: pass the last one on
+            body = await last.aread()
+            await last.aclose()
+            return Response(body, last.status_code, _response_headers(last))
+        raise Unavailable(
+            f"no replica could take the request for model {target.model}"
+            if target.model
+            else "no replica could take the request"
+        )
+
+    # --- choosing ---
+
+    def _candidates(self, target: Target) -> list[Upstream]:
+        if target.model is None:
+            upstreams = self.pool.ready()
+            if not upstreams:
+                raise Unavailable("no replica is ready")
+            return upstreams
+        upstreams = self.pool.serving(target.model)
+        if upstreams:
+            sticky = self._responses.get(target.previous_response or "")
+            held = [u for u in upstreams if u.url == sticky]
+            return held or upstreams
+        if self.pool.known(target.model) or not self.pool.ready():
+            raise Unavailable(f"no replica serving model {target.model} is ready")
+        raise ModelNotFound(
+            f"The model `{target.model}` does not exist. Available: "
+            + ", ".join(self.pool.models()),
+            param="model",
+        )
+
+    def _choose(self, target: Target, upstreams: list[Upstream]) -> Upstream:
+        if len(upstreams) == 1 and not target.prompt:
+            return upstreams[0]
+        readings = [u.reading(target.model or "") for u in upstreams]
+        decision = self.policy.choose(target.prompt, readings)
+        self.metrics.decisions.labels(self.policy.name, decision.reason).inc()
+        if decision.matched_chars:
+            self.metrics.prefix_chars.inc(decision.matched_chars)
+        return next(u for u in upstreams if u.url == decision.replica)
+
+    # --- sending ---
+
+    async def _open(
+        self, request: Request, target: Target, upstream: Upstream
+    ) -> _Opened | httpx.Response | None:
+        """The replica's answer with its first body chunk read; a 429/503 answer (to pass
+        on if no other replica does better); None when it could not be reached."""
+        sent = time.monotonic()
+        upstream.in_flight += 1
+        outgoing = self.client.build_request(
+            request.method,
+            upstream.url + request.url.path,
+            params=request.query_params,
+            headers=self._request_headers(request),
+            content=target.body,
+        )
+        response: httpx.Response | None = None
+        try:
+            response = await self.client.send(outgoing, stream=True)
+            if response.status_code in (429, 503):
+                self.metrics.errors.labels(upstream.url, "status").inc()
+                self.metrics.requests.labels(upstream.url, str(response.status_code)).inc()
+                if response.status_code == 503:
+                    self.pool.eject(upstream.url, "answered 503")
+                upstream.in_flight -= 1
+                return response
+            chunks = response.aiter_raw()
+            first = await anext(chunks, b"")
+        except httpx.TransportError as exc:
+            if response is not None:
+                await response.aclose()
+            upstream.in_flight -= 1
+            self.metrics.errors.labels(upstream.url, "connect").inc()
+            self.pool.eject(upstream.url, f"{type(exc).__name__}: {exc}".rstrip(": "))
+            return None
+        except BaseException:
+            if response is not None:
+                await response.aclose()
+            upstream.in_flight -= 1
+            raise
+        self.metrics.first_byte.labels(upstream.url).observe(time.monotonic() - sent)
+        self.metrics.requests.labels(upstream.url, str(response.status_code)).inc()
+        return _Opened(response, first, chunks)
+
+    def _request_headers(self, request: Request) -> list[tuple[str, str]]:
+        state = request.scope.get("state", {})
+        own = {b"x-request-id", b"traceparent", b"tracestate"}
+        if self.config.upstream_key is not None:
+            own |= {b"authorization", b"x-api-key"}
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in request.scope["headers"]
+            if k.lower() not in own and k.decode("latin-1").lower() not in _HOP_BY_HOP
+        ]
+        headers.append(("x-request-id", str(state.get("request_id", "-"))))
+        trace = state.get("trace_headers") or [
+            (k, v)
+            for k, v in request.scope["headers"]
+            if k.lower() in (b"traceparent", b"tracestate")
+        ]
+        headers.extend((k.decode("latin-1"), v.decode("latin-1")) for k, v in trace)
+        if self.config.upstream_key is not None:
+            headers.append(("authorization", f"Bearer {self.config.upstream_key}"))
+        return headers
+
+    # --- passing the answer on ---
+
+    def _respond(
+        self,
+        request: Request,
+        target: Target,
+        upstream: Upstream,
+        opened: _Opened,
+        record: RequestRecord,
+    ) -> Response:
+        response = opened.response
+        streamed = response.headers.get("content-type", "").startswith("text/event-stream")
+        reader = _UsageReader(streamed, target.drop_usage_event, record)
+
+        closed = False
+
+        async def close() -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                record.finished_at = time.monotonic()
+                upstream.in_flight -= 1
+                await response.aclose()
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                if opened.first:
+                    record.first_token_at = time.monotonic()
+                    self._remember_response(target, opened.first, upstream)
+                    yield reader.feed(opened.first)
+                async for chunk in opened.chunks:
+                    out = reader.feed(chunk)
+                    if out:
+                        record.last_token_at = time.monotonic()
+                        yield out
+                tail = reader.flush()
+                if tail:
+                    yield tail
+            except httpx.TransportError as exc:
+                self.metrics.errors.labels(upstream.url, "broken").inc()
+                self.pool.eject(upstream.url, f"stream broke: {type(exc).__name__}")
+                record.aborted = True
+                log.warning("gateway: %s broke off request %s", upstream.url, record.request_id)
+                if streamed:
+                    yield _broken_event(request.url.path, record.request_id)
+            finally:
+                await close()
+
+        return _Relay(close, body(), response.status_code, _response_headers(response))
+
+    def _remember_response(self, target: Target, first: bytes, upstream: Upstream) -> None:
+        if target.task != "responses":
+            return
+        found = _RESPONSE_ID.search(first)
+        if found is not None:
+            self._responses[found.group(1).decode()] = upstream.url
+            while len(self._responses) > _STICKY:
+                self._responses.popitem(last=False)
+
+
+class _Relay(StreamingResponse):
+    """A streamed answer that closes the replica's response however it ends: sent whole,
+    cut by a client that went away, or never started."""
+
+    def __init__(self, close: Callable[[], Awaitable[None]], *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._close = close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._close()
+
+
+@dataclass
+class _Opened:
+    response: httpx.Response
+    first: bytes
+    chunks: AsyncIterator[bytes]
+
+
+class _UsageReader:
+    """Reads the usage on the way through; drops the usage-only event the gateway asked for
+    (the client did not). JSON answers are read whole (they come in one or few chunks);
+    streams event by event, each forwarded once complete."""
+
+    def __init__(self, streamed: bool, drop_usage_event: bool, record: RequestRecord):
+        self.streamed = streamed
+        self.drop = drop_usage_event
+        self.record = record
+        self._pending = b""
+        self._json: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not self.streamed:
+            self._json.append(chunk)
+            return chunk
+        data = self._pending + chunk
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._pending = data
+            return b""
+        complete, self._pending = data[: end + 2], data[end + 2 :]
+        return b"".join(self._event(e + b"\n\n") for e in complete.split(b"\n\n")[:-1])
+
+    def flush(self) -> bytes:
+        if not self.streamed:
+            self._account(b"".join(self._json))
+            return b""
+        rest, self._pending = self._pending, b""
+        return rest
+
+    def _event(self, event: bytes) -> bytes:
+        if b'"usage"' not in event:
+            return event
+        for line in event.split(b"\n"):
+            if line.startswith(b"data:") and self._account(line[5:]) and self.drop:
+                return b""
+        return event
+
+    def _account(self, payload: bytes) -> bool:
+        """Reads a usage from one JSON payload; True for a usage-only chat chunk."""
+        try:
+            value = json.loads(payload)
+        except ValueError:
+            return False
+        usage = usage_of(value)
+        if usage is None:
+            return False
+        prompt, completion = usage
+        if prompt is not None:
+            self.record.prompt_tokens = prompt
+        if completion is not None:
+            self.record.completion_tokens = completion
+        return isinstance(value, dict) and value.get("choices") == []
+
+
+def _response_headers(response: httpx.Response) -> dict[str, str]:
+    return {
+        k: v
+        for k, v in response.headers.items()
+        if k.lower() not in _HOP_BY_HOP
+        and k.lower() not in _OWN_RESPONSE_HEADERS
+        and k.lower() not in ("date", "server")
+    }
+
+
+def _broken_event(path: str, request_id: str) -> bytes:
+    message = (
+        f"The replica serving this request stopped answering (request id {request_id}); "
+        "the answer is incomplete."
+    )
+    error = error_payload(message, "server_error", None, "upstream_error")
+    if path.startswith("/v1/messages"):
+        payload: dict[str, Any] = {
+            "type": "error",
+            "error": {"type": "api_error", "message": message},
+            "request_id": request_id,
+        }
+        return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
+    if path.startswith("/v1/responses"):
+        inner = error["error"]
+        payload = {"type": "error", "code": inner["code"], "message": message, "param": None}
+        payload["error"] = inner
+        return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
+    return b"data: " + json.dumps(error).encode() + b"\n\n"
