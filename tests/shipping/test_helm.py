@@ -168,7 +168,9 @@ def test_production_objects() -> None:
     assert ingress["spec"]["tls"][0]["hosts"] == ["llm.example.com"]
     # several replicas: a cache claim per pod, none shared
     assert not of_kind(r, "PersistentVolumeClaim")
-    (cache,) = [v for v in deployment(r)["spec"]["template"]["spec"]["volumes"] if v["name"] == "cache"]
+    (cache,) = [
+        v for v in deployment(r)["spec"]["template"]["spec"]["volumes"] if v["name"] == "cache"
+    ]
     claim = cache["ephemeral"]["volumeClaimTemplate"]["spec"]
     assert claim["accessModes"] == ["ReadWriteOnce"] and claim["storageClassName"] == "standard"
     assert claim["resources"]["requests"]["storage"] == "20Gi"
@@ -202,6 +204,10 @@ def test_cache_prefill_init_step() -> None:
         {"extraEnv": {"NIMBLE_API_KEYS_FILE": "/x"}},
         {"models": []},
         {"unknownTopLevel": 1},
+        {"cache": {"type": "persistentVolumeClaim", "accessMode": "ReadOnlyMany"}},
+        {"gateway": {"enabled": True, "routingPolicy": "random"}},
+        {"gateway": {"extraEnv": {"NIMBLE_UPSTREAM_API_KEY": "plain"}}},
+        {"networkPolicy": {"allowDNS": "yes"}},
     ],
 )
 def test_schema_refuses_bad_values(bad: dict[str, Any]) -> None:
@@ -216,3 +222,239 @@ def test_the_helm_test_script_can_be_aimed_at_a_container() -> None:
     script = check_chart.helm_test_script("http://127.0.0.1:18000/v1")
     assert 'base = "http://127.0.0.1:18000/v1"' in script
     compile(script, "helm-test", "exec")
+
+
+# --- many replicas, one endpoint (issue 17) ---
+
+
+def merged(base: str, **overrides: Any) -> dict[str, Any]:
+    """A ci/ values file with some top-level sections replaced or merged one level deep."""
+    values = copy.deepcopy(CI[base])
+    for key, value in overrides.items():
+        old = values.get(key)
+        values[key] = (
+            {**old, **value} if isinstance(old, dict) and isinstance(value, dict) else value
+        )
+    return values
+
+
+def pod_labels(manifest: dict[str, Any]) -> dict[str, str]:
+    if manifest["kind"] == "Pod":
+        return dict(manifest["metadata"]["labels"])
+    return dict(manifest["spec"]["template"]["metadata"]["labels"])
+
+
+def selects(match_labels: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in match_labels.items())
+
+
+def admitted(policy: dict[str, Any], port: str, labels: dict[str, str]) -> bool:
+    """Whether a pod of the release namespace with `labels` may reach `port` under `policy`."""
+    for rule in policy["spec"]["ingress"]:
+        if port in [p["port"] for p in rule["ports"]]:
+            for peer in rule["from"]:
+                same_namespace = set(peer) == {"podSelector"}
+                if same_namespace and selects(peer["podSelector"].get("matchLabels", {}), labels):
+                    return True
+    return False
+
+
+def egress_ports(policy: dict[str, Any]) -> list[tuple[int | str, str]]:
+    return [(p["port"], p["protocol"]) for rule in policy["spec"]["egress"] for p in rule["ports"]]
+
+
+def gateway_env(r: Rendered) -> dict[str, Any]:
+    return {
+        e["name"]: e.get("value", e.get("valueFrom")) for e in container(r, "nimble-gateway")["env"]
+    }
+
+
+def test_the_gateway_renders_in_front_of_the_replicas() -> None:
+    r = rendered("gateway")
+    gateway = container(r, "nimble-gateway")
+    assert gateway["args"] == ["gateway"]
+    assert gateway["livenessProbe"]["httpGet"] == {"path": "/v1/health/live", "port": "management"}
+    assert gateway["readinessProbe"]["httpGet"] == {
+        "path": "/v1/health/ready",
+        "port": "management",
+    }
+    env = gateway_env(r)
+    assert env["NIMBLE_UPSTREAM_DNS"] == "nimble-replicas.inference.svc.cluster.local:8000"
+    assert env["NIMBLE_ROUTING_POLICY"] == "least-loaded"
+    assert env["NIMBLE_MANAGEMENT_PORT"] == "9000" and env["NIMBLE_PORT"] == "8000"
+    assert env["NIMBLE_API_KEYS_FILE"] == "/etc/nimble/keys/keys.yaml"
+    assert env["NIMBLE_UPSTREAM_API_KEY"]["secretKeyRef"] == {
+        "name": "nimble-gateway-upstream-key",
+        "key": "api-key",
+    }
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "https://otel.example.com"
+    assert deployment(r, "nimble-gateway")["spec"]["replicas"] == 2
+    volumes = deployment(r, "nimble-gateway")["spec"]["template"]["spec"]["volumes"]
+    assert {
+        "name": "keys",
+        "secret": {"secretName": "nimble-api-keys", "defaultMode": 0o400},
+    } in volumes
+    # each selector takes its own pods only
+    gateway_pods, replica_pods = (
+        pod_labels(deployment(r, "nimble-gateway")),
+        pod_labels(deployment(r)),
+    )
+    service = named(r, "Service", "nimble-gateway")
+    assert selects(service["spec"]["selector"], gateway_pods)
+    assert not selects(service["spec"]["selector"], replica_pods)
+    assert not selects(deployment(r)["spec"]["selector"]["matchLabels"], gateway_pods)
+    assert [p["port"] for p in service["spec"]["ports"]] == [8000, 9000]
+    headless = named(r, "Service", "nimble-replicas")["spec"]
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is False
+    assert selects(headless["selector"], replica_pods)
+    assert not selects(headless["selector"], gateway_pods)
+    assert headless["ports"][0]["port"] == 8000
+    (ingress,) = of_kind(r, "Ingress")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "nimble-gateway", "port": {"name": "http"}}
+    (test_pod,) = of_kind(r, "Pod")
+    assert 'base = "http://nimble-gateway:8000/v1"' in test_pod["spec"]["containers"][0]["args"][0]
+
+
+def test_no_gateway_unless_enabled() -> None:
+    r = rendered("production")
+    assert [d["metadata"]["name"] for d in of_kind(r, "Deployment")] == ["nimble"]
+    assert [s["metadata"]["name"] for s in of_kind(r, "Service")] == ["nimble"]
+    assert [p["metadata"]["name"] for p in of_kind(r, "NetworkPolicy")] == ["nimble"]
+    (ingress,) = of_kind(r, "Ingress")
+    assert ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == "nimble"
+
+
+def test_the_gateway_needs_a_service_key_while_the_replicas_have_keys() -> None:
+    values = merged("gateway", gateway={"upstreamKey": {"secret": ""}})
+    with pytest.raises(helm.HelmRenderError, match=r"set gateway\.upstreamKey\.secret"):
+        render(values)
+    off = render(
+        merged(
+            "gateway", auth={"allowUnauthenticated": True}, gateway={"upstreamKey": {"secret": ""}}
+        )
+    )
+    assert gateway_env(off)["NIMBLE_ALLOW_UNAUTHENTICATED"] == "true"
+    assert "NIMBLE_UPSTREAM_API_KEY" not in gateway_env(
+        off
+    ) and "NIMBLE_API_KEYS_FILE" not in gateway_env(off)
+    own = render(
+        merged(
+            "gateway", gateway={"keysSecret": "gateway-client-keys", "routingPolicy": "round-robin"}
+        )
+    )
+    volumes = deployment(own, "nimble-gateway")["spec"]["template"]["spec"]["volumes"]
+    assert {
+        "name": "keys",
+        "secret": {"secretName": "gateway-client-keys", "defaultMode": 0o400},
+    } in volumes
+    assert gateway_env(own)["NIMBLE_ROUTING_POLICY"] == "round-robin"
+
+
+@pytest.mark.parametrize(
+    "scale",
+    [{"replicaCount": 2}, {"autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3}}],
+)
+def test_several_replicas_cannot_share_a_read_write_once_claim(scale: dict[str, Any]) -> None:
+    values = merged("default", cache={"type": "persistentVolumeClaim"}, **scale)
+    with pytest.raises(
+        helm.HelmRenderError, match="cannot share one ReadWriteOnce PersistentVolumeClaim"
+    ):
+        render(values)
+    shared = render(
+        {**values, "cache": {"type": "persistentVolumeClaim", "accessMode": "ReadWriteMany"}}
+    )
+    (pvc,) = of_kind(shared, "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    spec = deployment(shared)["spec"]
+    assert "strategy" not in spec  # rolling updates: every node mounts the claim
+    assert {"name": "cache", "persistentVolumeClaim": {"claimName": "nimble-cache"}} in spec[
+        "template"
+    ]["spec"]["volumes"]
+    per_pod = render({**values, "cache": {"type": "ephemeral", "size": "30Gi"}})
+    assert not of_kind(per_pod, "PersistentVolumeClaim")
+    (cache,) = [
+        v
+        for v in deployment(per_pod)["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "cache"
+    ]
+    claim = cache["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert (
+        claim["accessModes"] == ["ReadWriteOnce"]
+        and claim["resources"]["requests"]["storage"] == "30Gi"
+    )
+    for manifest in shared.manifests + per_pod.manifests:
+        assert validate(manifest) == [], manifest["kind"]
+
+
+def test_one_replica_on_a_read_write_once_claim_is_replaced_not_surged() -> None:
+    r = render(merged("default", cache={"type": "persistentVolumeClaim"}))
+    (pvc,) = of_kind(r, "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert deployment(r)["spec"]["strategy"] == {"type": "Recreate"}
+    assert "strategy" not in deployment(rendered("default"))["spec"]  # emptyDir: rolling
+
+
+@pytest.mark.parametrize("name", ["production", "gateway"])
+def test_the_network_policy_admits_the_helm_test_pod_and_the_gateway(name: str) -> None:
+    r = rendered(name)
+    (test_pod,) = of_kind(r, "Pod")
+    replicas = named(r, "NetworkPolicy", "nimble")
+    # the test pod is no replica: not under their policy, selectors or disruption budget
+    assert not selects(replicas["spec"]["podSelector"]["matchLabels"], pod_labels(test_pod))
+    assert admitted(replicas, "http", pod_labels(test_pod))
+    assert not admitted(replicas, "http", {"app.kubernetes.io/name": "other"})
+    if name == "gateway":
+        gateway = named(r, "NetworkPolicy", "nimble-gateway")
+        assert admitted(gateway, "http", pod_labels(test_pod))
+        assert admitted(replicas, "http", pod_labels(deployment(r, "nimble-gateway")))
+        to_replicas = gateway["spec"]["egress"][0]
+        assert to_replicas["ports"] == [{"port": 8000, "protocol": "TCP"}]
+        assert selects(
+            to_replicas["to"][0]["podSelector"]["matchLabels"], pod_labels(deployment(r))
+        )
+        assert (
+            gateway["spec"]["ingress"][0]["from"][0] == CI["gateway"]["networkPolicy"]["apiFrom"][0]
+        )
+
+
+def test_network_policy_egress_is_configured() -> None:
+    on = {"enabled": True}
+    r = render(merged("default", networkPolicy=on))
+    assert egress_ports(named(r, "NetworkPolicy", "nimble")) == [(53, "UDP"), (53, "TCP")]
+    r = render(merged("default", networkPolicy={**on, "allowDNS": False}))
+    assert named(r, "NetworkPolicy", "nimble")["spec"]["egress"] == []
+    mirror = {
+        "ports": [{"port": 8080, "protocol": "TCP"}],
+        "to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}],
+    }
+    r = render(
+        merged(
+            "default",
+            networkPolicy={**on, "allowModelDownloads": True, "egress": [mirror]},
+            extraEnv={"NIMBLE_OTLP_ENDPOINT": "http://collector.monitoring:4318/v1/traces"},
+        )
+    )
+    policy = named(r, "NetworkPolicy", "nimble")
+    assert egress_ports(policy) == [
+        (53, "UDP"),
+        (53, "TCP"),
+        (4318, "TCP"),
+        (8080, "TCP"),
+        (443, "TCP"),
+    ]
+    assert mirror in policy["spec"]["egress"]
+    assert "to" not in policy["spec"]["egress"][1]  # no otlpTo: the collector may be anywhere
+    r = render(
+        merged(
+            "default",
+            networkPolicy=on,
+            extraEnv={"OTEL_EXPORTER_OTLP_ENDPOINT": "https://otel.example.com"},
+        )
+    )
+    assert (443, "TCP") in egress_ports(named(r, "NetworkPolicy", "nimble"))
+    # the ci file: the collector's port to the monitoring namespace only, downloads over 443
+    policy = named(rendered("gateway"), "NetworkPolicy", "nimble")
+    (otlp,) = [rule for rule in policy["spec"]["egress"] if rule["ports"][0]["port"] == 4318]
+    assert otlp["to"] == CI["gateway"]["networkPolicy"]["otlpTo"]
+    assert (443, "TCP") in egress_ports(policy)
