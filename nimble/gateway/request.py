@@ -108,7 +108,7 @@ def usage_of(value: Any) -> tuple[int | None, int | None] | None:
         return None
     prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
     completion = usage.get("completion_tokens", usage.get("output_tokens"))
-    if prompt is None and "total_tokens" in usage:
-        completion = completion or 0  # embeddings: no completion
+    if completion is None and "total_tokens" in usage:
+        completion = 0  # embeddings: nothing generated
     counts = tuple(n if isinstance(n, int) else None for n in (prompt, completion))
     return None if counts == (None, None) else (counts[0], counts[1])

@@ -1,0 +1,349 @@
+"""`nimble gateway` in front of real `nimble serve` replicas (fake models: no weights, tokens at
+a set pace), all of them real processes on loopback, driven with the official `openai`
+client and plain HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from nimble.security.keys import hash_key
+from tests.e2e.conftest import NimbleProcess, free_port
+
+pytestmark = pytest.mark.e2e
+
+SYSTEM = "You answer questions about the bank's accounts. " * 25  # ~1,200 characters
+FAST = ["--probe-interval", "0.1"]
+
+
+def gateway_of(
+    factory: type[NimbleProcess], *upstreams: NimbleProcess, args: tuple[str, ...] = ()
+) -> NimbleProcess:
+    urls = [a for u in upstreams for a in ("--upstream", u.base_url)]
+    return factory([*urls, *FAST, *args], command="gateway").wait_ready()  # type: ignore[call-arg]
+
+
+def metric(process: NimbleProcess, name: str, key: str | None = None, **labels: str) -> float:
+    """One sample of the process's metrics (0 when absent)."""
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    answer = httpx.get(process.base_url + "/metrics", headers=headers, timeout=5)
+    assert answer.status_code == 200
+    text = answer.text
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.partition(" ")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def poll(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.05)  # polling interval
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NimbleProcess, ...]]:
+    """Two replicas (alpha + shared, beta + shared) and a gateway in front of both."""
+    logs = tmp_path_factory.mktemp("gateway")
+    one = NimbleProcess(
+        ["--model", "fake:alpha", "--model", "fake:shared", "--jsonl-logging"], logs / "a.log"
+    )
+    two = NimbleProcess(["--model", "fake:beta", "--model", "fake:shared"], logs / "b.log")
+    started = [one, two]
+    try:
+        one.wait_ready(), two.wait_ready()
+        args = ["--upstream", one.base_url, "--upstream", two.base_url, *FAST]
+        gateway = NimbleProcess(args, logs / "gateway.log", command="gateway")
+        started.append(gateway)
+        yield one, two, gateway.wait_ready()
+    finally:
+        for process in started:
+            process.terminate()
+
+
+def test_one_endpoint_for_every_model_of_every_replica(pair: tuple[NimbleProcess, ...]) -> None:
+    one, two, gateway = pair
+    client = gateway.client()
+    assert [m.id for m in client.models.list()] == ["alpha", "beta", "shared"]
+    assert client.models.retrieve("beta").id == "beta"
+    for model, replica in (("alpha", one), ("beta", two)):
+        before = metric(
+            gateway, "nimble_gateway_upstream_requests_total", upstream=replica.base_url
+        )
+        answer = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+        assert answer.model == model and answer.choices[0].message.content
+        after = metric(gateway, "nimble_gateway_upstream_requests_total", upstream=replica.base_url)
+        assert after == before + 1
+    vectors = client.embeddings.create(model="shared", input=["a", "b"])
+    assert len(vectors.data) == 2 and vectors.usage.prompt_tokens > 0
+
+
+def test_streams_pass_through_with_usage_only_when_asked(pair: tuple[NimbleProcess, ...]) -> None:
+    gateway = pair[2]
+    client = gateway.client()
+    messages = [{"role": "user", "content": "tell me"}]
+    chunks = list(
+        client.chat.completions.create(model="shared", messages=messages, max_tokens=5, stream=True)
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(text.split()) == 5
+    assert all(c.usage is None and c.choices for c in chunks)  # the gateway asked, and dropped it
+    asked = list(
+        client.chat.completions.create(
+            model="shared",
+            messages=messages,
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert asked[-1].choices == [] and asked[-1].usage is not None
+    assert asked[-1].usage.completion_tokens == 5
+    # the gateway read the usage of both on the way through
+    assert metric(gateway, "nimble_generation_tokens_total", model_name="shared") >= 10
+
+
+def test_errors_are_the_replicas_own(pair: tuple[NimbleProcess, ...]) -> None:
+    one, _, gateway = pair
+    bad = {"model": "alpha", "messages": [], "max_tokens": 3}
+    through = httpx.post(gateway.base_url + "/v1/chat/completions", json=bad, timeout=10)
+    direct = httpx.post(one.base_url + "/v1/chat/completions", json=bad, timeout=10)
+    assert through.status_code == direct.status_code == 400
+    assert through.json() == direct.json()
+    unknown = httpx.post(
+        gateway.base_url + "/v1/chat/completions", json={**bad, "model": "nope"}, timeout=10
+    )
+    assert unknown.status_code == 404
+    error = unknown.json()["error"]
+    assert (error["param"], error["code"]) == ("model", "model_not_found")
+    assert "alpha" in error["message"]  # what is available
+    garbled = httpx.post(
+        gateway.base_url + "/v1/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+    assert garbled.status_code == 400 and garbled.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_shared_prefix_stays_on_one_replica(pair: tuple[NimbleProcess, ...]) -> None:
+    one, two, gateway = pair
+    counts = {
+        u.base_url: metric(
+            gateway, "nimble_gateway_upstream_requests_total", upstream=u.base_url, status="200"
+        )
+        for u in (one, two)
+    }
+    hits = metric(gateway, "nimble_gateway_routing_decisions_total", reason="prefix-hit")
+    client = gateway.client()
+    for question in range(6):
+        client.chat.completions.create(
+            model="shared",
+            messages=[
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": f"question {question}"},
+            ],
+            max_tokens=2,
+        )
+    grew = [
+        metric(gateway, "nimble_gateway_upstream_requests_total", upstream=u.base_url, status="200")
+        - counts[u.base_url]
+        for u in (one, two)
+    ]
+    assert sorted(grew) == [0, 6]
+    assert (
+        metric(gateway, "nimble_gateway_routing_decisions_total", reason="prefix-hit") == hits + 5
+    )
+
+
+def test_request_id_and_trace_reach_the_replica(pair: tuple[NimbleProcess, ...]) -> None:
+    one, _, gateway = pair
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    answer = httpx.post(
+        gateway.base_url + "/v1/chat/completions",
+        json={"model": "alpha", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+        headers={
+            "x-request-id": "through-the-gateway-1",
+            "traceparent": f"00-{trace}-00f067aa0ba902b7-01",
+        },
+        timeout=10,
+    )
+    assert answer.status_code == 200
+    assert answer.headers["x-request-id"] == "through-the-gateway-1"
+    lines = [json.loads(line) for line in one.log().splitlines() if line.startswith("{")]
+    seen = [line for line in lines if line.get("request_id") == "through-the-gateway-1"]
+    assert seen and seen[-1].get("trace_id") == trace
+
+
+def write_keys(path: Path, keys: dict[str, dict[str, Any]]) -> Path:
+    entries = [{**entry, "sha256": hash_key(key)} for key, entry in keys.items()]
+    path.write_text(yaml.safe_dump({"keys": entries}))
+    return path
+
+
+def test_keys_and_limits_hold_across_replicas(
+    nimble_process: type[NimbleProcess], tmp_path: Path
+) -> None:
+    service_key = "replica-service-key"
+    replica_keys = write_keys(tmp_path / "replicas.yaml", {service_key: {"id": "gateway"}})
+    replicas = [
+        nimble_process(["--model", "fake:shared", "--api-keys-file", str(replica_keys)])
+        for _ in range(2)
+    ]
+    for replica in replicas:
+        replica.wait_ready()
+    client_keys = write_keys(
+        tmp_path / "clients.yaml",
+        {
+            "team-key": {"id": "team", "limits": {"requests_per_minute": 4}},
+            "alpha-only": {"id": "narrow", "models": ["alpha"]},
+            "ops-key": {"id": "ops", "endpoints": ["metrics"]},
+        },
+    )
+    args = (
+        "--api-keys-file",
+        str(client_keys),
+        "--upstream-api-key",
+        service_key,
+        "--routing-policy",
+        "round-robin",
+    )
+    gateway = gateway_of(nimble_process, *replicas, args=args)
+    body = {"model": "shared", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+    url = gateway.base_url + "/v1/chat/completions"
+
+    def post(key: str | None) -> httpx.Response:
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        return httpx.post(url, json=body, headers=headers, timeout=10)
+
+    assert post(None).status_code == 401
+    assert post("alpha-only").status_code == 403
+    statuses = [post("team-key").status_code for _ in range(5)]
+    assert statuses == [200, 200, 200, 200, 429]  # 4 a minute, though each replica saw 2
+    for replica in replicas:  # the replicas saw the service key, never the client's
+        assert (
+            metric(
+                gateway,
+                "nimble_gateway_upstream_requests_total",
+                key="ops-key",
+                upstream=replica.base_url,
+                status="200",
+            )
+            == 2
+        )
+
+
+def test_a_dead_replica_is_ejected_retried_around_and_readmitted(
+    nimble_process: type[NimbleProcess],
+) -> None:
+    replicas = [nimble_process(["--model", "fake:shared"]).wait_ready() for _ in range(2)]
+    gateway = gateway_of(nimble_process, *replicas, args=("--routing-policy", "round-robin"))
+    dead = replicas[0]
+    dead.proc.kill()
+    dead.proc.wait()
+    client = gateway.client()
+    for _ in range(6):  # every one answered: the first to pick the dead one is retried
+        client.chat.completions.create(
+            model="shared", messages=[{"role": "user", "content": "x"}], max_tokens=1
+        )
+    up = "nimble_gateway_upstream_up"
+    assert metric(gateway, up, upstream=dead.base_url) == 0
+    assert (
+        metric(
+            gateway, "nimble_gateway_upstream_errors_total", upstream=dead.base_url, kind="connect"
+        )
+        <= 1
+    )
+    back = nimble_process(["--model", "fake:shared"], port=dead.port).wait_ready()
+    poll(lambda: metric(gateway, up, upstream=back.base_url) == 1)
+    for _ in range(4):
+        client.chat.completions.create(
+            model="shared", messages=[{"role": "user", "content": "x"}], max_tokens=1
+        )
+    served = "nimble_gateway_upstream_requests_total"
+    assert metric(gateway, served, upstream=back.base_url, status="200") >= 1
+
+
+def test_a_stream_whose_replica_dies_ends_with_an_error_event(
+    nimble_process: type[NimbleProcess],
+) -> None:
+    replica = nimble_process(["--model", "fake:solo", "--fake-token-delay", "0.05"]).wait_ready()
+    gateway = gateway_of(nimble_process, replica)
+    body = {
+        "model": "solo",
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 400,
+        "stream": True,
+    }
+    events: list[str] = []
+    with httpx.stream(
+        "POST", gateway.base_url + "/v1/chat/completions", json=body, timeout=20
+    ) as answer:
+        assert answer.status_code == 200
+        for line in answer.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+            if len(events) == 3:
+                replica.proc.kill()
+    assert len(events) < 400
+    last = json.loads(events[-1])
+    assert last["error"]["code"] == "upstream_error"
+    assert events[-1] != "[DONE]"
+
+
+def test_a_client_that_goes_away_cancels_the_replicas_work(
+    nimble_process: type[NimbleProcess],
+) -> None:
+    replica = nimble_process(["--model", "fake:solo", "--fake-token-delay", "0.05"]).wait_ready()
+    gateway = gateway_of(nimble_process, replica)
+    body = {
+        "model": "solo",
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 400,
+        "stream": True,
+    }
+    running = "nimble_num_requests_running"
+    with httpx.stream(
+        "POST", gateway.base_url + "/v1/chat/completions", json=body, timeout=20
+    ) as answer:
+        lines = answer.iter_lines()
+        while sum(1 for line in [next(lines)] if line.startswith("data: ")) == 0:
+            pass  # up to the first event
+        poll(lambda: metric(replica, running, model_name="solo") == 1, timeout=5)
+    # 400 tokens would take 20 s: the replica stops within a few of them
+    poll(lambda: metric(replica, running, model_name="solo") == 0, timeout=5)
+
+
+def test_no_ready_replica_is_a_503_and_dns_names_find_replicas(
+    nimble_process: type[NimbleProcess],
+) -> None:
+    nowhere = nimble_process(
+        [f"--upstream=http://127.0.0.1:{free_port()}", *FAST], command="gateway"
+    )  # type: ignore[call-arg]
+    nowhere.wait_status("/v1/health/live", 200)
+    assert httpx.get(nowhere.base_url + "/v1/health/ready").status_code == 503
+    refused = httpx.post(
+        nowhere.base_url + "/v1/chat/completions",
+        json={"model": "x", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert refused.status_code == 503 and refused.headers["retry-after"]
+    assert refused.json()["error"]["type"] == "service_unavailable_error"
+    replica = nimble_process(["--model", "fake:solo"]).wait_ready()
+    found = nimble_process(  # type: ignore[call-arg]
+        ["--upstream-dns", f"localhost:{replica.port}", *FAST], command="gateway"
+    ).wait_ready()
+    assert [m["id"] for m in httpx.get(found.base_url + "/v1/models").json()["data"]] == ["solo"]
