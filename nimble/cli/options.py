@@ -12,7 +12,7 @@ import typer
 
 from nimble.config import Settings
 from nimble.config.doc import format_default
-from nimble.config.service import ServiceSettings
+from nimble.config.service import ServiceSettings, fields_in_order
 
 
 def _base_type(annotation: Any) -> tuple[Any, bool]:
@@ -37,7 +37,7 @@ def _cli_type(scalar: Any) -> Any:
 def settings_parameters(cls: type[ServiceSettings] = Settings) -> list[inspect.Parameter]:
     """One keyword parameter per settings field, defaults None so that env and YAML apply."""
     params = []
-    for name, field in cls.model_fields.items():
+    for name, field in fields_in_order(cls):
         scalar, multiple = _base_type(field.annotation)
         # parentheses, not brackets: rich would read "[env: ...]" as markup
         help_text = (

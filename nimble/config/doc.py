@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nimble.config.service import ServiceSettings
+from nimble.config.service import ServiceSettings, fields_in_order
 from nimble.config.settings import Settings
 
 
@@ -22,7 +22,7 @@ def settings_table(cls: type[ServiceSettings] = Settings, own_only: bool = False
         "| Flag | Environment variable | Default | Description |",
         "|---|---|---|---|",
     ]
-    for name, field in cls.model_fields.items():
+    for name, field in fields_in_order(cls):
         if own_only and name in ServiceSettings.model_fields:
             continue
         flag = "--" + name.replace("_", "-")

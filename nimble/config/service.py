@@ -231,3 +231,11 @@ def _problem(err: Any) -> str:
     where = ".".join(str(p) for p in err["loc"])
     message = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
     return f"invalid setting {where}: {message}" if where else message
+
+
+def fields_in_order(cls: type[ServiceSettings]) -> list[tuple[str, Any]]:
+    """`cls`'s fields for `--help` and the docs: its own first (what it serves, how), then
+    those every service has."""
+    shared = ServiceSettings.model_fields
+    own = [(n, f) for n, f in cls.model_fields.items() if n not in shared]
+    return own + [(n, f) for n, f in cls.model_fields.items() if n in shared]

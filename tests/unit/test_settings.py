@@ -8,6 +8,7 @@ import pytest
 
 from nimble.config import load_settings
 from nimble.config.doc import settings_table
+from nimble.config.gateway import GatewaySettings
 from nimble.config.settings import DEFAULT_MODELS
 from nimble.errors import ConfigError
 
@@ -60,6 +61,8 @@ def test_settings_frozen() -> None:
 def test_docs_table_is_current() -> None:
     doc = Path(__file__).parents[2] / "docs" / "configuration.md"
     assert settings_table() in doc.read_text(), "regenerate: nimble settings-doc"
+    gateway = settings_table(GatewaySettings, own_only=True)
+    assert gateway in doc.read_text(), "regenerate: nimble settings-doc --gateway"
 
 
 def test_chat_template_file_is_read_or_refused(tmp_path: Path) -> None:
@@ -72,3 +75,23 @@ def test_chat_template_file_is_read_or_refused(tmp_path: Path) -> None:
     assert read_template(None) is None
     with pytest.raises(ConfigError, match=r"chat_template: cannot read .*nope"):
         read_template(tmp_path / "nope")
+
+
+def test_gateway_settings_need_replicas_and_read_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nimble.config.gateway import load_gateway_settings
+
+    with pytest.raises(ConfigError, match="no replicas"):
+        load_gateway_settings()
+    with pytest.raises(ConfigError, match="upstream 'ftp://x'"):
+        load_gateway_settings(upstream=("ftp://x",))
+    with pytest.raises(ConfigError, match="NAME:PORT"):
+        load_gateway_settings(upstream_dns=("replicas.ns.svc",))
+    monkeypatch.setenv("NIMBLE_UPSTREAM", "http://a:8000,http://b:8000")
+    monkeypatch.setenv("NIMBLE_ROUTING_POLICY", "least-loaded")
+    settings = load_gateway_settings()
+    assert settings.upstream == ("http://a:8000", "http://b:8000")
+    assert settings.routing_policy == "least-loaded"
+    with pytest.raises(ConfigError, match="without API keys"):
+        load_gateway_settings(host="0.0.0.0")  # the same guard as serve
