@@ -186,6 +186,8 @@ class Usage:
     completion_tokens: int
     # of the completion tokens, those in the model's thinking; None: no reasoning parser ran
     reasoning_tokens: int | None = None
+    # of the prompt tokens, those the engine read from its prefix cache; None: not reported
+    cached_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:

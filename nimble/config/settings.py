@@ -62,6 +62,13 @@ class Settings(ServiceSettings):
     threads: int | None = Field(
         default=None, ge=1, description="CPU threads for the engine. Default: all cores."
     )
+    prompt_cache_mib: int | None = Field(
+        default=None,
+        ge=0,
+        description="llama.cpp: memory (MiB) for prompts kept beyond the running slots, so "
+        "that a later request with the same prefix skips its prefill (0: none, only what "
+        "the slots hold). Default: llama.cpp's own, 8192.",
+    )
     model_profile: str | None = Field(
         default=None,
         description="Profile to run (name or id, see `nimble list-profiles`) instead of the one "

@@ -16,6 +16,8 @@ class EngineConfig:
     max_running: int = 4
     engine_log: bool = False
     fake_token_delay: float = 0.0
+    # llama.cpp: MiB of host memory for cached prompts beyond the slots (None: its default)
+    prompt_cache_mib: int | None = None
     # a chat template (Jinja text) used instead of the model's own; None: the model's
     chat_template: str | None = None
     # embedding engines: sequences per batch across concurrent requests, and how long the

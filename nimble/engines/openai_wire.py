@@ -184,6 +184,7 @@ class ChunkMapper:
         self._usage_per_chunk = usage_per_chunk
         self._prompt_tokens = 0
         self._completion_tokens = 0
+        self._cached_tokens: int | None = None
 
     def map(self, payload: Json) -> list[GenerationChunk]:
         if is_error(payload):
@@ -196,6 +197,10 @@ class ChunkMapper:
         elif isinstance(usage, dict):
             self._prompt_tokens = max(self._prompt_tokens, int(usage.get("prompt_tokens", 0)))
             self._completion_tokens += int(usage.get("completion_tokens", 0))
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+                cached = int(details["cached_tokens"])  # per choice, of the same prompt
+                self._cached_tokens = max(self._cached_tokens or 0, cached)
         if not self._continuous:
             progress = None
         elif progress is None:
@@ -204,7 +209,9 @@ class ChunkMapper:
         return [chunk for chunk in chunks if chunk is not None]
 
     def usage(self) -> Usage:
-        return Usage(self._prompt_tokens, self._completion_tokens)
+        return Usage(
+            self._prompt_tokens, self._completion_tokens, cached_tokens=self._cached_tokens
+        )
 
     def _choice(
         self, choice: Json, progress: Usage | None, payload: Json

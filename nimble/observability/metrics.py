@@ -102,6 +102,11 @@ class Metrics:
             return Histogram(PREFIX + name, doc, model, buckets=buckets, registry=self.registry)
 
         self.prompt_tokens = counter("prompt_tokens", "Prompt tokens processed", model)
+        self.cached_tokens = counter(
+            "prompt_tokens_cached",
+            "Of the prompt tokens, those the engine read from its prefix cache (llama.cpp, vLLM)",
+            model,
+        )
         self.generation_tokens = counter("generation_tokens", "Tokens generated", model)
         self.finished = counter(
             "request_finish",
@@ -154,6 +159,7 @@ class Metrics:
         self.e2e.labels(model).observe(latency)
         self.queue.labels(model).observe(record.admitted_at - (record.queued_at or record.started))
         self.prompt_tokens.labels(model).inc(record.prompt_tokens)
+        self.cached_tokens.labels(model).inc(record.cached_tokens)
         self.request_prompt.labels(model).observe(record.prompt_tokens)
         if record.task == "embedding":
             return

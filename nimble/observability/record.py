@@ -28,6 +28,7 @@ class RequestRecord:
     task: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt tokens, those read from the engine's prefix cache
     queued_at: float | None = None  # monotonic: waiting for a slot from here...
     admitted_at: float | None = None  # ...to here, then the engine works...
     first_token_at: float | None = None

@@ -72,6 +72,7 @@ def runtime_config(settings: Settings, on_fatal: FatalCallback | None = None) ->
         engine_log=settings.engine_log,
         chat_template=read_template(settings.chat_template),
         fake_token_delay=settings.fake_token_delay,
+        prompt_cache_mib=settings.prompt_cache_mib,
         embed_batch_size=settings.embed_batch_size,
         embed_max_wait=settings.embed_max_wait_ms / 1000,
         cache_path=settings.cache_path.expanduser(),

@@ -17,6 +17,7 @@ async def generate_each(
     is choice `i * n + j`), and one usage chunk at the end sums theirs. Each stream is
     closed before the next starts (an error or a cancellation stops them all)."""
     prompt_tokens = completion_tokens = 0
+    cached: int | None = None  # known where any engine reported it
     offset = 0
     for request in requests:
         stream = runtime.generate(model, request)
@@ -25,9 +26,11 @@ async def generate_each(
                 if chunk.usage is not None:
                     prompt_tokens += chunk.usage.prompt_tokens
                     completion_tokens += chunk.usage.completion_tokens
+                    if chunk.usage.cached_tokens is not None:
+                        cached = (cached or 0) + chunk.usage.cached_tokens
                     continue
                 yield dataclasses.replace(chunk, index=chunk.index + offset) if offset else chunk
         finally:
             await stream.aclose()
         offset += request.params.n
-    yield GenerationChunk(usage=Usage(prompt_tokens, completion_tokens))
+    yield GenerationChunk(usage=Usage(prompt_tokens, completion_tokens, cached_tokens=cached))

@@ -440,6 +440,7 @@ def _note(record: RequestRecord, chunk: GenerationChunk) -> None:
         # += : a request with several prompts makes several runtime calls
         record.prompt_tokens += chunk.usage.prompt_tokens
         record.completion_tokens += chunk.usage.completion_tokens
+        record.cached_tokens += chunk.usage.cached_tokens or 0
         return
     if chunk.text or chunk.reasoning or chunk.logprobs:
         if record.first_token_at is None:

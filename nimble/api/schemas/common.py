@@ -27,10 +27,18 @@ class CompletionTokensDetails(BaseModel):
     reasoning_tokens: int = Field(description="Of the completion tokens, those thought.")
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(
+        description="Of the prompt tokens, those the engine read from its prefix cache."
+    )
+
+
 class UsageOut(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    # where the engine reports its prefix cache hits (llama.cpp, vLLM)
+    prompt_tokens_details: PromptTokensDetails | None = None
     # with a reasoning parser only (chat)
     completion_tokens_details: CompletionTokensDetails | None = None
 
@@ -42,6 +50,9 @@ def usage_out(usage: Usage) -> dict[str, Any]:
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": (
+            None if usage.cached_tokens is None else {"cached_tokens": usage.cached_tokens}
+        ),
         # null without a reasoning parser (as vLLM writes an absent detail)
         "completion_tokens_details": None if thought is None else {"reasoning_tokens": thought},
     }

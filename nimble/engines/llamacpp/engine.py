@@ -477,6 +477,8 @@ class LlamaCppEngine:
         params.verbosity = _VERBOSITY_INFO if self._config.engine_log else _VERBOSITY_ERRORS
         if self._config.chat_template:
             params.chat_template = self._config.chat_template
+        if self._config.prompt_cache_mib is not None:
+            params.cache_ram_mib = self._config.prompt_cache_mib
         # the thinking stays in the text: nimble's reasoning parser (or none) decides, the
         # same for every engine (llama.cpp would move it to a field nimble does not read)
         params.reasoning_format = xllamacpp.common_reasoning_format.COMMON_REASONING_FORMAT_NONE
