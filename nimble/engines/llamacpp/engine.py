@@ -37,21 +37,20 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import gc
 import secrets
 import threading
 from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import xllamacpp
 
 from nimble.engines.config import EngineConfig
+from nimble.engines.llamacpp import launch
 from nimble.engines.llamacpp.echo import Model as ScoringModel
 from nimble.engines.llamacpp.echo import prompt_logprobs
-from nimble.engines.llamacpp.gguf import GgufSummary, read_gguf_summary
+from nimble.engines.llamacpp.gguf import read_gguf_summary
 from nimble.engines.llamacpp.sampling import (
     Cutter,
     needs_cutter,
@@ -66,7 +65,6 @@ from nimble.engines.openai_wire import (
     request_body,
     template_body,
 )
-from nimble.engines.threads import usable_cpus
 from nimble.errors import (
     EngineError,
     ModelLoadError,
@@ -89,10 +87,7 @@ from nimble.types import (
     Usage,
 )
 
-MAX_DEFAULT_CONTEXT = 8192  # without a configured window, the trained one is capped here
-_FALLBACK_CONTEXT = 4096  # for a GGUF file that does not say its trained window
 _EXTRA_THREADS = 4  # pool headroom: aborted generations finish their current token
-_VERBOSITY_ERRORS, _VERBOSITY_INFO = 1, 3
 
 
 class LlamaCppEngine:
@@ -119,11 +114,11 @@ class LlamaCppEngine:
             return
         path = self.spec.weights
         summary = await asyncio.to_thread(read_gguf_summary, path)
-        window = self._window(summary)
+        window = launch.window(self.spec, self._config, summary)
         secret = secrets.token_urlsafe(32)
-        params = self._params(window, secret)
+        params = launch.server_params(self.spec, self._config, window, secret)
         gathered = await asyncio.gather(
-            asyncio.to_thread(_load, params, path),
+            asyncio.to_thread(launch.load, params, path),
             asyncio.to_thread(sha256_of, path),
             return_exceptions=True,
         )
@@ -131,8 +126,8 @@ class LlamaCppEngine:
         del gathered
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:
-            await asyncio.to_thread(_release, results, None)  # frees a server that did load
-            raise _load_failure(path, failure)
+            await asyncio.to_thread(launch.release, results, None)  # frees a server that did load
+            raise launch.load_failure(path, failure)
         self._server, digest = results
         self._pool = ThreadPoolExecutor(
             self._config.max_running + _EXTRA_THREADS, thread_name_prefix="llamacpp"
@@ -157,7 +152,7 @@ class LlamaCppEngine:
         if server is not None:
             box = [server]
             del server
-            await asyncio.to_thread(_release, box, pool)
+            await asyncio.to_thread(launch.release, box, pool)
 
     async def _warm_up(self) -> None:
         """One real generation (readiness depends on it), then the template's cost."""
@@ -450,40 +445,6 @@ class LlamaCppEngine:
         except RuntimeError as exc:  # the pool was shut down by stop()
             raise Unavailable(f"model {self.spec.id} is stopping") from exc
 
-    def _window(self, summary: GgufSummary) -> int:
-        if self._config.context_length:
-            return self._config.context_length
-        if "context_length" in self.spec.options:  # the selected profile's (maybe reduced)
-            return int(self.spec.options["context_length"])
-        trained = summary.context_length or self.spec.context_length or _FALLBACK_CONTEXT
-        return min(trained, MAX_DEFAULT_CONTEXT)
-
-    def _params(self, window: int, secret: str) -> Any:
-        slots = self._config.max_running
-        threads = self._config.threads or usable_cpus()
-        params = xllamacpp.CommonParams()
-        params.model.path = str(self.spec.weights)
-        params.n_parallel = slots
-        params.n_ctx = window * slots
-        params.kv_unified = False
-        params.cpuparams.n_threads = threads
-        params.cpuparams_batch.n_threads = threads
-        params.hostnames = ["127.0.0.1"]
-        params.port = 0
-        params.api_keys = [secret]
-        params.ui = False
-        params.endpoint_slots = True  # internal listener only: for cache_usage()
-        params.endpoint_metrics = False
-        params.verbosity = _VERBOSITY_INFO if self._config.engine_log else _VERBOSITY_ERRORS
-        if self._config.chat_template:
-            params.chat_template = self._config.chat_template
-        if self._config.prompt_cache_mib is not None:
-            params.cache_ram_mib = self._config.prompt_cache_mib
-        # the thinking stays in the text: nimble's reasoning parser (or none) decides, the
-        # same for every engine (llama.cpp would move it to a field nimble does not read)
-        params.reasoning_format = xllamacpp.common_reasoning_format.COMMON_REASONING_FORMAT_NONE
-        return params
-
     async def _read_props(self, window: int) -> None:
         try:
             props = await self._get("/props")
@@ -522,33 +483,6 @@ class LlamaCppEngine:
         if self._http is None:
             raise Unavailable(f"model {self.spec.id} is not loaded")
         return self._http
-
-
-def _load(params: Any, path: Path) -> Any:
-    try:
-        return xllamacpp.Server(params)
-    except RuntimeError as exc:
-        raise ModelLoadError(
-            f"{path}: llama.cpp could not load this GGUF file (incomplete or corrupt "
-            "tensors, unsupported architecture, or not enough memory; set engine_log to "
-            "see llama.cpp's reason)"
-        ) from exc
-
-
-def _load_failure(path: Path, exc: BaseException) -> ModelLoadError:
-    if isinstance(exc, ModelLoadError):
-        return exc
-    error = ModelLoadError(f"{path}: cannot read the model file: {exc}")
-    error.__cause__ = exc
-    return error
-
-
-def _release(box: list[Any], pool: ThreadPoolExecutor | None) -> None:
-    """Worker thread: wait for in-flight generations, then free llama.cpp (joins its loop)."""
-    if pool is not None:
-        pool.shutdown(wait=True)
-    box.clear()
-    gc.collect()
 
 
 def _piece(piece: str | list[int]) -> str:
