@@ -128,12 +128,13 @@ class Proxy:
             upstreams = self.pool.ready()
             if not upstreams:
                 raise Unavailable("no replica is ready")
-            return upstreams
-        upstreams = self.pool.serving(target.model)
+        else:
+            upstreams = self.pool.serving(target.model)
         if upstreams:
             sticky = self._responses.get(target.previous_response or "")
             held = [u for u in upstreams if u.url == sticky]
             return held or upstreams
+        assert target.model is not None
         if self.pool.known(target.model) or not self.pool.ready():
             raise Unavailable(f"no replica serving model {target.model} is ready")
         raise ModelNotFound(

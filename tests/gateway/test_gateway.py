@@ -347,3 +347,25 @@ def test_no_ready_replica_is_a_503_and_dns_names_find_replicas(
         ["--upstream-dns", f"localhost:{replica.port}", *FAST], command="gateway"
     ).wait_ready()
     assert [m["id"] for m in httpx.get(found.base_url + "/v1/models").json()["data"]] == ["solo"]
+
+
+def test_a_stored_response_is_found_on_the_replica_that_holds_it(
+    pair: tuple[NimbleProcess, ...], nimble_process: type[NimbleProcess]
+) -> None:
+    one, two, _ = pair
+    gateway = gateway_of(nimble_process, one, two, args=("--routing-policy", "round-robin"))
+    client = gateway.client()
+    first = client.responses.create(model="shared", input="remember this", max_output_tokens=3)
+    for _ in range(4):  # round-robin alone would send half of these to the other replica
+        assert client.responses.retrieve(first.id).id == first.id
+        follow = client.responses.create(
+            model="shared", input="and now?", previous_response_id=first.id, max_output_tokens=3
+        )
+        assert follow.previous_response_id == first.id
+    with client.responses.create(
+        model="shared", input="x", max_output_tokens=3, stream=True
+    ) as streamed:
+        events = list(streamed)
+    created = next(event for event in events if event.type == "response.created")
+    for _ in range(2):
+        assert client.responses.retrieve(created.response.id).id == created.response.id
