@@ -14,13 +14,10 @@ from types import ModuleType
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
-from starlette.middleware.cors import CORSMiddleware
 
-from nimble.api.auth import AuthMiddleware
 from nimble.api.endpoints import HEALTH_PATHS, endpoint_of
 from nimble.api.errors import install_error_handlers
-from nimble.api.messages_errors import AnthropicErrors
-from nimble.api.middleware import BodyLimitMiddleware, RecordSink, RequestContextMiddleware
+from nimble.api.middleware import RecordSink
 from nimble.api.routes import (
     chat,
     completions,
@@ -33,6 +30,7 @@ from nimble.api.routes import (
     tokenize,
 )
 from nimble.api.routes import metrics as metrics_routes
+from nimble.api.stack import install_middleware
 from nimble.config import Settings
 from nimble.config.settings import ALL_ENDPOINTS
 from nimble.observability.metrics import Metrics
@@ -42,7 +40,6 @@ from nimble.runtime.assemble import build_runtime
 from nimble.runtime.deployment import Deployment
 from nimble.security.audit import AuditLog
 from nimble.security.keys import KeyStore
-from nimble.security.limits import KeyLimiter
 from nimble.version import __version__
 
 log = logging.getLogger("nimble.api")
@@ -133,32 +130,12 @@ def create_app(
         settings.endpoints,
     )
 
-    # innermost first: each add_middleware wraps the ones before it
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    if keys is not None:
-        app.add_middleware(
-            AuthMiddleware,
-            keys=keys,
-            limiter=KeyLimiter(),
-            metrics_require_key=settings.metrics_require_key,
-        )
     sinks: list[RecordSink] = [app.state.metrics.observe]
     if audit is not None:
         sinks.append(audit.write)
-    app.add_middleware(RequestContextMiddleware, tracing=tracing, sinks=sinks)
-    if "messages" in settings.endpoints:
-        # around the request context: its 500s and X-Request-Id pass through it too
-        app.add_middleware(AnthropicErrors)
-    if settings.cors_allow_origins:
-        # outermost: preflights are answered without a key, and 401s carry CORS headers
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(settings.cors_allow_origins),
-            allow_methods=list(settings.cors_allow_methods),
-            allow_headers=list(settings.cors_allow_headers),
-            expose_headers=["X-Request-Id", "Retry-After", "traceparent"],
-            max_age=settings.cors_max_age,
-        )
+    install_middleware(
+        app, settings, keys, sinks, tracing, anthropic="messages" in settings.endpoints
+    )
     return app
 
 

@@ -18,13 +18,11 @@ import httpx
 import orjson
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.middleware.cors import CORSMiddleware
 
-from nimble.api.auth import AuthMiddleware
 from nimble.api.endpoints import ENDPOINT_PATHS
 from nimble.api.errors import install_error_handlers
-from nimble.api.messages_errors import AnthropicErrors
-from nimble.api.middleware import BodyLimitMiddleware, RecordSink, RequestContextMiddleware
+from nimble.api.middleware import RecordSink
+from nimble.api.stack import install_middleware
 from nimble.config.gateway import GatewaySettings
 from nimble.config.settings import ALL_ENDPOINTS
 from nimble.errors import ModelNotFound
@@ -37,7 +35,6 @@ from nimble.observability.metrics import Metrics
 from nimble.observability.tracing import RequestTracing
 from nimble.security.audit import AuditLog
 from nimble.security.keys import KeyStore
-from nimble.security.limits import KeyLimiter
 from nimble.version import __version__
 
 # the endpoints whose paths the gateway passes on to a replica
@@ -131,28 +128,10 @@ def create_gateway_app(
         "/v1/responses/{response_id}", forward, methods=["GET", "DELETE"], include_in_schema=False
     )
 
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    if keys is not None:
-        app.add_middleware(
-            AuthMiddleware,
-            keys=keys,
-            limiter=KeyLimiter(),
-            metrics_require_key=settings.metrics_require_key,
-        )
     sinks: list[RecordSink] = [metrics.observe]
     if audit is not None:
         sinks.append(audit.write)
-    app.add_middleware(RequestContextMiddleware, tracing=tracing, sinks=sinks)
-    app.add_middleware(AnthropicErrors)
-    if settings.cors_allow_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(settings.cors_allow_origins),
-            allow_methods=list(settings.cors_allow_methods),
-            allow_headers=list(settings.cors_allow_headers),
-            expose_headers=["X-Request-Id", "Retry-After", "traceparent"],
-            max_age=settings.cors_max_age,
-        )
+    install_middleware(app, settings, keys, sinks, tracing, anthropic=True)
     return app
 
 
