@@ -214,6 +214,8 @@ def test_keys_and_limits_hold_across_replicas(
             "ops-key": {"id": "ops", "endpoints": ["metrics"]},
         },
     )
+    management = free_port()
+    audit = tmp_path / "audit.jsonl"
     args = (
         "--api-keys-file",
         str(client_keys),
@@ -221,8 +223,17 @@ def test_keys_and_limits_hold_across_replicas(
         service_key,
         "--routing-policy",
         "round-robin",
+        "--management-port",
+        str(management),
+        "--audit-log",
+        str(audit),
     )
     gateway = gateway_of(nimble_process, *replicas, args=args)
+    # probes and metrics on the management port need no key
+    probes = f"http://127.0.0.1:{management}"
+    assert httpx.get(probes + "/v1/health/ready", timeout=5).status_code == 200
+    assert "nimble_gateway_upstream_up" in httpx.get(probes + "/metrics", timeout=5).text
+    assert httpx.get(gateway.base_url + "/metrics", timeout=5).status_code == 401
     body = {"model": "shared", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
     url = gateway.base_url + "/v1/chat/completions"
 
@@ -245,6 +256,10 @@ def test_keys_and_limits_hold_across_replicas(
             )
             == 2
         )
+    # the audit log: one chained line per request with the key's id, as `serve` writes it
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    keys = [line.get("key_id") for line in lines if line.get("path") == "/v1/chat/completions"]
+    assert keys.count("team") == 5 and keys.count("narrow") == 1
 
 
 def test_a_dead_replica_is_ejected_retried_around_and_readmitted(
