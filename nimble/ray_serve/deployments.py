@@ -118,7 +118,7 @@ class NimbleServer:
         except BaseException:
             await self.__del__()
             raise
-        self._replica = serve.get_replica_context().replica_id.unique_id.encode()
+        self._replica = _replica_id().encode()
 
     async def forward(self, scope: dict[str, Any], body: bytes) -> AsyncIterator[Message]:
         """Run one HTTP request through nimble's app; yield the ASGI messages it sends."""
@@ -183,6 +183,13 @@ class NimbleServer:
             await lifespan.__aexit__(None, None, None)
 
 
+def _replica_id() -> str:
+    try:
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except serve.exceptions.RayServeException:  # Ray's local testing mode has no replicas
+        return "local"
+
+
 class NimbleIngress:
     """The HTTP entry: reads the body (up to nimble's limit plus one byte, so nimble can
     answer 413 itself) and streams `NimbleServer.forward` back to the client."""
@@ -191,10 +198,19 @@ class NimbleIngress:
         self._server = server.options(stream=True, method_name="forward")
         self._max_body = max_body_bytes
 
-    def __serve_build_asgi_app__(self) -> Any:
-        return self._asgi
+    def __serve_build_asgi_app__(self) -> _Forward:
+        return _Forward(self)
 
-    async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+
+class _Forward:
+    """The ingress's ASGI app (an object with an async `__call__`: uvicorn, which runs its
+    lifespan inside Ray, tells ASGI 3 apps from ASGI 2 ones that way)."""
+
+    def __init__(self, ingress: NimbleIngress):
+        self._server = ingress._server
+        self._max_body = ingress._max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while (message := await receive())["type"] != "lifespan.shutdown":
                 if message["type"] == "lifespan.startup":
@@ -261,7 +277,8 @@ def build_application(settings: Settings, options: ServeOptions | None = None) -
         "autoscaling_config": autoscaling,
         "max_ongoing_requests": options.max_ongoing_requests
         or settings.max_running + settings.max_waiting,
-        "ray_actor_options": {"num_cpus": options.replica_cpus, "num_gpus": options.replica_gpus},
+        "ray_actor_options": {"num_cpus": options.replica_cpus}
+        | ({"num_gpus": options.replica_gpus} if options.replica_gpus else {}),
         "graceful_shutdown_timeout_s": options.graceful_shutdown_timeout_s,
     }
     if router is not None:

@@ -23,13 +23,16 @@ import openai
 import pytest
 
 from tests.conftest import chat_body, fake_service
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import CHAT_MODEL, EMBED_MODEL, free_port
 
 with warnings.catch_warnings():  # Ray's modules warn at import (pydantic v1-style fields)
     warnings.simplefilter("ignore")
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster
+
+    from nimble.config import Settings
+    from nimble.ray_serve import ServeOptions, build_application
 
 pytestmark = [
     pytest.mark.e2e,
@@ -39,7 +42,8 @@ pytestmark = [
 ]
 
 APP = "nimble"
-TOKEN_DELAY = 0.05  # the fake engine's seconds per token: a 60-token answer takes 3 s
+HELLO = [{"role": "user", "content": "Which city is the capital of France?"}]
+TOKEN_DELAY = 0.05  # the fake engine's seconds per token: a 100-token answer takes 5 s
 
 
 @dataclass
@@ -94,25 +98,32 @@ def ours(marker: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    # a short temp dir: Ray's unix sockets live under it (108-byte path limit)
+    # a short temp dir of its own: Ray's unix sockets live under it (108-byte path limit),
+    # and Ray writes the cluster's address under RAY_TMPDIR
     temp_dir = tempfile.mkdtemp(prefix="nrs", dir="/tmp")
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp_dir
     timings: dict[str, float] = {}
     started = time.monotonic()
-    made = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "temp_dir": temp_dir, "include_dashboard": False},
-    )
+    made = Cluster()
     try:
+        # both nodes on this host, at the address Ray picks for it (a driver, the test's
+        # and the deploying process's, looks for a node at that address)
+        made.add_node(num_cpus=1, temp_dir=f"{temp_dir}/ray", include_dashboard=False)
         made.add_node(num_cpus=1)  # the worker: replicas land on both nodes
         made.wait_for_nodes()
-        made.connect()
-        timings["cluster_start_s"] = time.monotonic() - started
+        ray.init(address=made.address, log_to_driver=False)  # the replicas log to files
+        timings["cluster_start_s"] = round(time.monotonic() - started, 1)
         made.timings = timings  # type: ignore[attr-defined]
         yield made
     finally:
         if ray.is_initialized():
             ray.shutdown()
         made.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
         leftover = ours(temp_dir)
         for pid in leftover:  # only processes of this cluster's session
             os.kill(pid, 9)
@@ -225,14 +236,15 @@ def test_scales_to_two_replicas_under_load_and_back(deployed: RayNimble) -> None
         raw = client.chat.completions.with_raw_response.create(
             model="fake-model",
             messages=[{"role": "user", "content": f"question {n}"}],
-            max_tokens=60,  # 3 s each at TOKEN_DELAY
+            max_tokens=100,  # 5 s each at TOKEN_DELAY
+            extra_body={"ignore_eos": True},
         )
         return raw.headers["x-nimble-replica"], raw.parse().choices[0].message.content or ""
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=8) as pool:
-        # 8 requests at once, then 8 more as each ends: 8 ongoing vs a target of 2 each
-        futures = [pool.submit(ask, n) for n in range(16)]
+        # 8 requests at once for 15 s (three waves): 8 ongoing vs a target of 2 each
+        futures = [pool.submit(ask, n) for n in range(24)]
         up = poll(lambda: running_replicas() == 2, "a second replica under load", 60, deployed)
         answers = [f.result(timeout=120) for f in futures]
     load_s = time.monotonic() - started
@@ -244,3 +256,34 @@ def test_scales_to_two_replicas_under_load_and_back(deployed: RayNimble) -> None
     )
     # still answering after the scale-down
     assert client.models.list().data[0].id == "fake-model"
+
+
+@pytest.mark.models
+def test_real_weights_through_ray(deployed: RayNimble) -> None:
+    """SmolLM2 (llama.cpp) and all-MiniLM-L6-v2 in one replica, deployed from Python beside
+    the fake app (its own route prefix) once that one is back to one replica."""
+    settings = Settings(model=(CHAT_MODEL, EMBED_MODEL), threads=1, max_running=2)
+    started = time.monotonic()
+    serve.run(
+        build_application(settings, ServeOptions(min_replicas=1, max_replicas=1)),
+        name="real",
+        route_prefix="/real",
+    )
+    deployed.timings["real_deploy_s"] = round(time.monotonic() - started, 1)
+    try:
+        client = openai.OpenAI(
+            api_key="unused", base_url=deployed.base_url + "/real/v1", max_retries=0
+        )
+        stream = client.chat.completions.create(
+            model=CHAT_MODEL,
+            messages=HELLO,
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert "Paris" in text
+        vectors = client.embeddings.create(model=EMBED_MODEL, input=["cats sleep"])
+        assert len(vectors.data[0].embedding) == 384
+    finally:
+        serve.delete("real")
