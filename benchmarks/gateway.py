@@ -949,7 +949,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 nimble(
                     "serve", "--model", MODEL, "--port", str(port), "--threads", "1",
                     "--max-running", "2", "--prompt-cache-mib", str(args.prompt_cache_mib),
-                    "--log-level", "warning",
+                    "--max-queue-wait", str(args.max_queue_wait), "--log-level", "warning",
                 ),
             )  # fmt: skip
         for name, url in replica.items():
@@ -1096,6 +1096,14 @@ def main() -> None:
     parser.add_argument("--parts", default="prefix,unique,overhead,failure")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--prompt-cache-mib", type=int, default=64)
+    parser.add_argument(
+        "--max-queue-wait",
+        type=float,
+        default=15.0,
+        help="the replicas' bound on the wait for a slot (their default, 15 s, is about one "
+        "cold ~1,000-token prefill on one thread here: their 429s then move requests off "
+        "the replica that holds their prefix)",
+    )
     parser.add_argument("--prefixes", type=int, default=6, help="K: distinct system prompts")
     parser.add_argument("--requests", type=int, default=36, help="R: requests per policy and round")
     parser.add_argument("--prefix-words", type=int, default=960, help="words per system prompt")
