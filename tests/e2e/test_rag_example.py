@@ -85,7 +85,10 @@ CASES: list[tuple[str, tuple[tuple[str, str], ...]]] = [
     ),
     (
         "What egress does the Helm chart's NetworkPolicy allow?",
-        (("docs/deploy.md", "no egress but DNS"),),
+        (
+            ("docs/deploy.md", "no egress but DNS"),
+            ("docs/scaling.md", "Egress is nothing but: DNS"),  # the chart's full policy
+        ),
     ),
     (
         "What does nimble do when it receives SIGTERM?",
