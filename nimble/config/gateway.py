@@ -92,10 +92,17 @@ class GatewaySettings(ServiceSettings):
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"upstream {url!r}: give http://HOST:PORT or https://HOST:PORT")
         for entry in self.upstream_dns:
-            parts = urlsplit(entry if "://" in entry else "http://" + entry)
-            if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port:
-                raise ValueError(f"upstream_dns {entry!r}: give NAME:PORT")
+            split_dns(entry)
         return self
+
+
+def split_dns(entry: str) -> tuple[str, str, int]:
+    """(scheme, name, port) of an `upstream_dns` entry: NAME:PORT or https://NAME:PORT.
+    Raises ValueError for anything else."""
+    parts = urlsplit(entry if "://" in entry else "http://" + entry)
+    if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port:
+        raise ValueError(f"upstream_dns {entry!r}: give NAME:PORT")
+    return parts.scheme, parts.hostname, parts.port
 
 
 def load_gateway_settings(**cli_values: Any) -> GatewaySettings:

@@ -17,13 +17,13 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from nimble.config.gateway import split_dns
 from nimble.gateway.policy import Replica
 
 log = logging.getLogger("nimble.gateway")
@@ -196,7 +196,7 @@ class UpstreamPool:
         """Add an upstream for every address the DNS names have now; drop those of a name
         that it no longer has."""
         for entry in self.config.dns:
-            scheme, host, port = _split_dns(entry)
+            scheme, host, port = split_dns(entry)
             try:
                 addresses = await _addresses(host, port)
             except OSError as exc:
@@ -227,13 +227,6 @@ def parse_load(exposition: str) -> dict[str, ModelLoad]:
     return loads
 
 
-def _split_dns(entry: str) -> tuple[str, str, int]:
-    parts = urlsplit(entry if "://" in entry else "http://" + entry)
-    if parts.hostname is None or parts.port is None:
-        raise ValueError(f"upstream DNS name {entry!r}: give NAME:PORT")
-    return parts.scheme, parts.hostname, parts.port
-
-
 async def _addresses(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return sorted({str(info[4][0]) for info in infos})
@@ -241,9 +234,3 @@ async def _addresses(host: str, port: int) -> list[str]:
 
 def _host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
-
-
-def check_dns_entries(entries: Iterable[str]) -> None:
-    """Raises ValueError for an entry that is not NAME:PORT (checked when settings load)."""
-    for entry in entries:
-        _split_dns(entry)

@@ -293,17 +293,26 @@ def test_a_dead_replica_is_ejected_retried_around_and_readmitted(
     assert metric(gateway, served, upstream=back.base_url, status="200") >= 1
 
 
+# 400 tokens at 50 ms each: 20 s, far longer than the tests below wait
+SLOW_STREAM = {
+    "model": "solo",
+    "messages": [{"role": "user", "content": "x"}],
+    "max_tokens": 400,
+    "stream": True,
+}
+
+
+def slow_solo(factory: type[NimbleProcess]) -> tuple[NimbleProcess, NimbleProcess]:
+    """One replica of a slow fake model, and a gateway in front of it alone."""
+    replica = factory(["--model", "fake:solo", "--fake-token-delay", "0.05"]).wait_ready()
+    return replica, gateway_of(factory, replica)
+
+
 def test_a_stream_whose_replica_dies_ends_with_an_error_event(
     nimble_process: type[NimbleProcess],
 ) -> None:
-    replica = nimble_process(["--model", "fake:solo", "--fake-token-delay", "0.05"]).wait_ready()
-    gateway = gateway_of(nimble_process, replica)
-    body = {
-        "model": "solo",
-        "messages": [{"role": "user", "content": "x"}],
-        "max_tokens": 400,
-        "stream": True,
-    }
+    replica, gateway = slow_solo(nimble_process)
+    body = SLOW_STREAM
     events: list[str] = []
     with httpx.stream(
         "POST", gateway.base_url + "/v1/chat/completions", json=body, timeout=20
@@ -323,21 +332,14 @@ def test_a_stream_whose_replica_dies_ends_with_an_error_event(
 def test_a_client_that_goes_away_cancels_the_replicas_work(
     nimble_process: type[NimbleProcess],
 ) -> None:
-    replica = nimble_process(["--model", "fake:solo", "--fake-token-delay", "0.05"]).wait_ready()
-    gateway = gateway_of(nimble_process, replica)
-    body = {
-        "model": "solo",
-        "messages": [{"role": "user", "content": "x"}],
-        "max_tokens": 400,
-        "stream": True,
-    }
+    replica, gateway = slow_solo(nimble_process)
+    body = SLOW_STREAM
     running = "nimble_num_requests_running"
     with httpx.stream(
         "POST", gateway.base_url + "/v1/chat/completions", json=body, timeout=20
     ) as answer:
-        lines = answer.iter_lines()
-        while sum(1 for line in [next(lines)] if line.startswith("data: ")) == 0:
-            pass  # up to the first event
+        lines = answer.iter_lines()  # kept: a closed iterator would close the stream
+        next(line for line in lines if line.startswith("data: "))  # up to the first event
         poll(lambda: metric(replica, running, model_name="solo") == 1, timeout=5)
     # 400 tokens would take 20 s: the replica stops within a few of them
     poll(lambda: metric(replica, running, model_name="solo") == 0, timeout=5)
