@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+FULL_CACHE = 0.95  # KV cache use above which a replica counts as busy
+
 Reason = Literal["round-robin", "least-loaded", "prefix-hit", "prefix-miss", "prefix-overloaded"]
 
 
@@ -98,12 +100,12 @@ class PrefixAware:
     blocks_per_replica: int = 4096
     imbalance_abs: float = 2.0
     imbalance_rel: float = 0.5
-    full_cache: float = 0.95
+    full_cache: float = FULL_CACHE
     _held: dict[str, OrderedDict[bytes, None]] = field(default_factory=dict, repr=False)
 
     def choose(self, prompt: str, replicas: Sequence[Replica]) -> Decision:
         blocks = block_hashes(prompt, self.block_chars)
-        least = least_loaded(replicas)
+        least = least_loaded(replicas, self.full_cache)
         best, matched = least, 0
         for replica in sorted(replicas, key=lambda r: (r.load(), r.id)):
             run = self._run(replica.id, blocks)
@@ -122,7 +124,7 @@ class PrefixAware:
         self._held.pop(replica, None)
 
     def _overloaded(self, replica: Replica, least: Replica) -> bool:
-        if replica.cache_usage is not None and replica.cache_usage > self.full_cache:
+        if _cache_full(replica, self.full_cache):
             return replica.id != least.id
         slack = max(self.imbalance_abs, self.imbalance_rel * least.load())
         return replica.load() > least.load() + slack
@@ -147,15 +149,15 @@ class PrefixAware:
             held.popitem(last=False)
 
 
-def least_loaded(replicas: Sequence[Replica]) -> Replica:
+def least_loaded(replicas: Sequence[Replica], full_cache: float = FULL_CACHE) -> Replica:
     """The replica with the least load; a tie goes to the lower id (stable choices)."""
     if not replicas:
         raise ValueError("no replica to choose from")
-    return min(replicas, key=lambda r: (_cache_full(r), r.load(), r.id))
+    return min(replicas, key=lambda r: (_cache_full(r, full_cache), r.load(), r.id))
 
 
-def _cache_full(replica: Replica) -> bool:
-    return replica.cache_usage is not None and replica.cache_usage > PrefixAware.full_cache
+def _cache_full(replica: Replica, full_cache: float) -> bool:
+    return replica.cache_usage is not None and replica.cache_usage > full_cache
 
 
 def block_hashes(text: str, block_chars: int) -> list[bytes]:
