@@ -948,7 +948,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 name,
                 nimble(
                     "serve", "--model", MODEL, "--port", str(port), "--threads", "1",
-                    "--max-running", "2", "--prompt-cache-mib", str(args.prompt_cache_mib),
+                    "--max-running", str(args.max_running),
+                    "--prompt-cache-mib", str(args.prompt_cache_mib),
                     "--max-queue-wait", str(args.max_queue_wait), "--log-level", "warning",
                 ),
             )  # fmt: skip
@@ -1096,6 +1097,13 @@ def main() -> None:
     parser.add_argument("--parts", default="prefix,unique,overhead,failure")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--prompt-cache-mib", type=int, default=64)
+    parser.add_argument(
+        "--max-running",
+        type=int,
+        default=2,
+        help="the replicas' slots (llama.cpp slots share no KV: two requests with one prefix "
+        "in flight on one replica are both prefilled; with 1 slot the second waits and reuses)",
+    )
     parser.add_argument(
         "--max-queue-wait",
         type=float,

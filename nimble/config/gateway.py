@@ -58,6 +58,18 @@ class GatewaySettings(ServiceSettings):
         description="prefix-aware: blocks remembered per replica (the oldest go first); about "
         "the prompt text one replica's KV cache keeps warm.",
     )
+    prefix_imbalance_abs: float = Field(
+        default=8.0,
+        ge=0,
+        description="prefix-aware: a replica holding the prompt's prefix keeps it unless its "
+        "load (running + 2 x waiting) exceeds the least loaded replica's by more than "
+        "max(this, --prefix-imbalance-rel x that load).",
+    )
+    prefix_imbalance_rel: float = Field(
+        default=1.0,
+        ge=0,
+        description="prefix-aware: the relative part of that margin (1.0: twice the least load).",
+    )
     retries: int = Field(
         default=2,
         ge=0,

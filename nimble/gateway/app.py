@@ -46,6 +46,8 @@ def routing_policy(settings: GatewaySettings) -> RoutingPolicy:
         return PrefixAware(
             block_chars=settings.prefix_block_chars,
             blocks_per_replica=settings.prefix_blocks_per_replica,
+            imbalance_abs=settings.prefix_imbalance_abs,
+            imbalance_rel=settings.prefix_imbalance_rel,
         )
     return LeastLoaded() if settings.routing_policy == "least-loaded" else RoundRobin()
 

@@ -12,8 +12,11 @@ Three policies, by name (`POLICIES`):
   `blocks_per_replica` (the share of prompts a replica's KV cache keeps warm). A request goes
   to the replica holding the longest run of its leading blocks, unless that replica is
   clearly busier than the least-loaded one: its load exceeds the least load by more than
-  `max(imbalance_abs, imbalance_rel * least)`. With no match (or an overloaded match) the
-  least-loaded replica takes it, and from then on holds its prefix.
+  `max(imbalance_abs, imbalance_rel * least)` (8 and 1.0: twice the least load and 8 above
+  it; a miss costs a whole prefill, which on a CPU replica is worth several queued warm
+  requests). With no match (or an overloaded match) the least-loaded replica takes it, the
+  one holding fewer prompt blocks among equally loaded ones, and from then on holds its
+  prefix.
 
 Load of a replica: requests waiting count double (they hold no slot yet and each adds a full
 wait), running count once, and the gateway's own in-flight requests to it stand in for the
@@ -98,14 +101,22 @@ class PrefixAware:
     name = "prefix-aware"
     block_chars: int = 256
     blocks_per_replica: int = 4096
-    imbalance_abs: float = 2.0
-    imbalance_rel: float = 0.5
+    imbalance_abs: float = 8.0
+    imbalance_rel: float = 1.0
     full_cache: float = FULL_CACHE
     _held: dict[str, OrderedDict[bytes, None]] = field(default_factory=dict, repr=False)
 
     def choose(self, prompt: str, replicas: Sequence[Replica]) -> Decision:
         blocks = block_hashes(prompt, self.block_chars)
-        least = least_loaded(replicas, self.full_cache)
+        least = min(
+            replicas,
+            key=lambda r: (
+                _cache_full(r, self.full_cache),
+                r.load(),
+                len(self._held.get(r.id, ())),
+                r.id,
+            ),
+        )
         best, matched = least, 0
         for replica in sorted(replicas, key=lambda r: (r.load(), r.id)):
             run = self._run(replica.id, blocks)

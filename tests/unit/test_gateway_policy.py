@@ -92,6 +92,42 @@ def test_prefix_aware_leaves_a_replica_that_is_clearly_busier() -> None:
     assert fresh.choose(SYSTEM + ".", relative).replica == "b"  # 6 > 1 + 2
 
 
+def test_prefix_aware_default_margin_is_twice_the_least_load_and_eight_above() -> None:
+    policy = PrefixAware()
+    home = policy.choose(SYSTEM, idle("a", "b")).replica
+    other = "b" if home == "a" else "a"
+    # one running + three waiting (load 7) against an idle replica: a queue of warm requests
+    # is cheaper than a cold prefill of the whole prefix elsewhere
+    assert (
+        policy.choose(SYSTEM + "?", [Replica(home, running=1, waiting=3), Replica(other)]).replica
+        == home
+    )
+    # 9 against 0: beyond 8
+    moved = policy.choose(SYSTEM + "!", [Replica(home, running=1, waiting=4), Replica(other)])
+    assert (moved.replica, moved.reason) == (other, "prefix-overloaded")
+    # at large loads the relative part rules: 300 against 140 is more than twice
+    fresh = PrefixAware()
+    fresh.choose(SYSTEM, [Replica("a")])
+    assert (
+        fresh.choose(SYSTEM + ".", [Replica("a", running=250), Replica("b", running=140)]).replica
+        == "a"
+    )
+    assert (
+        fresh.choose(SYSTEM + ".", [Replica("a", running=300), Replica("b", running=140)]).replica
+        == "b"
+    )
+
+
+def test_a_new_prefix_goes_to_the_replica_holding_fewer_among_equally_loaded() -> None:
+    policy = PrefixAware()
+    # "a" comes first by id on a tie, so it takes the first two prefixes while "b" is busier
+    policy.choose("A" * 600, [Replica("a"), Replica("b", running=1)])
+    policy.choose("B" * 600, [Replica("a"), Replica("b", running=1)])
+    # equally loaded now: the third prefix goes to "b", which holds none
+    third = policy.choose("C" * 600, idle("a", "b"))
+    assert (third.replica, third.reason) == ("b", "prefix-miss")
+
+
 def test_prefix_aware_prefers_the_longest_match() -> None:
     policy = PrefixAware(block_chars=16)
     short = "s" * 32

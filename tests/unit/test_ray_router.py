@@ -123,8 +123,9 @@ async def test_a_busy_replica_loses_its_prefix_to_the_least_loaded() -> None:
     ranks = await ray_router.choose_replicas(idle, pending(chat(LONG)))
     held = ranks[0][0].replica_id.unique_id
     other = "b" if held == "a" else "a"
-    # the holder now reports a queue (routing stats): 4 running + 2 waiting = load 8
-    busy = [replica(held, running=4, waiting=2), replica(other)]
+    # the holder now reports a queue (routing stats): 4 running + 4 waiting = load 12, beyond
+    # the default margin of 8 over an idle replica
+    busy = [replica(held, running=4, waiting=4), replica(other)]
     ranks = await ray_router.choose_replicas(busy, pending(chat(LONG), "r2"))
     assert ranks[0][0].replica_id.unique_id == other
     assert ray_router.last_decision is not None
