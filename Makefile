@@ -3,11 +3,22 @@
 #   make test    install everything the tests need, then run lint, types and the whole suite
 #   make image   build the CPU container image without a daemon and smoke-test it (root;
 #                installs mmdebstrap, buildah, podman and runc with apt when missing)
+# and for the images (docs/deploy.md, "Build and publish the image"):
+#   make image-cuda               build the CUDA/vLLM image and check it (no GPU needed)
+#   make push REGISTRY=host/team  tag the images built here as REGISTRY/nimble:<tag>, push them
+#   make image-names              print the names the images get (the chart and Compose use them)
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# localhost/: a local name that no registry answers for, so nothing is pulled by mistake; the
+# Helm chart's values.yaml and deploy/compose/compose.yaml default to these same names
+IMAGE ?= localhost/nimble
+IMAGE_CPU := $(IMAGE):$(VERSION)
+IMAGE_CUDA := $(IMAGE):$(VERSION)-cuda
+REGISTRY ?=
 
-.PHONY: serve test lint install image
+.PHONY: serve test lint install image image-cuda image-tools image-names push
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +44,29 @@ lint: install
 test: lint
 	$(BIN)/pytest -q
 
-image:
+image-tools:
 	for tool in mmdebstrap buildah podman runc; do command -v $$tool >/dev/null || missing=1; done; \
 	  [ -z "$$missing" ] || (apt-get update -q && apt-get install -y -q mmdebstrap buildah podman runc)
-	deploy/build-image.sh
+
+image: image-tools
+	TAG=$(IMAGE_CPU) deploy/build-image.sh
+
+image-cuda: image-tools
+	TAG=$(IMAGE_CUDA) deploy/build-image.sh --cuda
+
+image-names:
+	@echo $(IMAGE_CPU) $(IMAGE_CUDA)
+
+# each image built here (CPU, CUDA) under the registry's name, then pushed: podman uses the
+# credentials of `podman login REGISTRY`
+push:
+	@[ -n "$(REGISTRY)" ] || { echo "usage: make push REGISTRY=registry.example.com/team" >&2; exit 2; }
+	@pushed=; for tag in $(VERSION) $(VERSION)-cuda; do \
+	  if podman image exists $(IMAGE):$$tag; then \
+	    podman tag $(IMAGE):$$tag $(REGISTRY)/nimble:$$tag \
+	      && podman push $(REGISTRY)/nimble:$$tag && pushed="$$pushed $(REGISTRY)/nimble:$$tag" || exit 1; \
+	  fi; \
+	done; \
+	[ -n "$$pushed" ] || { echo "no image to push: run make image (or make image-cuda) first" >&2; exit 1; }; \
+	echo "pushed:$$pushed"; \
+	echo "helm install ... --set image.repository=$(REGISTRY)/nimble    (NIMBLE_IMAGE=$(REGISTRY)/nimble:$(VERSION) for Compose)"

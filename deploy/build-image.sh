@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Build the CPU image with no Docker daemon and no registry, then smoke-test it.
+# Build the CPU image with no Docker daemon and no registry, then smoke-test it
+# (--cuda: the CUDA/vLLM image, built and checked without a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
   cat <<'USAGE'
-Usage: deploy/build-image.sh [--help]
+Usage: deploy/build-image.sh [--cuda] [--help]
 
 Builds deploy/Containerfile (the CPU image, default models inside) with no Docker daemon and
 no image registry, runs it, and checks it; CI runs this (`make image`). As root.
+The image is tagged localhost/nimble:<version>, the name the Helm chart and the Compose file
+default to; `make push REGISTRY=...` puts it into a registry (docs/deploy.md).
+
+--cuda (`make image-cuda`): builds deploy/Containerfile.cuda instead, tagged
+localhost/nimble:<version>-cuda, from its CUDA base image (docker.io/nvidia/cuda: the
+registry must be reachable), checks the image config, and that vLLM, torch, NVML's
+bindings and nimble import inside it (no GPU needed); it does not serve a model.
 
 Prerequisites (Debian 12; this script installs nothing):
   apt-get install mmdebstrap buildah podman runc
@@ -29,14 +37,16 @@ Steps:
   Results (size, build time, cold start): deploy/.build/image-report.md
 
 Environment:
-  TAG=localhost/nimble:<version>   image name
+  TAG=localhost/nimble:<version>   image name (with --cuda: localhost/nimble:<version>-cuda)
   PORT=<free port>                 port the smoke-test container listens on (host network)
   NO_CACHE=1                       rebuild everything: base root filesystem and all layers
   PYTHON=.venv/bin/python          Python with the chart tooling (deploy/check_chart.py)
 USAGE
 }
+CUDA=0
 case "${1:-}" in
   -h | --help) usage; exit 0 ;;
+  --cuda) CUDA=1 ;;
   "") ;;
   *) usage >&2; exit 2 ;;
 esac
@@ -47,7 +57,6 @@ done
 
 VERSION=$(python3 -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])")
 REVISION=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-TAG=${TAG:-localhost/nimble:$VERSION}
 BASE=localhost/debian-bookworm-minbase:latest
 BUILD=deploy/.build
 PORT=${PORT:-$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")}
@@ -61,6 +70,48 @@ now() { date +%s.%N; }
 since() { python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$1" "$(now)"; }
 step() { printf '\n==> %s\n' "$*"; }
 t_all=$(now)
+
+if [ "$CUDA" = 1 ]; then
+  TAG=${TAG:-localhost/nimble:$VERSION-cuda}
+  step "1/2 build $TAG from deploy/Containerfile.cuda (buildah, chroot isolation)"
+  t=$(now)
+  cache=(--layers)
+  [ "${NO_CACHE:-}" = 1 ] && cache=(--no-cache)
+  buildah bud --isolation chroot "${cache[@]}" --format docker \
+    --secret id=cabundle,src="$CA" \
+    --build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION" --build-arg IMAGE="$TAG" \
+    -f deploy/Containerfile.cuda -t "$TAG" .
+  build_s=$(since "$t")
+  size=$(podman image inspect "$TAG" --format '{{.Size}}')
+  step "2/2 check $TAG: its config, and what must import inside it (no GPU needed)"
+  python3 - "$(podman image inspect "$TAG")" "$VERSION" "$TAG" <<'CHECK'
+import json, sys
+config = json.loads(sys.argv[1])[0]["Config"]
+env = dict(item.split("=", 1) for item in config["Env"])
+assert config["User"] == "10001:10001", config["User"]
+assert config["Labels"]["org.opencontainers.image.version"] == sys.argv[2], config["Labels"]
+assert env["NIMBLE_ENGINE"] == "vllm" and "," not in env["NIMBLE_MODEL"], env
+assert env["NIMBLE_IMAGE"] == sys.argv[3], env["NIMBLE_IMAGE"]
+print(f"image config: user 10001, engine vllm, one model ({env['NIMBLE_MODEL']}), NIMBLE_IMAGE {sys.argv[3]}")
+CHECK
+  "${PODMAN[@]}" run --rm --network none "${LIMITS[@]}" --no-healthcheck --read-only \
+    --entrypoint python3.11 "$TAG" -c \
+    'import vllm, torch, pynvml, nimble; print("vllm", vllm.__version__, "torch", torch.__version__, "nimble", nimble.__version__)'
+  cat > "$BUILD/image-cuda-report.md" <<REPORT
+# nimble CUDA image, $(date -u +%Y-%m-%dT%H:%MZ) on $(hostname)
+
+| | |
+|---|---|
+| image | \`$TAG\` (revision $REVISION) |
+| size (uncompressed) | $(( size / 1000000 )) MB |
+| image build | ${build_s} s |
+| whole script | $(since "$t_all") s |
+REPORT
+  cat "$BUILD/image-cuda-report.md"
+  exit 0
+fi
+
+TAG=${TAG:-localhost/nimble:$VERSION}
 
 step "1/4 base root filesystem (Debian bookworm minbase)"
 t=$(now)
@@ -87,14 +138,16 @@ cache=(--layers)
 buildah bud --isolation chroot "${cache[@]}" --format docker \
   --secret id=cabundle,src="$CA" \
   --build-arg BASE_IMAGE="$BASE" --build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION" \
-  -f deploy/Containerfile -t "$TAG" .
+  --build-arg IMAGE="$TAG" -f deploy/Containerfile -t "$TAG" .
 build_s=$(since "$t")
 size=$(podman image inspect "$TAG" --format '{{.Size}}')
 # what the image promises: a health check, a non-root user, a stop signal, OCI labels
-python3 - "$(podman image inspect "$TAG")" "$VERSION" <<'CHECK'
+python3 - "$(podman image inspect "$TAG")" "$VERSION" "$TAG" <<'CHECK'
 import json, sys
 image = json.loads(sys.argv[1])[0]
 config = image["Config"]
+# the deployment record names the image by the tag it was built under
+assert f"NIMBLE_IMAGE={sys.argv[3]}" in config["Env"], config["Env"]
 assert "/v1/health/ready" in " ".join(image["Healthcheck"]["Test"]), image.get("Healthcheck")
 assert config["User"] == "10001:10001", config["User"]
 assert config["StopSignal"] == "SIGTERM", config.get("StopSignal")
@@ -103,7 +156,7 @@ assert labels["org.opencontainers.image.version"] == sys.argv[2], labels
 assert labels["org.opencontainers.image.source"].startswith("https://"), labels
 assert "/cache" in config["Volumes"], config.get("Volumes")
 assert "8000/tcp" in config["ExposedPorts"], config.get("ExposedPorts")
-print("image config: health check, user 10001, SIGTERM, labels, /cache volume, port 8000")
+print("image config: health check, user 10001, SIGTERM, labels, /cache volume, port 8000, NIMBLE_IMAGE")
 CHECK
 
 step "3/4 run it (runc, host network, read-only root) and wait for readiness"

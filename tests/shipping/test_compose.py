@@ -13,6 +13,8 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.shipping.images import made_images
+
 COMPOSE = Path(__file__).parents[2] / "deploy" / "compose" / "compose.yaml"
 
 
@@ -67,3 +69,13 @@ def test_three_services_of_the_rag_pattern(compose: dict[str, Any]) -> None:
     # every image is pinned to a version
     for service in services.values():
         assert not service["image"].endswith(":latest") and ":" in service["image"]
+
+
+def test_the_nimble_services_default_to_the_image_make_builds(compose: dict[str, Any]) -> None:
+    """`make image` tags localhost/nimble:<version>: Compose runs it unless NIMBLE_IMAGE
+    names another (a pushed one), and the deployment record names what runs."""
+    default = f"${{NIMBLE_IMAGE:-{made_images()['cpu']}}}"
+    for name in ("llm", "embed"):
+        service = compose["services"][name]
+        assert service["image"] == default, name
+        assert service["environment"]["NIMBLE_IMAGE"] == default, name

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from nimble.config.settings import DEFAULT_MODELS
+from nimble.models.catalog import builtin_catalog
 
 ROOT = Path(__file__).parents[2]
 CPU = ROOT / "deploy" / "Containerfile"
@@ -126,9 +131,119 @@ def test_cpu_image_bakes_the_default_models_without_torch() -> None:
     assert "--mount=type=secret,id=cabundle" in text  # the host's CA bundle for pip
 
 
-def test_cuda_image_pins_vllm() -> None:
-    text = " ".join(args for word, args in instructions(CUDA) if word == "RUN")
-    assert re.search(r"\bvllm==\d+\.\d+\.\d+\b", text), text
+def env_of(stage: list[tuple[str, str]]) -> dict[str, str]:
+    """The ENV settings of a stage (`ENV K=V K2="V 2"`), later ones winning."""
+    env: dict[str, str] = {}
+    for word, args in stage:
+        if word == "ENV":
+            env.update(pair.split("=", 1) for pair in shlex.split(args))
+    return env
+
+
+def served_by_default(path: Path) -> tuple[str, ...]:
+    """The models an image's default command serves: its CMD's --model flags, else
+    NIMBLE_MODEL (a comma-separated list), else nimble's own defaults."""
+    stage = final_stage(path)
+    (cmd,) = [json.loads(args) for word, args in stage if word == "CMD"][-1:]
+    flags = [cmd[i + 1] for i, arg in enumerate(cmd[:-1]) if arg == "--model"]
+    if flags:
+        return tuple(flags)
+    configured = env_of(stage).get("NIMBLE_MODEL")
+    if configured:
+        return tuple(m.strip() for m in configured.split(",") if m.strip())
+    return DEFAULT_MODELS
+
+
+def gpu_image_problems(path: Path) -> list[str]:
+    """What makes a CUDA image unfit for one GPU: nimble installed without its `gpu` extra
+    (NVML: without it GPU detection sees no GPU), vLLM or torch not pinned, or a default
+    command that serves other than one model with a one-GPU vLLM profile (two would start
+    two vLLM servers on one GPU, each asking for 90% of its memory)."""
+    problems = []
+    text = " ".join(args for word, args in instructions(path) if word == "RUN")
+    installs = re.findall(r"pip install (.*?)(?:&&|$)", text)
+    if not any(re.search(r"'\.\[(?:[a-z,]*,)?gpu(?:,[a-z,]*)?\]'", i) for i in installs):
+        problems.append("nimble is installed without its gpu extra ('.[gpu]')")
+    pins = {}
+    for install in installs:
+        for name in re.findall(r"-r (\S+)", install):
+            for line in (ROOT / name).read_text().splitlines():
+                if "==" in line and not line.startswith("#"):
+                    package, version = line.split("==", 1)
+                    pins[package.strip()] = version.strip()
+        pins.update(re.findall(r"\b(vllm|torch)==(\S+)", install))
+    for package in ("vllm", "torch"):
+        if not re.fullmatch(r"\d+\.\d+\.\d+", pins.get(package, "")):
+            problems.append(f"{package} is not pinned to a version (==X.Y.Z)")
+    models = served_by_default(path)
+    if len(models) != 1:
+        problems.append(f"the default command serves {len(models)} models: {', '.join(models)}")
+    catalog = builtin_catalog()
+    for model in models:
+        profiles = catalog[model].profiles if model in catalog else ()
+        if not any(
+            p.engine == "vllm" and p.hardware.gpu and p.hardware.gpu.count == 1 for p in profiles
+        ):
+            problems.append(f"{model} has no vLLM profile on one GPU")
+    return problems
+
+
+def test_cuda_image_installs_the_gpu_extra_and_serves_one_model() -> None:
+    assert gpu_image_problems(CUDA) == []
+    assert served_by_default(CUDA) == ("qwen2.5-7b-instruct",)
+    # the requirements file the image installs travels in the build context
+    assert "requirements/ requirements/" in [a for w, a in instructions(CUDA) if w == "COPY"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda t: t.replace("'.[gpu]'", "."), "without its gpu extra"),
+        (lambda t: t.replace("-r requirements/gpu.txt", "vllm"), "vllm is not pinned"),
+        (lambda t: t.replace("    NIMBLE_MODEL=qwen2.5-7b-instruct \\\n", ""), "serves 2 models"),
+        (
+            lambda t: t.replace("NIMBLE_MODEL=qwen2.5-7b-instruct", "NIMBLE_MODEL=a,b"),
+            "serves 2 models",
+        ),
+        (
+            lambda t: t.replace('CMD ["serve"]', 'CMD ["serve", "--model", "x", "--model", "y"]'),
+            "serves 2 models",
+        ),
+        (
+            lambda t: t.replace(
+                "NIMBLE_MODEL=qwen2.5-7b-instruct", "NIMBLE_MODEL=all-minilm-l6-v2"
+            ),
+            None,  # has a one-GPU vLLM profile: fine
+        ),
+        (
+            lambda t: t.replace(
+                "NIMBLE_MODEL=qwen2.5-7b-instruct", "NIMBLE_MODEL=llama-3.3-70b-instruct"
+            ),
+            "no vLLM profile on one GPU",
+        ),
+    ],
+)
+def test_gpu_image_problems_are_found(tmp_path: Path, edit: Any, problem: str | None) -> None:
+    text = CUDA.read_text()
+    edited = edit(text)
+    assert edited != text, "the edit must change the file"
+    broken = tmp_path / "Containerfile.cuda"
+    broken.write_text(edited)
+    found = gpu_image_problems(broken)
+    if problem is None:
+        assert found == []
+    else:
+        assert any(problem in p for p in found), found
+
+
+def test_gpu_requirements_pin_vllm_and_torch_together() -> None:
+    lines = [
+        line
+        for line in (ROOT / "requirements" / "gpu.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert [line.split("==")[0] for line in lines] == ["vllm", "torch"]
+    assert all(re.fullmatch(r"[a-z]+==\d+\.\d+\.\d+", line) for line in lines), lines
 
 
 def test_build_context_ignores_match() -> None:

@@ -14,6 +14,7 @@ import yaml
 
 from deploy import check_chart
 from deploy.check_chart import Rendered, render, validate
+from tests.shipping.images import made_images, project_version
 
 CI = {path.stem: yaml.safe_load(path.read_text()) or {} for path in check_chart.values_files()}
 
@@ -78,6 +79,24 @@ def test_gpu_profile_requests_a_gpu_and_the_default_does_not() -> None:
     assert env(gpu)["NIMBLE_ENGINE"] == "vllm"
     for name in ("default", "production", "unauthenticated"):
         assert "nvidia.com/gpu" not in str(container(rendered(name))["resources"])
+
+
+def test_the_chart_defaults_to_the_images_make_builds() -> None:
+    """`make image` / `make image-cuda` tag what the chart runs unless told otherwise; the
+    deployment record (NIMBLE_IMAGE) names the image that runs."""
+    made = made_images()
+    chart = yaml.safe_load((check_chart.CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == project_version()
+    for name, image in (("default", made["cpu"]), ("gpu", made["cuda"])):
+        r = rendered(name)
+        assert container(r)["image"] == image, name
+        assert env(r)["NIMBLE_IMAGE"] == image, name
+        (test_pod,) = of_kind(r, "Pod")
+        assert test_pod["spec"]["containers"][0]["image"] == image
+    pushed = render(merged("default", image={"repository": "registry.example.com/team/nimble"}))
+    version = project_version()
+    assert container(pushed)["image"] == f"registry.example.com/team/nimble:{version}"
+    assert env(pushed)["NIMBLE_IMAGE"] == f"registry.example.com/team/nimble:{version}"
 
 
 @pytest.mark.parametrize("name", sorted(CI))
