@@ -25,7 +25,7 @@ from nimble.models.catalog import builtin_catalog
 from nimble.models.hardware import HardwareInfo
 from nimble.models.manifest import ModelManifest, Profile
 from nimble.models.resolve import load_model, manifest_for, plan_model
-from nimble.models.select import Candidate, EngineCheck, Selection, assess
+from nimble.models.select import Candidate, Concurrency, EngineCheck, Selection, assess
 from nimble.models.sources import LogProgress
 from nimble.models.store import write_store
 
@@ -76,14 +76,17 @@ def list_profiles(models: ModelsArg = None, as_json: JsonOpt = False, **values: 
     """Detected hardware, then each model's profiles: runnable here (the selected one marked),
     runnable with less context (and how much fits), and not runnable (and why)."""
     # the composition root is imported where it is used: `nimble --help` stays fast
-    from nimble.runtime.assemble import FAKE, engine_check, engine_command, machine
+    from nimble.runtime.assemble import FAKE, concurrency, engine_check, engine_command, machine
 
     settings = _settings(values)
     refs = models or list(settings.model)
     try:
         hardware = machine(settings)
         check = engine_check(engine_command(settings))
-        report = [_profiles_of(ref, hardware, check, settings) for ref in refs if ref != FAKE]
+        batch = concurrency(settings)
+        report = [
+            _profiles_of(ref, hardware, check, settings, batch) for ref in refs if ref != FAKE
+        ]
     except (ConfigError, ModelLoadError) as exc:
         raise _fail(exc, 2) from None
     if as_json:
@@ -113,18 +116,19 @@ def list_profiles(models: ModelsArg = None, as_json: JsonOpt = False, **values: 
 
 
 def _profiles_of(
-    ref: str, hardware: HardwareInfo, check: EngineCheck, settings: Settings
+    ref: str, hardware: HardwareInfo, check: EngineCheck, settings: Settings, batch: Concurrency
 ) -> dict[str, Any]:
     manifest = manifest_for(ref)
     error = None
+    context = settings.context_length
     try:
         selected = plan_model(
-            ref, hardware, engine_check=check, profile=None, context=settings.context_length
+            ref, hardware, engine_check=check, context=context, concurrency=batch
         ).selected.profile.id
     except ConfigError as exc:
         selected, error = None, str(exc)
     candidates = [
-        assess(manifest, p, hardware, engine_check=check, context=settings.context_length)
+        assess(manifest, p, hardware, engine_check=check, context=context, concurrency=batch)
         for p in manifest.profiles
     ]
     return {

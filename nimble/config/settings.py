@@ -119,10 +119,22 @@ class Settings(ServiceSettings):
     )
 
     # --- admission control ---
-    max_running: int = Field(
-        default=4,
+    max_running: int | None = Field(
+        default=None,
         ge=1,
-        description="Requests that run at once per model (llama.cpp: parallel slots).",
+        description="Requests nimble lets run at once per model (admission; the rest wait, "
+        "see max_waiting). Default: the engine's batch size (max_batch_size), so admission "
+        "never starves the engine. With llama.cpp it also sets the slots when "
+        "max_batch_size is unset.",
+    )
+    max_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Sequences the engine runs at once per model: vLLM's --max-num-seqs, "
+        "llama.cpp's parallel slots (each with its own context window), the transformers "
+        "engine's rows. Default: the profile's max_batch_size (vLLM, llama.cpp), else the "
+        "engine's own: vLLM's for the GPU (1024 on a GPU of 70 GiB or more other than an "
+        "A100, else 256); for llama.cpp and transformers max_running, else 4.",
     )
     max_waiting: int = Field(
         default=64,

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nimble.models.spec import ModelSpec
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -13,7 +15,11 @@ class EngineConfig:
 
     threads: int | None = None
     context_length: int | None = None
+    # sequences an engine without a batch size of its own runs at once (llama.cpp slots,
+    # transformers rows): the max_batch_size setting, else max_running, else 4
     max_running: int = 4
+    # the operator's max_batch_size (None: the profile's, else the engine's own)
+    max_batch_size: int | None = None
     engine_log: bool = False
     fake_token_delay: float = 0.0
     # llama.cpp: MiB of host memory for cached prompts beyond the slots (None: its default)
@@ -35,3 +41,12 @@ class EngineConfig:
     # called (from any thread) when an engine can no longer serve and will not recover;
     # the server then stops with a non-zero exit code
     on_fatal: Callable[[str], None] | None = None
+
+    def batch_size(self, spec: ModelSpec) -> int | None:
+        """Sequences the engine runs at once for this model: the operator's max_batch_size,
+        else the spec's `max_num_seqs` (the profile's, or vLLM's own default as planned for
+        its GPU); None: not said (the engine's own default)."""
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        value = spec.options.get("max_num_seqs")
+        return int(value) if value else None

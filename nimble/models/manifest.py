@@ -250,6 +250,12 @@ class ModelManifest(_Frozen):
         "it in `reasoning_content`; a profile's `settings.extra.reasoning_parser` and the "
         "`reasoning_parser` setting override it. Unset: none (thinking stays in the answer).",
     )
+    remote_code: bool = Field(
+        default=False,
+        description="The model needs Python code from its own repository (transformers' "
+        "`trust_remote_code`). nimble does not run such code: the profiles are listed, and "
+        "none is runnable.",
+    )
     profiles: tuple[Profile, ...] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -26,7 +26,7 @@ from nimble.models.manifest import (
     load_manifest,
     parse_manifest,
 )
-from nimble.models.select import EngineCheck, Selection, select_profile
+from nimble.models.select import Concurrency, EngineCheck, Selection, select_profile
 from nimble.models.sources import CacheError, DownloadProgress
 from nimble.models.spec import ModelSpec
 from nimble.models.store import link_store
@@ -82,6 +82,7 @@ def plan_model(
     engine: str | None = None,
     profile: str | None = None,
     context: int | None = None,
+    concurrency: Concurrency = Concurrency(),
 ) -> Selection:
     """Choose the profile for one `--model` without touching any file."""
     if engine is not None and engine not in ENGINE_NAMES:
@@ -91,7 +92,12 @@ def plan_model(
     if engine is not None:
         manifest = _only_engine(manifest, engine)
     return select_profile(
-        manifest, hardware, engine_check=engine_check, requested=profile, context=context
+        manifest,
+        hardware,
+        engine_check=engine_check,
+        requested=profile,
+        context=context,
+        concurrency=concurrency,
     )
 
 
@@ -145,7 +151,7 @@ def resolve_model(
 
 def _spec(selection: Selection, paths: dict[str, Path], cache: ModelCache) -> ModelSpec:
     manifest, profile = selection.manifest, selection.profile
-    options = _options(profile)
+    options = engine_options(profile)
     if manifest.tool_parser:
         options.setdefault("tool_parser", manifest.tool_parser)
     if manifest.reasoning_parser:
@@ -187,7 +193,8 @@ def _entry_point(
     return link_store(cache.root / "stores" / profile.id[:16], paths), None
 
 
-def _options(profile: Profile) -> dict[str, str]:
+def engine_options(profile: Profile) -> dict[str, str]:
+    """The engine settings of a profile, as ModelSpec options (the catalog test checks them)."""
     options = {"precision": profile.precision}
     if profile.tensor_parallel_size > 1:
         options["tensor_parallel_size"] = str(profile.tensor_parallel_size)
@@ -272,7 +279,7 @@ def _hf_folder_manifest(model_id: str, path: Path) -> ModelManifest:
                 "files": folder,
                 **size,
                 "hardware": gpu,
-                "settings": {"extra": {"task": "embed"}},
+                "settings": {"extra": {"runner": "pooling"}},
             },
         ]
         return _manifest(model_id, ["embedding"], profiles, path)

@@ -12,7 +12,8 @@ Memory model (an estimate, stated in every reason): a GPU profile may use
 `GPU_MEMORY_UTILIZATION` of each GPU's memory (vLLM's default); a CPU profile
 `RAM_UTILIZATION` of the RAM. The need is the weights, plus an overhead for activations
 (`OVERHEAD_GB` per device), plus the KV cache of one full context window
-(`kv_bytes_per_token` x tokens).
+(`kv_bytes_per_token` x tokens); llama.cpp gives each of its slots a window of its own
+(`n_ctx` = window x slots), so a llama.cpp profile counts one window per slot.
 """
 
 from __future__ import annotations
@@ -30,10 +31,35 @@ GPU_MEMORY_UTILIZATION = 0.9
 RAM_UTILIZATION = 0.8
 OVERHEAD_GB = 1.0
 MIN_CONTEXT = 2048  # below this a "less context" profile is not worth serving
+DEFAULT_SLOTS = 4  # llama.cpp slots without max_batch_size or max_running
+REMOTE_CODE = (
+    "needs the Python code of its model repository (trust_remote_code), which nimble does not run"
+)
 _GB = 1e9
 
 Status = Literal["runnable", "reduced", "not_runnable"]
 EngineCheck = Callable[[str], str | None]  # engine name -> why it is unavailable, or None
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    """The operator's max_batch_size and max_running, as far as memory is concerned."""
+
+    max_batch_size: int | None = None
+    max_running: int | None = None
+
+    def slots(self, profile: Profile) -> int:
+        """Context windows the profile's engine allocates at once: llama.cpp's slots (the
+        operator's max_batch_size, the profile's, max_running, else 4), as the engine
+        takes them; one for every other engine (vLLM pages its KV cache)."""
+        if profile.engine != "llamacpp":
+            return 1
+        return (
+            self.max_batch_size
+            or profile.settings.max_batch_size
+            or self.max_running
+            or DEFAULT_SLOTS
+        )
 
 
 @dataclass(frozen=True)
@@ -64,10 +90,15 @@ def assess(
     *,
     engine_check: EngineCheck,
     context: int | None = None,
+    concurrency: Concurrency = Concurrency(),
 ) -> Candidate:
     """Can this profile run on this machine, and with how much context?"""
     target = context or profile.settings.context_length or manifest.context_length
-    problem = _hardware_problem(profile, hardware) or engine_check(profile.engine)
+    problem = (
+        REMOTE_CODE
+        if manifest.remote_code
+        else _hardware_problem(profile, hardware) or engine_check(profile.engine)
+    )
     if problem:
         return Candidate(profile, "not_runnable", None, problem)
     weights = profile.weights_bytes
@@ -85,13 +116,16 @@ def assess(
         )
     if manifest.kv_bytes_per_token is None or target is None:
         return Candidate(profile, "runnable", target, f"fits in {budget / _GB:.1f} GB {where}")
-    fits = int(free // manifest.kv_bytes_per_token)
+    slots = concurrency.slots(profile)
+    per_slot = f" x {slots} slots" if slots > 1 else ""
+    fits = int(free // (manifest.kv_bytes_per_token * slots))
     if fits >= target:
         return Candidate(
             profile,
             "runnable",
             target,
-            f"weights and {target} tokens of context fit in {budget / _GB:.1f} GB {where}",
+            f"weights and {target} tokens of context{per_slot} fit in "
+            f"{budget / _GB:.1f} GB {where}",
         )
     usable = fits // 256 * 256
     if usable >= MIN_CONTEXT:
@@ -99,13 +133,14 @@ def assess(
             profile,
             "reduced",
             usable,
-            f"only {usable} of {target} tokens of context fit in {budget / _GB:.1f} GB {where}",
+            f"only {usable} of {target} tokens of context{per_slot} fit in "
+            f"{budget / _GB:.1f} GB {where}",
         )
     return Candidate(
         profile,
         "not_runnable",
         None,
-        f"weights fit but less than {MIN_CONTEXT} tokens of context do "
+        f"weights fit but less than {MIN_CONTEXT} tokens of context{per_slot} do "
         f"({budget / _GB:.1f} GB {where})",
     )
 
@@ -117,10 +152,18 @@ def select_profile(
     engine_check: EngineCheck,
     requested: str | None = None,
     context: int | None = None,
+    concurrency: Concurrency = Concurrency(),
 ) -> Selection:
     """Pick the profile to run; ConfigError when none can (every reason listed)."""
     candidates = [
-        assess(manifest, p, hardware, engine_check=engine_check, context=context)
+        assess(
+            manifest,
+            p,
+            hardware,
+            engine_check=engine_check,
+            context=context,
+            concurrency=concurrency,
+        )
         for p in manifest.profiles
     ]
     ranked = sorted(candidates, key=lambda c: _rank(manifest, c))
@@ -191,7 +234,7 @@ def _hardware_problem(profile: Profile, hardware: HardwareInfo) -> str | None:
         return None
     if not hardware.gpus:
         return f"needs {gpu.count} NVIDIA GPU(s), found none"
-    fit = _eligible_gpus(profile, hardware)
+    fit = eligible_gpus(profile, hardware)
     if len(fit) >= gpu.count:
         return None
     wants = [f"{gpu.count}x GPU with >= {gpu.min_memory_gb:g} GB"]
@@ -205,7 +248,7 @@ def _hardware_problem(profile: Profile, hardware: HardwareInfo) -> str | None:
     return f"needs {', '.join(wants)}; found {len(fit)} such of {found}"
 
 
-def _eligible_gpus(profile: Profile, hardware: HardwareInfo) -> list[GpuInfo]:
+def eligible_gpus(profile: Profile, hardware: HardwareInfo) -> list[GpuInfo]:
     gpu = profile.hardware.gpu
     assert gpu is not None
     return [
@@ -223,7 +266,7 @@ def _eligible_gpus(profile: Profile, hardware: HardwareInfo) -> list[GpuInfo]:
 def _budget(profile: Profile, hardware: HardwareInfo) -> tuple[int, float, str]:
     """(devices, usable bytes, where) for the weights and KV cache of this profile."""
     if profile.uses_gpu:
-        gpus = sorted(_eligible_gpus(profile, hardware), key=lambda g: -g.memory_gb)
+        gpus = sorted(eligible_gpus(profile, hardware), key=lambda g: -g.memory_gb)
         used = gpus[: profile.tensor_parallel_size]
         per_gpu = min(g.memory_gb for g in used) * _GB * GPU_MEMORY_UTILIZATION
         return len(used), per_gpu * len(used), f"on {len(used)} GPU(s)"

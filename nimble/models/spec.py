@@ -28,3 +28,7 @@ class ModelSpec:
     profile_name: str | None = None
     # embedding models: prefixes per input type and the vector sizes allowed
     embedding: EmbeddingTraits | None = None
+    # NVIDIA GPUs (NVML indices) nimble placed this model on when it shares the machine's
+    # GPUs with others (`models/placement.py`); (): on the CPU although there are GPUs;
+    # None: not placed (one model alone, or no NVIDIA GPU): the engine's own default
+    devices: tuple[int, ...] | None = None

@@ -30,6 +30,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.types import Message, Receive, Scope, Send
 
 from nimble.config import Settings
+from nimble.models.select import DEFAULT_SLOTS
 from nimble.runtime.runtime import ServiceState
 
 log = logging.getLogger("nimble.ray_serve")
@@ -276,7 +277,8 @@ def build_application(settings: Settings, options: ServeOptions | None = None) -
     server_options: dict[str, Any] = {
         "autoscaling_config": autoscaling,
         "max_ongoing_requests": options.max_ongoing_requests
-        or settings.max_running + settings.max_waiting,
+        or (settings.max_running or settings.max_batch_size or DEFAULT_SLOTS)
+        + settings.max_waiting,
         "ray_actor_options": {"num_cpus": options.replica_cpus}
         | ({"num_gpus": options.replica_gpus} if options.replica_gpus else {}),
         "graceful_shutdown_timeout_s": options.graceful_shutdown_timeout_s,

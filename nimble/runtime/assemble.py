@@ -9,6 +9,7 @@ command-line library here (no typer, no rich): the CLI parses and calls.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shlex
 from collections.abc import Callable
@@ -20,8 +21,9 @@ from nimble.errors import ConfigError
 from nimble.models.cache import ModelCache
 from nimble.models.hardware import HardwareInfo, detect_hardware, load_hardware
 from nimble.models.manifest import ModelManifest
+from nimble.models.placement import place, placed_spec
 from nimble.models.resolve import ResolvedModel, load_model, manifest_for, plan_model, resolve_model
-from nimble.models.select import EngineCheck, Selection
+from nimble.models.select import DEFAULT_SLOTS, Concurrency, EngineCheck, Selection
 from nimble.models.sources import LogProgress
 from nimble.models.spec import ModelSpec
 from nimble.runtime.deployment import Deployment
@@ -45,7 +47,11 @@ def build_runtime(
     cache = model_cache(settings)
     specs: list[ModelSpec] = []
     resolved: dict[str, ResolvedModel] = {}
-    for selection in plan(settings, hardware, engine_check(config.engine.engine_command)):
+    plans = plan(settings, hardware, engine_check(config.engine.engine_command))
+    selections = [p for p in plans if isinstance(p, Selection)]
+    # before any download: models that cannot share the GPUs stop the start here
+    places = place(selections, hardware, concurrency(settings))
+    for selection in plans:
         if isinstance(selection, ModelSpec):  # fake models have no manifest
             specs.append(selection)
             continue
@@ -56,6 +62,11 @@ def build_runtime(
             selection.reason,
         )
         model = load_model(selection, cache, progress=LogProgress)
+        where = places.get(model.spec.id)
+        if where is not None:
+            if where.note:
+                log.info("model %s: %s", model.spec.id, where.note)
+            model = dataclasses.replace(model, spec=placed_spec(model.spec, where))
         specs.append(model.spec)
         resolved[model.spec.id] = model
     runtime = Runtime(specs, config)
@@ -68,7 +79,8 @@ def runtime_config(settings: Settings, on_fatal: FatalCallback | None = None) ->
     engine = EngineConfig(
         threads=settings.threads,
         context_length=settings.context_length,
-        max_running=settings.max_running,
+        max_running=settings.max_batch_size or settings.max_running or DEFAULT_SLOTS,
+        max_batch_size=settings.max_batch_size,
         engine_log=settings.engine_log,
         chat_template=read_template(settings.chat_template),
         fake_token_delay=settings.fake_token_delay,
@@ -93,6 +105,11 @@ def runtime_config(settings: Settings, on_fatal: FatalCallback | None = None) ->
         reasoning_parser=settings.reasoning_parser,
         responses_max_stored=settings.responses_max_stored,
     )
+
+
+def concurrency(settings: Settings) -> Concurrency:
+    """The settings that decide how many sequences each engine runs at once."""
+    return Concurrency(settings.max_batch_size, settings.max_running)
 
 
 def machine(settings: Settings) -> HardwareInfo:
@@ -145,6 +162,7 @@ def plan(
                 engine=settings.engine,
                 profile=profile,
                 context=settings.context_length,
+                concurrency=concurrency(settings),
             )
         )
     if not matched:

@@ -56,7 +56,7 @@ class ServiceState(StrEnum):
 @dataclass(frozen=True)
 class RuntimeConfig:
     engine: EngineConfig
-    max_running: int = 4
+    max_running: int | None = None  # None: the engine's batch size for each model
     max_waiting: int = 64
     max_queue_wait: float = 15.0  # seconds a request may wait for a running slot
     max_n: int = 8
@@ -71,10 +71,14 @@ EngineFactory = Callable[[ModelSpec, EngineConfig], Engine]
 
 
 def _running_bound(spec: ModelSpec, config: RuntimeConfig) -> int:
-    """An embedding model batches across requests: let a whole batch in at once."""
+    """Requests admitted at once: `max_running`, else as many as the engine runs at once
+    (vLLM's max_num_seqs, llama.cpp's slots), so that admission never starves the engine.
+    An embedding model batches across requests: let a whole batch in at once."""
+    engine = config.engine
+    bound = config.max_running or engine.batch_size(spec) or engine.max_running
     if spec.tasks == {Task.EMBEDDING}:
-        return max(config.max_running, config.engine.embed_batch_size)
-    return config.max_running
+        return max(bound, engine.embed_batch_size)
+    return bound
 
 
 class Runtime:

@@ -13,7 +13,7 @@ from nimble.errors import ConfigError
 from nimble.models.catalog import builtin_catalog
 from nimble.models.hardware import GpuInfo, HardwareInfo, detect_hardware, load_hardware
 from nimble.models.manifest import parse_manifest
-from nimble.models.select import assess, select_profile
+from nimble.models.select import Concurrency, assess, select_profile
 
 AVX = frozenset({"avx", "avx2", "fma", "f16c"})
 
@@ -100,10 +100,10 @@ def test_less_memory_gives_less_context_and_says_how_much() -> None:
     assert chosen.status == "reduced"
     assert chosen.context is not None and 2048 <= chosen.context < 32768
     assert chosen.context % 256 == 0
-    assert f"only {chosen.context} of 32768 tokens of context fit" in chosen.reason
+    assert f"only {chosen.context} of 32768 tokens of context x 4 slots fit" in chosen.reason
     # a context that fits is asked for: then the profile is fully runnable
-    fits = select("llama-3.1-8b-instruct", cpu_box(ram_gb=10), context=4096)
-    assert fits.selected.status == "runnable" and fits.selected.context == 4096
+    fits = select("llama-3.1-8b-instruct", cpu_box(ram_gb=10), context=2048)
+    assert fits.selected.status == "runnable" and fits.selected.context == 2048
     # below the profile's minimum RAM: not runnable at all
     with pytest.raises(ConfigError, match=r"needs 7.4 GB RAM, the machine has 6.0 GB"):
         select("llama-3.1-8b-instruct", cpu_box(ram_gb=6))
@@ -162,7 +162,54 @@ def test_an_engine_that_is_not_installed_is_not_runnable() -> None:
 def test_every_catalog_model_selects_a_gpu_profile_on_a_big_gpu_box() -> None:
     big = gpu_box(8, "NVIDIA H100 80GB HBM3", 80, 9.0)
     for manifest in builtin_catalog().values():
+        if manifest.remote_code:
+            continue  # never selected: see test_a_model_that_needs_remote_code_is_refused
         assert select_profile(manifest, big, engine_check=everything).profile.uses_gpu, manifest.id
+
+
+def test_a_model_that_needs_remote_code_is_refused() -> None:
+    big = gpu_box(8, "NVIDIA H100 80GB HBM3", 80, 9.0)
+    with pytest.raises(
+        ConfigError,
+        match=r"no profile of nv-embed-v2 can run here \(.*"
+        r"needs the Python code of its model repository \(trust_remote_code\)",
+    ):
+        select("nv-embed-v2", big)
+
+
+def test_llama_cpp_memory_counts_a_window_per_slot() -> None:
+    # one 4096-token window (4.1 GB of KV cache) fits in the 6 GB left; four do not
+    manifest = parse_manifest(
+        {
+            "id": "slots",
+            "tasks": ["chat"],
+            "context_length": 4096,
+            "kv_bytes_per_token": 1_000_000,
+            "profiles": [
+                {
+                    "engine": "llamacpp",
+                    "precision": "q8_0",
+                    "weights_gb": 1,
+                    "files": [{"name": "m.gguf", "source": "/m.gguf"}],
+                }
+            ],
+        },
+        "test",
+    )
+    (profile,) = manifest.profiles
+    box = cpu_box(ram_gb=10)  # 8 GB usable: 1 GB of weights and 1 GB of overhead leave 6
+    four = assess(manifest, profile, box, engine_check=everything)  # 4 slots by default
+    assert four.status == "not_runnable"
+    assert "less than 2048 tokens of context x 4 slots" in four.reason
+    one = assess(
+        manifest, profile, box, engine_check=everything, concurrency=Concurrency(max_running=1)
+    )
+    assert (one.status, one.context) == ("runnable", 4096)
+    # the operator's batch size counts before max_running, as llama.cpp takes it
+    two = Concurrency(max_batch_size=2, max_running=1)
+    assert two.slots(profile) == 2
+    reduced = assess(manifest, profile, box, engine_check=everything, concurrency=two)
+    assert (reduced.status, reduced.context) == ("reduced", 2816)
 
 
 def test_detects_this_machine() -> None:

@@ -170,7 +170,7 @@ async def test_start_maps_the_profile_to_vllm_flags_and_hides_the_key(
     assert flags["--dtype"] == "bfloat16"
     assert flags["--tensor-parallel-size"] == "2"
     assert flags["--max-model-len"] == "64"
-    assert flags["--max-num-seqs"] == "4"
+    assert "--max-num-seqs" not in flags  # nimble's admission (max_running 4) is not vLLM's
     assert flags["--gpu-memory-utilization"] == "0.85"
     assert flags["--enforce-eager"] == "" and flags["--no-enable-prefix-caching"] == ""
     assert "--precision" not in argv and "--context-length" not in argv
@@ -192,21 +192,33 @@ async def test_start_maps_the_profile_to_vllm_flags_and_hides_the_key(
 
 def test_serve_args_precedence_and_names(tmp_path: Path) -> None:
     base = spec(tmp_path, max_model_len="8192", max_num_seqs="64", dtype="fp16", port="1")
-    args = serve_args(base, context_length=2048, max_running=4)
+    args = serve_args(base, context_length=2048, batch_size=None)
     assert flag_values(args) == {
         "--dtype": "float16",
         "--max-model-len": "2048",
-        "--max-num-seqs": "64",
+        "--max-num-seqs": "64",  # the profile's
     }
     assert args.count("--dtype") == 1 and args.count("--max-model-len") == 1
     fp8 = spec(tmp_path, precision="fp8", trust_remote_code="True")
     assert flag_values(serve_args(fp8, None, 8)) == {
         "--quantization": "fp8",
         "--trust-remote-code": "",
-        "--max-num-seqs": "8",
+        "--max-num-seqs": "8",  # the operator's max_batch_size
     }
+    assert "--max-num-seqs" not in serve_args(spec(tmp_path), None, None)  # vLLM's own
     with pytest.raises(ModelLoadError, match="not a vLLM option"):
         serve_args(spec(tmp_path, **{"x; rm -rf": "1"}), None, 1)
+
+
+def test_the_process_sees_only_the_gpus_nimble_placed_it_on(tmp_path: Path) -> None:
+    config = EngineConfig(engine_command=COMMAND, max_running=4, max_batch_size=32)
+    placed = dataclasses.replace(spec(tmp_path, max_num_seqs="1024"), devices=(2, 3))
+    launch = VllmEngine(placed, config)._launch()
+    assert launch.env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert launch.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # NVML's numbering
+    assert flag_values(list(launch.argv))["--max-num-seqs"] == "32"  # the operator's wins
+    alone = VllmEngine(spec(tmp_path), EngineConfig(engine_command=COMMAND))._launch()
+    assert set(alone.env) == {"VLLM_API_KEY"}  # not placed: every visible GPU
 
 
 # requests

@@ -7,12 +7,12 @@ How it works
   callback; a callback that returns True cancels the task in llama.cpp. Every generation
   runs streamed on this engine's own thread pool and its chunks cross to the event loop
   with `call_soon_threadsafe`, so closing the async iterator stops llama.cpp within a token.
-- The KV cache gives each slot its own full window (`n_ctx = context_length * max_running`,
+- The KV cache gives each slot its own full window (`n_ctx = context_length * slots`,
   not unified). A unified cache of `context_length` cells would let one request use the
   whole window too, but concurrent long generations then overflow it together and llama.cpp
   fails all of them ("Context size has been exceeded"). The price is memory: one window
   per slot, as in Ollama's OLLAMA_NUM_PARALLEL.
-- A request with `n > 1` takes `n` slots; llama.cpp refuses `n` above `max_running`.
+- A request with `n > 1` takes `n` slots; llama.cpp refuses `n` above the slots.
 - Sampling: OpenAI's fields, and vLLM's extensions in llama.cpp's names; stop_token_ids
   and kept stop strings are done on the stream (`sampling.py`, which says what is refused).
 - The Server also opens llama.cpp's HTTP listener on 127.0.0.1 (random port). It is locked
@@ -130,7 +130,7 @@ class LlamaCppEngine:
             raise launch.load_failure(path, failure)
         self._server, digest = results
         self._pool = ThreadPoolExecutor(
-            self._config.max_running + _EXTRA_THREADS, thread_name_prefix="llamacpp"
+            launch.slots(self.spec, self._config) + _EXTRA_THREADS, thread_name_prefix="llamacpp"
         )
         self._http = httpx.AsyncClient(
             base_url=self._server.listening_address,

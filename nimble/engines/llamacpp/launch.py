@@ -1,10 +1,19 @@
 """Starting and freeing llama.cpp's in-process server: the window per slot, the parameters
-(`xllamacpp.CommonParams`), the load with a clear error, and the release that waits for
-in-flight generations before llama.cpp's loop is joined."""
+(`xllamacpp.CommonParams`), the layers on the GPU, the load with a clear error, and the
+release that waits for in-flight generations before llama.cpp's loop is joined.
+
+GPU offload: `pip install xllamacpp` is a CPU-only build; the CUDA build comes from
+xllamacpp's own package index (`CUDA_INSTALL` below). When nimble placed the model on an
+NVIDIA GPU (`ModelSpec.devices`, see `nimble.models.placement`) and this build of llama.cpp
+sees a GPU device, every layer goes to that GPU; when the build sees none, one warning says
+how to install the CUDA build, and the model runs on the CPU. A model nimble kept on the CPU
+although there are GPUs (no room left on them) gets no layer there; without an NVIDIA GPU
+llama.cpp's own default applies (it offloads to Metal on a Mac)."""
 
 from __future__ import annotations
 
 import gc
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,6 +29,47 @@ from nimble.models.spec import ModelSpec
 MAX_DEFAULT_CONTEXT = 8192  # without a configured window, the trained one is capped here
 _FALLBACK_CONTEXT = 4096  # for a GGUF file that does not say its trained window
 _VERBOSITY_ERRORS, _VERBOSITY_INFO = 1, 3
+ALL_LAYERS = 999  # more layers than any model has: llama.cpp puts all of them on the GPU
+CUDA_INSTALL = (
+    "pip install --force-reinstall 'xllamacpp=={version}' "
+    "--index-url https://xorbitsai.github.io/xllamacpp/whl/cu128 (CUDA 12.8; cu132 for 13.2)"
+)
+
+log = logging.getLogger("nimble.engines.llamacpp")
+
+
+def slots(spec: ModelSpec, config: EngineConfig) -> int:
+    """Sequences llama.cpp runs at once, each in a slot with a whole window: the
+    max_batch_size setting, the profile's, else max_running (as nimble's memory estimate
+    counts them, `nimble.models.select.Concurrency`)."""
+    return config.batch_size(spec) or config.max_running
+
+
+def gpu_layers(spec: ModelSpec) -> int | None:
+    """Layers on the GPU for the place nimble chose (None: llama.cpp's default)."""
+    if spec.devices is None:
+        return None
+    if not spec.devices:
+        return 0  # kept on the CPU: the GPUs' memory is promised to other models
+    if not any(_is_gpu(device) for device in xllamacpp.get_device_info()):
+        log.warning(
+            "model %s: an NVIDIA GPU is here, but this llama.cpp build (xllamacpp %s) is "
+            "CPU-only, so the model runs on the CPU; for the CUDA build: %s",
+            spec.id,
+            xllamacpp.__version__,
+            CUDA_INSTALL.format(version=xllamacpp.__version__),
+        )
+        return 0
+    log.info("model %s: llama.cpp offloads every layer to GPU %d", spec.id, spec.devices[0])
+    return ALL_LAYERS
+
+
+def _is_gpu(device: dict[str, Any]) -> bool:
+    kind = device.get("type")
+    return kind in (
+        xllamacpp.ggml_backend_dev_type.GGML_BACKEND_DEVICE_TYPE_GPU,
+        xllamacpp.ggml_backend_dev_type.GGML_BACKEND_DEVICE_TYPE_IGPU,
+    )
 
 
 def window(spec: ModelSpec, config: EngineConfig, summary: GgufSummary) -> int:
@@ -35,12 +85,18 @@ def window(spec: ModelSpec, config: EngineConfig, summary: GgufSummary) -> int:
 def server_params(spec: ModelSpec, config: EngineConfig, window: int, secret: str) -> Any:
     """llama.cpp's server parameters: one slot per running request, each with its own
     window; the HTTP listener on loopback, locked with `secret`."""
-    slots = config.max_running
+    parallel = slots(spec, config)
     threads = config.threads or usable_cpus()
     params = xllamacpp.CommonParams()
     params.model.path = str(spec.weights)
-    params.n_parallel = slots
-    params.n_ctx = window * slots
+    params.n_parallel = parallel
+    params.n_ctx = window * parallel
+    layers = gpu_layers(spec)
+    if layers is not None:
+        params.n_gpu_layers = layers
+    if layers and spec.devices:  # one GPU, the one nimble counted it on
+        params.split_mode = xllamacpp.llama_split_mode.LLAMA_SPLIT_MODE_NONE
+        params.main_gpu = spec.devices[0]
     params.kv_unified = False
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads

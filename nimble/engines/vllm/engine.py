@@ -40,6 +40,7 @@ from nimble.engines.vllm.supervisor import Launch, RestartPolicy, State, Supervi
 from nimble.engines.vllm.wire import (
     chat_logprobs,
     error_of,
+    gpu_env,
     is_error,
     log,
     sampling_fields,
@@ -226,7 +227,7 @@ class VllmEngine:
         path = "/v1/chat/completions" if chat else "/v1/completions"
         # with continuous usage vLLM's chunks each carry the usage so far
         mapper = ChunkMapper(request, usage_per_chunk=request.params.continuous_usage)
-        param = _param(request)
+        param = "messages" if chat else "prompt"
         done = False
         opened: set[int] = set()
         try:
@@ -319,12 +320,13 @@ class VllmEngine:
 
     def _launch(self) -> Launch:
         self._port = _free_port()
-        args = [str(self.spec.weights), "--host", "127.0.0.1", "--port", str(self._port)]
-        args += ["--served-model-name", self.spec.id]
-        args += serve_args(self.spec, self._config.context_length, self._config.max_running)
-        if self._config.chat_template:  # vLLM takes the template text itself, too
-            args += ["--chat-template", self._config.chat_template]
-        return Launch([*self._command, *args], {"VLLM_API_KEY": self._key})
+        spec, config = self.spec, self._config
+        args = [str(spec.weights), "--host", "127.0.0.1", "--port", str(self._port)]
+        args += ["--served-model-name", spec.id]
+        args += serve_args(spec, config.context_length, config.batch_size(spec))
+        if config.chat_template:  # vLLM takes the template text itself, too
+            args += ["--chat-template", config.chat_template]
+        return Launch([*self._command, *args], {"VLLM_API_KEY": self._key, **gpu_env(spec)})
 
     async def _probe(self) -> bool:
         if self._http is None:
@@ -416,10 +418,6 @@ def wrapped(
         )
         return out
     return [*out, chunk]
-
-
-def _param(request: GenerateRequest) -> str:
-    return "messages" if request.messages is not None else "prompt"
 
 
 def _input(item: str | tuple[int, ...]) -> str | list[int]:

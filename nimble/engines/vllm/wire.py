@@ -53,10 +53,11 @@ _WEIGHT_SUFFIXES |= {".jinja"}
 _CONTEXT_MESSAGES = ("maximum context length", "maximum model length", "is too long and exceeds")
 
 
-def serve_args(spec: ModelSpec, context_length: int | None, max_running: int) -> list[str]:
+def serve_args(spec: ModelSpec, context_length: int | None, batch_size: int | None) -> list[str]:
     """vLLM's flags for a spec (port, host and name excluded): the profile's precision, its
-    options as `--key-with-dashes value` ("true": a bare switch, "false": `--no-key`), and
-    nimble's own context length and concurrency when the profile sets none."""
+    options as `--key-with-dashes value` ("true": a bare switch, "false": `--no-key`), the
+    operator's context length, and the batch size (`--max-num-seqs`; None: vLLM's own).
+    nimble's admission limit (max_running) is not vLLM's: it never reaches vLLM."""
     options = {_ALIASES.get(key, key): value for key, value in spec.options.items()}
     flags: dict[str, str | None] = {}
     precision = options.pop("precision", "").lower()
@@ -69,7 +70,8 @@ def serve_args(spec: ModelSpec, context_length: int | None, max_running: int) ->
         options["dtype"] = _DTYPES.get(options["dtype"].lower(), options["dtype"])
     if context_length:  # the operator's --context-length wins over the profile's
         options["max_model_len"] = str(context_length)
-    options.setdefault("max_num_seqs", str(max_running))
+    if batch_size is not None:
+        options["max_num_seqs"] = str(batch_size)
     for key, value in options.items():
         if key in _OWN:
             log.warning("vllm: option %s is set by nimble; the profile's value is ignored", key)
@@ -88,6 +90,15 @@ def serve_args(spec: ModelSpec, context_length: int | None, max_running: int) ->
     for flag, flag_value in flags.items():
         args += [flag] if flag_value is None else [flag, flag_value]
     return args
+
+
+def gpu_env(spec: ModelSpec) -> dict[str, str]:
+    """The environment that keeps the vLLM process on the GPUs nimble placed the model on
+    (numbered as NVML numbers them: in PCI bus order); none when it was not placed."""
+    if not spec.devices:
+        return {}
+    devices = ",".join(str(index) for index in spec.devices)
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": devices}
 
 
 def sampling_fields(params: SamplingParams) -> Json:
