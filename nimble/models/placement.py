@@ -112,6 +112,9 @@ def place(
             if s.profile.settings.max_batch_size is None:
                 gpu = next(g for g in hardware.gpus if g.index == devices[0]) if pin else first
                 seqs = vllm_max_num_seqs(gpu)
+                tokens = s.profile.settings.max_batched_tokens
+                if tokens is not None:  # vLLM clamps its default to the token budget
+                    seqs = min(seqs, tokens)
             share = f", {fraction:.0%} of its memory" if fraction is not None else ""
             note = f"GPU {','.join(map(str, devices))}{share}" if pin else ""
             result[name] = Placement(devices if pin else None, fraction, seqs, note)

@@ -1,11 +1,15 @@
 """`nimble serve` choosing a vLLM profile on a (described) GPU machine, supervising the
 stand-in engine: the openai client end to end, the deployment record, the KV cache gauge,
-a dying engine restarted under the default policy (503 meanwhile, then served again), and
-one that stops nimble under `--engine-restart fail`."""
+a dying engine restarted under the default policy (503 meanwhile, then served again), one
+that stops nimble under `--engine-restart fail`, two models that split one GPU by need, and
+two that cannot share it, refused in one line before any engine starts."""
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -139,3 +143,93 @@ def test_a_dying_engine_is_restarted_under_the_default_policy(
     assert "vllm for gpu-llama: up again after a restart" in server.log()
     assert httpx.get(server.base_url + "/v1/health/ready", timeout=10).status_code == 200
     assert server.terminate() == 0
+
+
+L4_BOX = (
+    "cpu_cores: 16\nram_gb: 128\ncpu_features: [avx2]\ngpus:\n"
+    "  - {name: NVIDIA L4, memory_gb: 24, compute_capability: 8.9}\n"
+)
+
+
+def gpu_only_model(tmp_path: Path, name: str, weights_gb: float) -> str:
+    """A chat model with one vLLM profile (local files; 4096 tokens of 128 KiB KV cache)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    (folder / "model.safetensors").write_bytes(b"\x03" * 512)
+    manifest = {
+        "id": name,
+        "tasks": ["chat", "completion"],
+        "context_length": 4096,
+        "kv_bytes_per_token": 131072,
+        "profiles": [
+            {
+                "engine": "vllm",
+                "precision": "bf16",
+                "weights_gb": weights_gb,
+                "hardware": {"gpu": {"count": 1, "min_memory_gb": 16}},
+                "files": [
+                    {"name": n, "source": str(folder / n)}
+                    for n in ("config.json", "model.safetensors")
+                ],
+            }
+        ],
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return str(path)
+
+
+def two_models(
+    tmp_path: Path, box: str, weights: tuple[float, float]
+) -> tuple[list[str], dict[str, str]]:
+    hardware = tmp_path / "box.yaml"
+    hardware.write_text(box)
+    command = shlex.join([sys.executable, str(STANDIN), "serve"])
+    args = ["--engine-command", command]
+    for name, gb in zip(("big", "small"), weights, strict=True):
+        args += ["--model", gpu_only_model(tmp_path, name, gb)]
+    env = {
+        "NIMBLE_HARDWARE_FILE": str(hardware),
+        "NIMBLE_CACHE_PATH": str(tmp_path / "cache"),
+        "STANDIN_LOG": str(tmp_path / "standin.jsonl"),
+    }
+    return args, env
+
+
+def test_two_vllm_models_split_one_gpu_by_need(nimble_process: type, tmp_path: Path) -> None:
+    args, env = two_models(tmp_path, GPU_BOX, (40, 20))
+    server = nimble_process(args, env=env).wait_ready()
+    for model in ("big", "small"):
+        answer = httpx.post(
+            server.base_url + "/v1/completions",
+            json={"model": model, "prompt": "hi", "max_tokens": 1},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+    started = [json.loads(line) for line in (tmp_path / "standin.jsonl").read_text().splitlines()]
+    shares = {}
+    for entry in (e for e in started if "argv" in e):
+        argv = entry["argv"]
+        flags = {f: argv[i + 1] for i, f in enumerate(argv[:-1]) if f.startswith("--")}
+        shares[flags["--served-model-name"]] = float(flags["--gpu-memory-utilization"])
+        assert entry["cuda_visible_devices"] == "0"
+        assert flags["--max-num-seqs"] == "1024"  # vLLM's own on an H100, said out loud
+    assert shares["big"] > shares["small"] and 0.89 <= sum(shares.values()) <= 0.9
+    assert server.terminate() == 0
+
+
+def test_models_that_cannot_share_the_gpu_stop_the_start_with_one_line(tmp_path: Path) -> None:
+    args, env = two_models(tmp_path, L4_BOX, (12, 8))
+    result = subprocess.run(
+        [sys.executable, "-m", "nimble.cli.main", "serve", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("nimble: ")]
+    assert line.startswith("nimble: the models do not fit on GPU 0 (NVIDIA L4, 24 GB): big ")
+    assert "big 13.5 GB, small 9.5 GB need 23.1 GB, 21.6 GB usable (90%)" in line
+    assert not (tmp_path / "standin.jsonl").exists()  # no engine was started

@@ -5,7 +5,8 @@ metrics with vLLM's names, vLLM's error bodies, the API key from VLLM_API_KEY), 
 deterministic text: the prompt's words, echoed.
 
 Run as `python vllm_standin.py serve MODEL --port P ...`. Knobs (environment):
-STANDIN_LOG (append JSON lines: the argv, each request body, disconnects),
+STANDIN_LOG (append JSON lines: the argv and CUDA_VISIBLE_DEVICES, each request body,
+disconnects),
 STANDIN_STARTUP_DELAY (seconds before the port opens), STANDIN_EXIT_AT_START (exit code,
 before listening), STANDIN_CRASH_AFTER_TOKENS (the process dies mid-stream),
 STANDIN_TOKEN_DELAY (seconds between streamed tokens), STANDIN_ERROR_SHAPE ("new": errors
@@ -443,7 +444,14 @@ def build(args: argparse.Namespace) -> FastAPI:
 
 def main() -> None:
     args = parse(sys.argv[1:])
-    note({"argv": sys.argv[1:], "api_key_in_env": bool(os.environ.get("VLLM_API_KEY"))})
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES")  # the GPUs nimble placed it on
+    note(
+        {
+            "argv": sys.argv[1:],
+            "api_key_in_env": bool(os.environ.get("VLLM_API_KEY")),
+            "cuda_visible_devices": devices,
+        }
+    )
     print(f"INFO standin vllm {VERSION} serving {args.model}", flush=True)
     exit_code = int(os.environ.get("STANDIN_EXIT_AT_START", "0"))
     if exit_code:

@@ -94,7 +94,9 @@ def test_list_profiles_with_less_context_and_nothing_runnable(
     small = machine(tmp_path, "cpu_cores: 4\nram_gb: 10\ncpu_features: [avx2]\n")
     code, out = run(["list-profiles", "llama-3.1-8b-instruct", "--hardware-file", small], env)
     assert code == 0
-    assert "  Runnable with less context:" in out and "of 32768 tokens of context fit" in out
+    assert (
+        "  Runnable with less context:" in out and "of 32768 tokens of context x 4 slots fit" in out
+    )
     code, out = run(
         ["list-profiles", "llama-3.1-8b-instruct", "--hardware-file", machine(tmp_path, OLD_CPU)],
         env,

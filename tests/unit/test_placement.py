@@ -39,7 +39,9 @@ def machine(tmp_path: Path, *gpus: dict[str, Any]) -> Path:
     return path
 
 
-def vllm_model(tmp_path: Path, name: str, weights_gb: float, *, hub: bool = False) -> str:
+def vllm_model(
+    tmp_path: Path, name: str, weights_gb: float, *, hub: bool = False, **settings: int
+) -> str:
     """A chat model with one vLLM profile: its files local, or on the hub (`hub`)."""
     folder = tmp_path / name
     folder.mkdir()
@@ -61,6 +63,7 @@ def vllm_model(tmp_path: Path, name: str, weights_gb: float, *, hub: bool = Fals
                 "weights_gb": weights_gb,
                 "hardware": {"gpu": {"count": 1, "min_memory_gb": 16}},
                 "files": files,
+                "settings": settings,
             }
         ],
     }
@@ -174,6 +177,19 @@ def test_a_gguf_model_is_offloaded_where_it_fits(tmp_path: Path) -> None:
     # no NVIDIA GPU: nothing is placed (llama.cpp's own default applies)
     cpu = HardwareInfo(cpu_cores=2, ram_gb=8, source="test")
     assert place([gguf], cpu, Concurrency()) == {}
+
+
+def test_vllm_batch_is_the_profiles_or_vllms_own(tmp_path: Path) -> None:
+    hardware = gpu_box(H100)
+
+    def placed(name: str, **settings: int) -> int | None:
+        model = vllm_model(tmp_path, name, 8, **settings)
+        selection = plan_model(model, hardware, engine_check=lambda _: None)
+        return place([selection], hardware, Concurrency())[name].max_num_seqs
+
+    assert placed("own") == 1024
+    assert placed("budget", max_batched_tokens=512) == 512  # as vLLM clamps its default
+    assert placed("profile", max_batch_size=64) is None  # the profile's goes as it is
 
 
 def test_vllm_default_batch_follows_the_gpu() -> None:
