@@ -7,6 +7,10 @@ and p95, and the median of the per-pair differences (gateway minus direct) with 
 95% interval.
 
     python benchmarks/gateway_ttft_paired.py --pairs 200   # writes benchmarks/out/gateway_ttft.md
+
+`--model fake` puts nimble's fake engine (no weights, tokens at once) behind the replica
+instead: what is left of the difference is the gateway's own hop, with no model time in
+either side to blur it.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ def start(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
 
 
-async def run(pairs: int, max_tokens: int, threads: int) -> tuple[str, dict[str, list[float]]]:
+async def run(
+    pairs: int, max_tokens: int, threads: int, model: str
+) -> tuple[str, dict[str, list[float]]]:
     nimble = [sys.executable, "-m", "nimble.cli.main"]
     replica_port, gateway_port = free_port(), free_port()
     replica = f"http://127.0.0.1:{replica_port}"
@@ -48,8 +54,9 @@ async def run(pairs: int, max_tokens: int, threads: int) -> tuple[str, dict[str,
     try:
         procs["replica"] = start(
             "replica",
-            [*nimble, "serve", "--model", MODEL, "--port", str(replica_port),
-             "--threads", str(threads), "--log-level", "warning"],
+            [*nimble, "serve", "--model", model, "--port", str(replica_port),
+             "--threads", str(threads), "--log-level", "warning",
+             *(["--fake-token-delay", "0"] if model.startswith("fake") else [])],
         )  # fmt: skip
         await wait_ready(
             procs["replica"], replica + "/v1/health/ready", OUT / "gateway-ttft-replica.log"
@@ -73,7 +80,7 @@ async def run(pairs: int, max_tokens: int, threads: int) -> tuple[str, dict[str,
             for i in range(pairs + WARMUP):
                 random.Random(i).shuffle(order)
                 for side, name in enumerate(order):
-                    body = chat_body(MODEL, texts[2 * i + side], max_tokens)
+                    body = chat_body(model, texts[2 * i + side], max_tokens)
                     result = await stream_one(clients[name], body)
                     if not result.ok or result.ttft is None:
                         raise RuntimeError(f"{name}: {result.error}")
@@ -89,7 +96,7 @@ async def run(pairs: int, max_tokens: int, threads: int) -> tuple[str, dict[str,
     lines = [
         f"# TTFT at one stream, through the gateway vs straight to the replica ({when})",
         "",
-        f"{pairs} pairs, max_tokens {max_tokens}, replica with {threads} threads, {MODEL}",
+        f"{pairs} pairs, max_tokens {max_tokens}, replica with {threads} threads, {model}",
         "",
         "| path | TTFT p50 ms | TTFT p95 ms |",
         "|---|---|---|",
@@ -110,9 +117,10 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default=MODEL, help="fake: the gateway's own hop alone")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
-    report, raw = asyncio.run(run(args.pairs, args.max_tokens, args.threads))
+    report, raw = asyncio.run(run(args.pairs, args.max_tokens, args.threads, args.model))
     (OUT / "gateway_ttft.md").write_text(report)
     (OUT / "gateway_ttft.json").write_text(json.dumps(raw))
     print(report)
