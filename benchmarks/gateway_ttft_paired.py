@@ -69,6 +69,7 @@ async def run(
         await wait_ready(
             procs["gateway"], gateway + "/v1/health/ready", OUT / "gateway-ttft-gateway.log"
         )
+        served = httpx.get(replica + "/v1/models", trust_env=False).json()["data"][0]["id"]
         ttft: dict[str, list[float]] = {"direct": [], "gateway": []}
         texts = prompts(2 * (pairs + WARMUP))
         async with (
@@ -80,7 +81,7 @@ async def run(
             for i in range(pairs + WARMUP):
                 random.Random(i).shuffle(order)
                 for side, name in enumerate(order):
-                    body = chat_body(model, texts[2 * i + side], max_tokens)
+                    body = chat_body(served, texts[2 * i + side], max_tokens)
                     result = await stream_one(clients[name], body)
                     if not result.ok or result.ttft is None:
                         raise RuntimeError(f"{name}: {result.error}")

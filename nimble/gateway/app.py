@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import orjson
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -77,28 +76,27 @@ def create_gateway_app(
         on_removed=policy.forget,
     )
     metrics = Metrics()
-    client = httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.upstream_timeout, connect=5.0),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-        trust_env=False,
-        verify=verify,
-    )
     proxy = Proxy(
         pool,
         policy,
         GatewayMetrics(metrics, lambda: list(pool.upstreams.values())),
-        client,
-        ProxyConfig(retries=settings.retries, upstream_key=upstream_key),
+        ProxyConfig(
+            retries=settings.retries,
+            upstream_key=upstream_key,
+            timeout=settings.upstream_timeout,
+            verify=verify,
+        ),
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pool.start()
+        await proxy.start()
         try:
             yield
         finally:
             await pool.stop()
-            await client.aclose()
+            await proxy.stop()
             if audit is not None:
                 audit.close()
             tracing.shutdown()
@@ -117,16 +115,18 @@ def create_gateway_app(
     _own_routes(app, pool, metrics)
 
     async def forward(request: Request) -> Response:
-        target = read_target(request.url.path, await request.body())
+        target = read_target(request.scope["path"], await request.body())
         key = request.scope.get("state", {}).get("api_key")
         if key is not None and target.model is not None:
             key.require_model(target.model)
         return await proxy.forward(request, target)
 
+    # plain Starlette routes: no FastAPI dependency solving or validation on the path every
+    # proxied request takes (the replica validates)
     for name in PROXIED:
         for path in ENDPOINT_PATHS[name]:
-            app.add_api_route(path, forward, methods=["POST"], include_in_schema=False)
-    app.add_api_route(
+            app.add_route(path, forward, methods=["POST"], include_in_schema=False)
+    app.add_route(
         "/v1/responses/{response_id}", forward, methods=["GET", "DELETE"], include_in_schema=False
     )
 

@@ -18,16 +18,19 @@ one while nothing has reached the client, then pass the answer through as it com
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -63,27 +66,55 @@ _RESPONSE_ID = re.compile(rb'"id"\s*:\s*"(resp_[A-Za-z0-9_-]+)"')
 _STICKY = 10_000  # response ids remembered (their replica holds them: previous_response_id)
 
 
+# what a replica that cannot be reached or that breaks off raises (aiohttp's read timeout is
+# asyncio's TimeoutError)
+_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     retries: int = 2
     upstream_key: str | None = None  # sent as the bearer key instead of the client's
+    timeout: float = 600.0  # seconds without a byte from a replica
+    verify: bool | str = True  # https replicas: the system's CAs, or this CA bundle
 
 
 class Proxy:
+    """`start()` opens the HTTP session to the replicas (in the running event loop), `stop()`
+    closes it. aiohttp rather than httpx here: this is the per-request path, and aiohttp
+    costs about a third of the CPU per proxied request (benchmarks/RESULTS.md)."""
+
     def __init__(
         self,
         pool: UpstreamPool,
         policy: RoutingPolicy,
         metrics: GatewayMetrics,
-        client: httpx.AsyncClient,
         config: ProxyConfig,
     ):
         self.pool = pool
         self.policy = policy
         self.metrics = metrics
-        self.client = client
         self.config = config
+        self._session: aiohttp.ClientSession | None = None
         self._responses: OrderedDict[str, str] = OrderedDict()  # response id -> replica
+
+    async def start(self) -> None:
+        verify = self.config.verify
+        tls: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        )
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ssl=tls),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=5.0, sock_read=self.config.timeout
+            ),
+            auto_decompress=False,  # bytes pass through as the replica encoded them
+            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+        )
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
     async def forward(self, request: Request, target: Target) -> Response:
         record = current_record.get() or RequestRecord(request_id="-")
@@ -92,7 +123,7 @@ class Proxy:
         record.queued_at = record.started
         candidates = self._candidates(target)
         tried: set[str] = set()
-        last: httpx.Response | None = None
+        last: aiohttp.ClientResponse | None = None
         for attempt in range(self.config.retries + 1):
             left = [u for u in candidates if u.url not in tried and u.ready]
             if not left:
@@ -104,17 +135,19 @@ class Proxy:
             opened = await self._open(request, target, upstream)
             if opened is None:
                 continue
-            if isinstance(opened, httpx.Response):
+            if isinstance(opened, aiohttp.ClientResponse):
                 if last is not None:
-                    await last.aclose()
+                    last.close()
                 last = opened
                 continue
             record.admitted_at = time.monotonic()
             return self._respond(request, target, upstream, opened, record)
         if last is not None:  # every replica tried answered 429/503: pass the last one on
-            body = await last.aread()
-            await last.aclose()
-            return Response(body, last.status_code, _response_headers(last))
+            try:
+                body = await last.read()
+            finally:
+                last.release()
+            return Response(body, last.status, _response_headers(last))
         raise Unavailable(
             f"no replica could take the request for model {target.model}"
             if target.model
@@ -157,44 +190,45 @@ class Proxy:
 
     async def _open(
         self, request: Request, target: Target, upstream: Upstream
-    ) -> _Opened | httpx.Response | None:
+    ) -> _Opened | aiohttp.ClientResponse | None:
         """The replica's answer with its first body chunk read; a 429/503 answer (to pass
         on if no other replica does better); None when it could not be reached."""
+        assert self._session is not None, "Proxy.start() was not awaited"
         sent = time.monotonic()
         upstream.in_flight += 1
-        outgoing = self.client.build_request(
-            request.method,
-            upstream.url + request.url.path,
-            params=request.query_params,
-            headers=self._request_headers(request),
-            content=target.body,
-        )
-        response: httpx.Response | None = None
+        url = upstream.url + _target_path(request.scope)
+        response: aiohttp.ClientResponse | None = None
         try:
-            response = await self.client.send(outgoing, stream=True)
-            if response.status_code in (429, 503):
+            response = await self._session.request(
+                request.method,
+                url,
+                headers=self._request_headers(request),
+                data=target.body,
+                allow_redirects=False,
+            )
+            if response.status in (429, 503):
                 self.metrics.errors.labels(upstream.url, "status").inc()
-                self.metrics.requests.labels(upstream.url, str(response.status_code)).inc()
-                if response.status_code == 503:
+                self.metrics.requests.labels(upstream.url, str(response.status)).inc()
+                if response.status == 503:
                     self.pool.eject(upstream.url, "answered 503")
                 upstream.in_flight -= 1
                 return response
-            chunks = response.aiter_raw()
+            chunks = _chunks(response)
             first = await anext(chunks, b"")
-        except httpx.TransportError as exc:
+        except _TRANSPORT_ERRORS as exc:
             if response is not None:
-                await response.aclose()
+                response.close()
             upstream.in_flight -= 1
             self.metrics.errors.labels(upstream.url, "connect").inc()
-            self.pool.eject(upstream.url, f"{type(exc).__name__}: {exc}".rstrip(": "))
+            self.pool.eject(upstream.url, _describe(exc))
             return None
         except BaseException:
             if response is not None:
-                await response.aclose()
+                response.close()
             upstream.in_flight -= 1
             raise
         self.metrics.first_byte.labels(upstream.url).observe(time.monotonic() - sent)
-        self.metrics.requests.labels(upstream.url, str(response.status_code)).inc()
+        self.metrics.requests.labels(upstream.url, str(response.status)).inc()
         return _Opened(response, first, chunks)
 
     def _request_headers(self, request: Request) -> list[tuple[str, str]]:
@@ -230,6 +264,7 @@ class Proxy:
     ) -> Response:
         response = opened.response
         streamed = response.headers.get("content-type", "").startswith("text/event-stream")
+        whole = False  # read to its end: the connection can serve the next request
         reader = _UsageReader(streamed, target.drop_usage_event, record)
 
         closed = False
@@ -240,9 +275,13 @@ class Proxy:
                 closed = True
                 record.finished_at = time.monotonic()
                 upstream.in_flight -= 1
-                await response.aclose()
+                if whole:
+                    response.release()
+                else:  # cut short: closing the connection tells the replica to stop
+                    response.close()
 
         async def body() -> AsyncIterator[bytes]:
+            nonlocal whole
             try:
                 if opened.first:
                     record.first_token_at = time.monotonic()
@@ -253,20 +292,21 @@ class Proxy:
                     if out:
                         record.last_token_at = time.monotonic()
                         yield out
+                whole = True
                 tail = reader.flush()
                 if tail:
                     yield tail
-            except httpx.TransportError as exc:
+            except _TRANSPORT_ERRORS as exc:
                 self.metrics.errors.labels(upstream.url, "broken").inc()
-                self.pool.eject(upstream.url, f"stream broke: {type(exc).__name__}")
+                self.pool.eject(upstream.url, f"stream broke: {_describe(exc)}")
                 record.aborted = True
                 log.warning("gateway: %s broke off request %s", upstream.url, record.request_id)
                 if streamed:
-                    yield _broken_event(request.url.path, record.request_id)
+                    yield _broken_event(request.scope["path"], record.request_id)
             finally:
                 await close()
 
-        return _Relay(close, body(), response.status_code, _response_headers(response))
+        return _Relay(close, body(), response.status, _response_headers(response))
 
     def _remember_response(self, target: Target, first: bytes, upstream: Upstream) -> None:
         if target.task != "responses":
@@ -280,24 +320,77 @@ class Proxy:
 
 class _Relay(StreamingResponse):
     """A streamed answer that closes the replica's response however it ends: sent whole,
-    cut by a client that went away, or never started."""
+    cut by a client that went away, or never started. Its own loop rather than Starlette's
+    (which runs the body in an anyio task group beside a disconnect listener: about a sixth
+    of the gateway's CPU per request): the body is sent from this task, and a watcher on
+    `receive` cancels it when the client goes away, so a replica still generating for a
+    client that left is told at once, not at the next chunk."""
 
     def __init__(self, close: Callable[[], Awaitable[None]], *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._close = close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
         try:
-            await super().__call__(scope, receive, send)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()  # the client left: nothing more to send, nothing failed
+        except OSError:
+            pass  # the client's connection broke while sending: it left too
         finally:
+            watcher.cancel()
+            closing = getattr(self.body_iterator, "aclose", None)
+            if closing is not None:
+                await closing()
             await self._close()
 
 
 @dataclass
 class _Opened:
-    response: httpx.Response
+    response: aiohttp.ClientResponse
     first: bytes
     chunks: AsyncIterator[bytes]
+
+
+async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The body as it arrives, each piece as soon as the socket gives it."""
+    while chunk := await response.content.readany():
+        yield chunk
+
+
+def _target_path(scope: Scope) -> str:
+    """The request's path and query as the client sent them (still percent-encoded)."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else scope["path"]
+    query = scope.get("query_string", b"")
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
 class _UsageReader:
@@ -342,8 +435,8 @@ class _UsageReader:
     def _account(self, payload: bytes) -> bool:
         """Reads a usage from one JSON payload; True for a usage-only chat chunk."""
         try:
-            value = json.loads(payload)
-        except ValueError:
+            value = orjson.loads(payload)
+        except orjson.JSONDecodeError:
             return False
         usage = usage_of(value)
         if usage is None:
@@ -356,7 +449,7 @@ class _UsageReader:
         return isinstance(value, dict) and value.get("choices") == []
 
 
-def _response_headers(response: httpx.Response) -> dict[str, str]:
+def _response_headers(response: aiohttp.ClientResponse) -> dict[str, str]:
     return {
         k: v
         for k, v in response.headers.items()

@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 # the path's task (metrics: embeddings have no generated tokens)
 _TASKS = {
     "/v1/chat/completions": "chat",
@@ -40,10 +42,7 @@ def read_target(path: str, body: bytes, path_model: str | None = None) -> Target
     task = _TASKS.get(path)
     if path.startswith("/v1/responses/"):
         return Target(None, task="responses", previous_response=path.rsplit("/", 1)[-1])
-    try:
-        payload = json.loads(body) if body else None
-    except ValueError:
-        payload = None
+    payload = _loads(body) if body else None
     if not isinstance(payload, dict):
         return Target(path_model, body=body, task=task)
     model = payload.get("model")
@@ -52,9 +51,7 @@ def read_target(path: str, body: bytes, path_model: str | None = None) -> Target
     stream_options = payload.get("stream_options")
     asked = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
     if path in _USAGE_ON_ASK and payload.get("stream") is True and not asked:
-        options = dict(stream_options) if isinstance(stream_options, dict) else {}
-        payload["stream_options"] = {**options, "include_usage": True}
-        body, drop = json.dumps(payload).encode(), True
+        body, drop = _ask_usage(body, payload), True
     previous = payload.get("previous_response_id")
     return Target(
         model,
@@ -64,6 +61,38 @@ def read_target(path: str, body: bytes, path_model: str | None = None) -> Target
         drop,
         previous if isinstance(previous, str) else None,
     )
+
+
+def _loads(body: bytes) -> Any:
+    """orjson (the gateway reads every body: ~5x faster), or the standard library for what
+    orjson refuses and the replica should judge itself: lone surrogates, integers past 64
+    bits. None for what is not JSON at all."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _ask_usage(body: bytes, payload: dict[str, Any]) -> bytes:
+    """`body` (a JSON object) with `stream_options.include_usage` set. Where the request has
+    no `stream_options`, the member is written in front of the others and the rest is left
+    byte for byte; otherwise the body is rewritten by the standard library, which keeps every
+    number as sent (orjson would turn integers past 64 bits into floats)."""
+    start = len(body) - len(body.lstrip())
+    if "stream_options" not in payload and body[start : start + 1] == b"{":
+        member = b'"stream_options":{"include_usage":true},'
+        return body[: start + 1] + member + body[start + 1 :]
+    exact = json.loads(body)
+    options = exact.get("stream_options")
+    exact["stream_options"] = {
+        **(options if isinstance(options, dict) else {}),
+        "include_usage": True,
+    }
+    return json.dumps(exact).encode()
 
 
 def prompt_text(payload: dict[str, Any]) -> str:

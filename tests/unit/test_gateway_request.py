@@ -63,6 +63,30 @@ def test_a_stream_that_did_not_ask_for_usage_asks_for_it_and_drops_it() -> None:
     )
 
 
+def test_asking_for_usage_keeps_the_rest_of_the_body_as_sent() -> None:
+    # no stream_options: the member goes in front, every other byte stays (the seed is past
+    # 64 bits, which orjson would have turned into a float)
+    raw = b'  {"model": "m", "messages": [], "stream": true, "seed": 18446744073709551616}'
+    sent = read_target("/v1/chat/completions", raw).body
+    assert sent == b'  {"stream_options":{"include_usage":true},' + raw[3:]
+    assert json.loads(sent)["seed"] == 18446744073709551616
+    # an explicit null is replaced, not shadowed by a second member
+    null = b'{"model": "m", "prompt": "x", "stream": true, "stream_options": null, "seed": 2'
+    null += b"0000000000000000000}"
+    sent_null = json.loads(read_target("/v1/completions", null).body)
+    assert sent_null["stream_options"] == {"include_usage": True}
+    assert sent_null["seed"] == 20000000000000000000
+
+
+def test_a_lone_surrogate_still_routes_by_model() -> None:
+    # orjson refuses "\ud800"; the standard library reads it, so the request still goes to a
+    # replica of its model, which answers the 400 naming the field
+    raw = b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}], "stream": true}'
+    target = read_target("/v1/chat/completions", raw)
+    assert target.model == "m" and target.drop_usage_event
+    assert json.loads(target.body)["stream_options"] == {"include_usage": True}
+
+
 @pytest.mark.parametrize("body", [b"", b"not json", b"[1, 2]", b'{"model": 7}'])
 def test_a_body_the_gateway_cannot_read_goes_on_as_it_is(body: bytes) -> None:
     target = read_target("/v1/chat/completions", body)
