@@ -33,6 +33,13 @@ _LOAD_METRICS = {
     "nimble_num_requests_waiting": "waiting",
     "nimble_kv_cache_usage_ratio": "cache",
 }
+# the lines of a replica's exposition that carry them: only these are parsed (the whole text
+# is hundreds of histogram lines, read every probe interval)
+_LOAD_LINES = tuple(
+    f"{prefix}{name}{end}"
+    for name in _LOAD_METRICS
+    for prefix, end in (("", "{"), ("", " "), ("# TYPE ", " "), ("# HELP ", " "))
+)
 
 
 @dataclass
@@ -216,7 +223,8 @@ class UpstreamPool:
 def parse_load(exposition: str) -> dict[str, ModelLoad]:
     """Per model: running, waiting and KV cache use, from a nimble's Prometheus text."""
     loads: dict[str, ModelLoad] = {}
-    for family in text_string_to_metric_families(exposition):
+    wanted = "\n".join(line for line in exposition.splitlines() if line.startswith(_LOAD_LINES))
+    for family in text_string_to_metric_families(wanted + "\n"):
         attribute = _LOAD_METRICS.get(family.name)
         if attribute is None:
             continue

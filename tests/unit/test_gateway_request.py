@@ -121,6 +121,9 @@ def test_load_from_a_replicas_metrics() -> None:
             'nimble_kv_cache_usage_ratio{model_name="chat"} 0.25',
             "# TYPE nimble_http_requests counter",
             'nimble_http_requests_total{method="GET",endpoint="x",status="200"} 1.0',
+            # a name that only begins like one of them is not read as it
+            "# TYPE nimble_num_requests_waiting_seconds histogram",
+            'nimble_num_requests_waiting_seconds_bucket{model_name="chat",le="1.0"} 9.0',
         ]
     )
     loads = parse_load(text + "\n")
