@@ -112,7 +112,6 @@ def create_gateway_app(
     )
     app.state.pool, app.state.proxy, app.state.metrics, app.state.keys = pool, proxy, metrics, keys
     install_error_handlers(app)
-    _own_routes(app, pool, metrics)
 
     async def forward(request: Request) -> Response:
         target = read_target(request.scope["path"], await request.body())
@@ -122,13 +121,15 @@ def create_gateway_app(
         return await proxy.forward(request, target)
 
     # plain Starlette routes: no FastAPI dependency solving or validation on the path every
-    # proxied request takes (the replica validates)
+    # proxied request takes (the replica validates); first in the router, which tries routes
+    # in order
     for name in PROXIED:
         for path in ENDPOINT_PATHS[name]:
             app.add_route(path, forward, methods=["POST"], include_in_schema=False)
     app.add_route(
         "/v1/responses/{response_id}", forward, methods=["GET", "DELETE"], include_in_schema=False
     )
+    _own_routes(app, pool, metrics)
 
     sinks: list[RecordSink] = [metrics.observe]
     if audit is not None:
