@@ -28,7 +28,8 @@ class ModelSpec:
     profile_name: str | None = None
     # embedding models: prefixes per input type and the vector sizes allowed
     embedding: EmbeddingTraits | None = None
-    # NVIDIA GPUs (NVML indices) nimble placed this model on when it shares the machine's
-    # GPUs with others (`models/placement.py`); (): on the CPU although there are GPUs;
-    # None: not placed (one model alone, or no NVIDIA GPU): the engine's own default
+    # NVIDIA GPUs (NVML indices) nimble placed this model on (`models/placement.py`): a
+    # vLLM process sees only these, a GGUF offloads to this one; (): on the CPU although
+    # there are GPUs; None: nimble chose nothing (no NVIDIA GPU, or a vLLM model alone on
+    # the GPUs): the engine's own default
     devices: tuple[int, ...] | None = None

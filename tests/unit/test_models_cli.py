@@ -57,10 +57,12 @@ def test_list_profiles_groups_and_marks_the_selected(tmp_path: Path, env: dict[s
     assert code == 0, out
     assert out.startswith("Hardware: 8 CPU cores (avx2), 16 GB RAM, no GPU (file ")
     lines = out.splitlines()
-    runnable = lines.index("  Runnable here:")
+    # four llama.cpp slots of 32768 tokens each (17 GB of KV cache) do not fit in 12.8 GB
+    runnable = lines.index("  Runnable with less context:")
     not_runnable = lines.index("  Not runnable:")
     assert runnable < not_runnable
     assert lines[runnable + 1].startswith("   * llamacpp-q4_k_m-cpu")
+    assert "only 13056 of 32768 tokens of context x 4 slots fit in 12.8 GB of RAM" in out
     assert "vllm-bf16-tp1" in out and "needs 1 NVIDIA GPU(s), found none" in out
 
 
