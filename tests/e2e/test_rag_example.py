@@ -53,7 +53,10 @@ CASES: list[tuple[str, tuple[tuple[str, str], ...]]] = [
     ),
     (
         "Why should autoscaling use waiting requests instead of CPU usage?",
-        (("docs/deploy.md", "llama.cpp's threads spin"),),
+        (
+            ("docs/deploy.md", "llama.cpp's threads spin"),
+            ("docs/scaling.md", "llama.cpp's threads spin"),
+        ),
     ),
     (
         "What is the answer when an API key goes over its requests_per_minute limit?",
