@@ -477,3 +477,10 @@ def test_network_policy_egress_is_configured() -> None:
     (otlp,) = [rule for rule in policy["spec"]["egress"] if rule["ports"][0]["port"] == 4318]
     assert otlp["to"] == CI["gateway"]["networkPolicy"]["otlpTo"]
     assert (443, "TCP") in egress_ports(policy)
+
+
+def test_admission_is_the_engines_batch_unless_set() -> None:
+    # a fixed NIMBLE_MAX_RUNNING would cap a GPU that runs hundreds of sequences at that number
+    for name in ("default", "gpu"):
+        assert "NIMBLE_MAX_RUNNING" not in env(rendered(name))
+    assert env(render(merged("default", maxRunning=8)))["NIMBLE_MAX_RUNNING"] == "8"
