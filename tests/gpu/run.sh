@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# shellcheck disable=SC2317  # phase_* and cleanup are called indirectly ("phase_$PHASE", trap)
+# shellcheck disable=SC2317,SC2329  # phase_* and cleanup are called indirectly ("phase_$PHASE", trap)
 # The GPU check (issue 18), one command on a machine with one NVIDIA GPU and nothing
 # installed but a driver and Python >= 3.11:
 #
