@@ -88,6 +88,40 @@ async def test_one_lane_never_runs_two_batches(pool: ThreadPoolExecutor) -> None
     await b.close()
 
 
+async def test_one_client_at_a_time_stops_waiting_for_company(pool: ThreadPoolExecutor) -> None:
+    runs = Runs()
+    b = batcher(runs, pool, max_wait=0.001)
+    assert (await b.embed([[1]]))[0, 0] == 1  # waited for company, none came
+    b._max_wait = 60.0  # were the next request to wait again, it would not run for a minute
+    runs.gate = threading.Event()
+    second = asyncio.create_task(b.embed([[2]]))
+    await until(lambda: runs.now == 1)  # it runs at once: nothing ran, nobody was queued
+    runs.gate.set()
+    assert (await second)[0, 0] == 2 and runs.sizes == [1, 1]
+    await b.close()
+
+
+async def test_while_a_batch_runs_the_next_still_waits_for_company(
+    pool: ThreadPoolExecutor,
+) -> None:
+    runs = Runs()
+    b = batcher(runs, pool, max_wait=0.001, max_batch=2)
+    await b.embed([[1]])  # one client at a time so far
+    b._max_wait = 60.0
+    runs.gate = threading.Event()
+    first = asyncio.create_task(b.embed([[2]]))
+    await until(lambda: runs.now == 1)
+    later = [asyncio.create_task(b.embed([[3]]))]
+    await asyncio.sleep(0.01)  # the free lane is waiting with [3] by now, or [4] joins anyway
+    later.append(asyncio.create_task(b.embed([[4]])))
+    await until(lambda: runs.now == 2)  # [3, 4] together: a full batch ends the wait
+    runs.gate.set()
+    rows = await asyncio.gather(first, *later)
+    assert [r[0, 0] for r in rows] == [2, 3, 4]
+    assert runs.sizes == [1, 1, 2]
+    await b.close()
+
+
 async def test_a_big_request_is_cut_into_jobs_and_comes_back_in_order(
     pool: ThreadPoolExecutor,
 ) -> None:

@@ -2,14 +2,15 @@
 
 Each request submits its tokenized sequences, cut into jobs of at most `chunk` sequences. A
 loop takes what is queued (up to `max_batch` sequences, waiting at most `max_wait` seconds
-for more when the queue holds fewer) and runs it as one batch on a worker thread, then hands
-each job its rows. Up to `lanes` batches run at once, one per worker thread: on a CPU, two
-single-threaded runs side by side use two cores better than one run split over two threads,
-whose every operator waits for the slower thread (and the event loop needs a core now and
-then, too). While the lanes are busy, new requests queue, so under load batches fill without
-waiting. Memory is bounded: a batch holds at most `max_batch` sequences (a job with more
-runs alone), and the queue holds at most the requests admission let in. A job whose caller
-went away before its batch ran is dropped from it.
+for more when the queue holds fewer; not while requests come one at a time, see `_gather`)
+and runs it as one batch on a worker thread, then hands each job its rows. Up to `lanes`
+batches run at once, one per worker thread: on a CPU, two single-threaded runs side by side
+use two cores better than one run split over two threads, whose every operator waits for the
+slower thread (and the event loop needs a core now and then, too). While the lanes are
+busy, new requests queue, so under load batches fill without waiting. Memory is bounded: a
+batch holds at most `max_batch` sequences (a job with more runs alone), and the queue holds
+at most the requests admission let in. A job whose caller went away before its batch ran is
+dropped from it.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class EmbedBatcher:
         self._batches: set[asyncio.Task[None]] = set()  # the batches running
         self._pending: set[_Job] = set()  # every job not answered yet
         self._carried: _Job | None = None  # too big for the last batch: it leads the next
+        self._alone = False  # the last wait for company ran out with one job in the batch
         self._stopped = False
         self.stats = LaneStats()
 
@@ -158,20 +160,29 @@ class EmbedBatcher:
             start = end
 
     async def _gather(self, loop: asyncio.AbstractEventLoop) -> list[_Job]:
-        """The next batch: what is queued, topped up for at most `max_wait`."""
+        """The next batch: what is queued, topped up for at most `max_wait`. Except when the
+        last such wait ran out with no one else, nothing runs and nothing is queued: then the
+        request runs at once (one client at a time would otherwise wait on every request)."""
         first, self._carried = self._carried or await self._queue.get(), None
         if first.done.done():  # its caller went away
             return []
         jobs, count = [first], len(first.sequences)
+        if self._alone and not self._batches and self._queue.empty():
+            # the last wait brought no one, nothing runs and nothing is queued: one client at
+            # a time (or a trickle), for whom waiting only adds max_wait to every request
+            return jobs
         deadline = loop.time() + self._max_wait
+        waited = False
         while count < self._max_batch:
             if self._queue.empty():
                 remaining = deadline - loop.time()
                 if remaining <= 0:
+                    waited = True
                     break
                 try:
                     job = await asyncio.wait_for(self._queue.get(), remaining)
                 except TimeoutError:
+                    waited = True
                     break
             else:
                 job = self._queue.get_nowait()
@@ -182,6 +193,8 @@ class EmbedBatcher:
                 break
             jobs.append(job)
             count += len(job.sequences)
+        if len(jobs) > 1 or waited:
+            self._alone = len(jobs) == 1
         return jobs
 
 
