@@ -2,13 +2,14 @@
 # CPU per proxied request of `nimble gateway` against the fake engine (RESULTS.md 2026-12-03 11:00):
 # a replica and a gateway on fixed ports 18001/18002, 300 streamed requests each way, twice,
 # CPU of each process from /proc. SRC=<tree> runs another source tree. Prints to the console.
+cd "$(dirname "$0")/.." || exit 1
 export PYTHONPATH=${SRC:-$PWD}
 .venv/bin/python -m nimble.cli.main serve --model fake --fake-token-delay 0 --port 18001 --log-level warning > /tmp/rep.log 2>&1 &
 REP=$!
-for i in $(seq 100); do curl -sf localhost:18001/v1/health/ready >/dev/null && break; sleep 0.2; done
+for _ in $(seq 100); do curl -sf localhost:18001/v1/health/ready >/dev/null && break; sleep 0.2; done
 .venv/bin/python -m nimble.cli.main gateway --upstream http://127.0.0.1:18001 --port 18002 --log-level warning $GWARGS > /tmp/gw.log 2>&1 &
 GW=$!
-for i in $(seq 100); do curl -sf localhost:18002/v1/health/ready >/dev/null && break; sleep 0.2; done
+for _ in $(seq 100); do curl -sf localhost:18002/v1/health/ready >/dev/null && break; sleep 0.2; done
 GW=$GW REP=$REP .venv/bin/python - <<'PY'
 import httpx, time, os
 def cpu(pid):
