@@ -4,8 +4,7 @@ prompt, no key. The table in docs/operations.md lists every name."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,7 +17,6 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from nimble.observability.record import RequestRecord
 
@@ -147,7 +145,6 @@ class Metrics:
         self.request_generation = histogram(
             "request_generation_tokens", "Generated tokens per request", _TOKEN_BUCKETS
         )
-        self._label_text: dict[tuple[tuple[str, str], ...], str] = {}  # labels, as written
 
     def observe(self, record: RequestRecord, latency: float) -> None:
         """Account one finished HTTP request."""
@@ -183,49 +180,7 @@ class Metrics:
                 self.finished.labels(model, reason).inc()
 
     def exposition(self) -> bytes:
-        """The Prometheus text format, as prometheus-client's `generate_latest` writes it
-        (a test holds them equal), in half its time: a client such as aiperf scrapes three
-        times a second, on the event loop that streams the tokens."""
-        text = _render(self.registry.collect(), self._label_text)
-        return text if text is not None else generate_latest(self.registry)
+        return generate_latest(self.registry)
 
 
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")  # names written as they are
-_TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "unknown": "untyped"}
-_LABEL_TEXTS_KEPT = 10_000
-
-
-def _render(
-    families: Iterable[Metric], label_text: dict[tuple[tuple[str, str], ...], str]
-) -> bytes | None:
-    """`generate_latest`'s text for the kinds of metric nimble has (counters, gauges,
-    histograms; plain names, no timestamps); None for anything else (the caller then asks
-    generate_latest). `label_text` keeps each label set as written, across scrapes."""
-    if len(label_text) > _LABEL_TEXTS_KEPT:
-        label_text.clear()
-    out: list[str] = []
-    for metric in families:
-        kind = _TYPES.get(metric.type)
-        if kind is None or not _NAME.match(metric.name):
-            return None
-        name = metric.name + "_total" if kind == "counter" else metric.name
-        doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
-        for sample in metric.samples:
-            if sample.timestamp is not None or sample.name.endswith("_created"):
-                return None
-            key = tuple(sample.labels.items())
-            labels = label_text.get(key)
-            if labels is None:
-                if not all(_NAME.match(k) and ":" not in k for k, _ in key):
-                    return None
-                pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(key))
-                labels = label_text[key] = "{" + pairs + "}" if key else ""
-            value = floatToGoString(sample.value)  # type: ignore[no-untyped-call]
-            out.append(f"{sample.name}{labels} {value}\n")
-    return "".join(out).encode()
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
