@@ -184,9 +184,14 @@ def test_request_id_and_trace_reach_the_replica(pair: tuple[NimbleProcess, ...])
     )
     assert answer.status_code == 200
     assert answer.headers["x-request-id"] == "through-the-gateway-1"
-    lines = [json.loads(line) for line in one.log().splitlines() if line.startswith("{")]
-    seen = [line for line in lines if line.get("request_id") == "through-the-gateway-1"]
-    assert seen and seen[-1].get("trace_id") == trace
+
+    def seen() -> list[dict[str, Any]]:
+        # the replica writes its access line after the last byte is sent: wait for it
+        lines = [json.loads(line) for line in one.log().splitlines() if line.startswith("{")]
+        return [line for line in lines if line.get("request_id") == "through-the-gateway-1"]
+
+    poll(seen)
+    assert seen()[-1].get("trace_id") == trace
 
 
 def write_keys(path: Path, keys: dict[str, dict[str, Any]]) -> Path:
