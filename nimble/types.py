@@ -159,6 +159,8 @@ class GenerateRequest:
     parallel_tool_calls: bool = True
     # grammar-constrained decoding: the engine must only produce text that satisfies it
     constraint: Constraint | None = None
+    # the LoRA adapter to apply (its name, as loaded into the engine); None: the base model
+    adapter: str | None = None
 
     @property
     def task(self) -> Task:

@@ -19,6 +19,7 @@ from nimble.api.endpoints import HEALTH_PATHS, endpoint_of
 from nimble.api.errors import install_error_handlers
 from nimble.api.middleware import RecordSink
 from nimble.api.routes import (
+    adapters,
     chat,
     completions,
     embeddings,
@@ -126,6 +127,7 @@ def create_app(
             service,
             metrics_routes,
             health,
+            *((adapters,) if settings.runtime_adapters else ()),
         ),
         settings.endpoints,
     )

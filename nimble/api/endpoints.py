@@ -25,6 +25,8 @@ ENDPOINT_PATHS: dict[str, tuple[str, ...]] = {
     "openapi": ("/openapi.json",),
     # vLLM's health check (200 or 503, empty body), never behind a key either
     "health": ("/health",),
+    # adapters loaded and unloaded at run time (vLLM's paths): only keys that name it
+    "admin": ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"),
 }
 # always on, never behind a key: orchestrators probe them without credentials
 HEALTH_PATHS = ("/v1/health/live", "/v1/health/ready")

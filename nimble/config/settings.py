@@ -30,6 +30,7 @@ ALL_ENDPOINTS = (
     "metrics",
     "openapi",
     "health",
+    "admin",
 )
 
 
@@ -47,6 +48,37 @@ class Settings(ServiceSettings):
         default=(),
         description="Name under which each --model is served (same order). Defaults to the "
         "catalog id, or the file/folder name.",
+    )
+    lora: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="A LoRA adapter to serve, NAME=PATH (a GGUF adapter for llama.cpp, a PEFT "
+        "folder for vLLM and transformers); repeat the flag. Requested as `model: NAME`; its "
+        "base is the only generative model served, else the `base` of a manifest beside it "
+        "(docs/models.md).",
+    )
+    lora_dir: Path | None = Field(
+        default=None,
+        description="A folder of LoRA adapters, one file or folder each, named by it without "
+        "its extension; watched: adapters added, changed or removed there are loaded, "
+        "reloaded or unloaded without a restart.",
+    )
+    lora_poll_interval: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds between two looks at --lora-dir (0: read it at start only).",
+    )
+    runtime_adapters: bool = Field(
+        default=False,
+        description="Answer POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's); "
+        "with API keys, only keys whose endpoints name `admin`. Off: they are 404.",
+    )
+    max_loras: int = Field(
+        default=4,
+        ge=1,
+        description="vLLM: adapters in one batch (--max-loras); more stay loaded on the CPU.",
+    )
+    max_lora_rank: int = Field(
+        default=16, ge=1, description="vLLM: the largest adapter rank it takes (--max-lora-rank)."
     )
     engine: str | None = Field(
         default=None,
@@ -229,7 +261,7 @@ class Settings(ServiceSettings):
         description="Fake engine only: seconds between generated tokens (for tests and demos).",
     )
 
-    @field_validator("model", "served_model_name", "endpoints", mode="before")
+    @field_validator("model", "served_model_name", "endpoints", "lora", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         return split_csv(value)

@@ -1,11 +1,20 @@
 """Engine adapters behind small contracts (`base.py`): a core every engine has, and one
 Protocol per capability. Heavy libraries load only inside each engine's own subpackage."""
 
-from nimble.engines.base import CacheReporter, Embedder, Engine, Generator, Ranker, Tokenizer
+from nimble.engines.base import (
+    AdapterHost,
+    CacheReporter,
+    Embedder,
+    Engine,
+    Generator,
+    Ranker,
+    Tokenizer,
+)
 from nimble.engines.config import EngineConfig
 from nimble.engines.registry import create_engine, engine_unavailable, known_engines
 
 __all__ = [
+    "AdapterHost",
     "CacheReporter",
     "Embedder",
     "Engine",

@@ -1,7 +1,8 @@
 """The engine contracts: the only things the runtime knows about an engine.
 
 Every engine has the core (`Engine`); what it can do beyond that it says by having the
-methods of a capability (`Generator`, `Embedder`, `Ranker`, `CacheReporter`, `Tokenizer`).
+methods of a capability (`Generator`, `Embedder`, `Ranker`, `CacheReporter`, `Tokenizer`,
+`AdapterHost`).
 The runtime checks, when a model is loaded, that its engine has the capability of each task
 the model serves (`runtime/served.py`), and routes requests by that: an engine never
 answers for a capability it does not have. A new capability is a new Protocol here and a
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Protocol, runtime_checkable
 
+from nimble.models.adapters import AdapterSpec
 from nimble.models.spec import ModelSpec
 from nimble.types import (
     EmbedRequest,
@@ -102,3 +104,18 @@ class Tokenizer(Protocol):
 
     async def detokenize(self, ids: tuple[int, ...]) -> str:
         """The text of `ids` (special tokens included, as written in the vocabulary)."""
+
+
+@runtime_checkable
+class AdapterHost(Protocol):
+    """LoRA adapters over the model: those of `spec.adapters` are loaded by `start`; more
+    come and go here at run time. A request names its adapter in `GenerateRequest.adapter`
+    (None: the base model), and requests for different adapters and the base share the
+    engine."""
+
+    async def load_adapter(self, adapter: AdapterSpec) -> None:
+        """Load (or replace, same name) an adapter without disturbing requests in flight.
+        Raises InvalidRequest naming the file when it does not fit the model."""
+
+    async def unload_adapter(self, name: str) -> None:
+        """Free an adapter; the runtime has already waited for its requests."""

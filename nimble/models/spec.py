@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nimble.models.adapters import AdapterSpec
 from nimble.types import EmbeddingTraits, Task
 
 
@@ -33,3 +34,6 @@ class ModelSpec:
     # there are GPUs; None: nimble chose nothing (no NVIDIA GPU, or a vLLM model alone on
     # the GPUs): the engine's own default
     devices: tuple[int, ...] | None = None
+    # LoRA adapters the engine loads with the model (more come and go at run time through
+    # `AdapterHost`); each is served under its own name
+    adapters: tuple[AdapterSpec, ...] = ()

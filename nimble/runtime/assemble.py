@@ -18,6 +18,7 @@ from pathlib import Path
 from nimble.config import Settings
 from nimble.engines import EngineConfig, engine_unavailable
 from nimble.errors import ConfigError
+from nimble.models.adapters import AdapterOrigin, FoundAdapter, parse_flag, resolve, scan
 from nimble.models.cache import ModelCache
 from nimble.models.hardware import HardwareInfo, detect_hardware, load_hardware
 from nimble.models.manifest import ModelManifest
@@ -28,6 +29,7 @@ from nimble.models.sources import LogProgress
 from nimble.models.spec import ModelSpec
 from nimble.runtime.deployment import Deployment
 from nimble.runtime.runtime import Runtime, RuntimeConfig
+from nimble.types import Task
 
 log = logging.getLogger("nimble.serve")
 
@@ -69,7 +71,7 @@ def build_runtime(
             model = dataclasses.replace(model, spec=placed_spec(model.spec, where))
         specs.append(model.spec)
         resolved[model.spec.id] = model
-    runtime = Runtime(specs, config)
+    runtime = Runtime(with_adapters(specs, settings), config)
     return runtime, Deployment(settings, hardware, resolved)
 
 
@@ -104,7 +106,35 @@ def runtime_config(settings: Settings, on_fatal: FatalCallback | None = None) ->
         tool_parser=settings.tool_parser,
         reasoning_parser=settings.reasoning_parser,
         responses_max_stored=settings.responses_max_stored,
+        lora_dir=settings.lora_dir.expanduser() if settings.lora_dir else None,
+        lora_poll_interval=settings.lora_poll_interval,
     )
+
+
+def with_adapters(specs: list[ModelSpec], settings: Settings) -> list[ModelSpec]:
+    """Each model with the LoRA adapters of `--lora` and `--lora-dir` that adapt it."""
+    generative = [s.id for s in specs if s.tasks & {Task.CHAT, Task.COMPLETION}]
+    found: list[tuple[FoundAdapter, AdapterOrigin]] = [
+        (parse_flag(v), "flag") for v in settings.lora
+    ]
+    if settings.lora_dir is not None:
+        directory = settings.lora_dir.expanduser()
+        if not directory.is_dir():
+            raise ConfigError(f"lora_dir: {directory} is not a folder")
+        flagged = {adapter.name for adapter, _ in found}
+        found += [(a, "dir") for name, a in scan(directory).items() if name not in flagged]
+    adapters = [resolve(adapter, generative, origin) for adapter, origin in found]
+    clash = sorted({a.name for a in adapters} & {s.id for s in specs})
+    if clash:
+        raise ConfigError(f"adapter names {', '.join(clash)} are served model names already")
+    for adapter in adapters:
+        log.info("adapter %s over %s: %s", adapter.name, adapter.base, adapter.path)
+    return [
+        dataclasses.replace(spec, adapters=tuple(a for a in adapters if a.base == spec.id))
+        if any(a.base == spec.id for a in adapters)
+        else spec
+        for spec in specs
+    ]
 
 
 def concurrency(settings: Settings) -> Concurrency:

@@ -42,7 +42,11 @@ def deployment_record(
     health_paths: tuple[str, ...],
 ) -> dict[str, Any]:
     settings = deployment.settings
-    exposed = {name: list(paths) for name, paths in endpoints.items() if name in settings.endpoints}
+    exposed = {
+        name: list(paths)
+        for name, paths in endpoints.items()
+        if name in settings.endpoints and (name != "admin" or settings.runtime_adapters)
+    }
     return {
         "schema": RECORD_SCHEMA,
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -56,6 +60,7 @@ def deployment_record(
             }
             for m in runtime.models.values()
         ],
+        "adapters": _adapters(settings, runtime),
         "hardware": deployment.hardware.as_record() if deployment.hardware else None,
         "endpoints": exposed,
         "health": {
@@ -90,6 +95,32 @@ def deployment_record(
             "cors_allow_origins": list(settings.cors_allow_origins),
         },
         "configuration": effective_configuration(settings),
+    }
+
+
+def _adapters(settings: Settings, runtime: Runtime) -> dict[str, Any]:
+    """The LoRA adapters served: those loaded, else (models not loaded yet, `nimble
+    inspect`) those the models will load at start."""
+    loaded = {a.spec.name: a.spec for a in runtime.adapters}
+    for served in runtime.models.values():
+        if not served.loaded:
+            loaded.update((a.name, a) for a in served.spec.adapters)
+    return {
+        "directory": str(settings.lora_dir) if settings.lora_dir else None,
+        "poll_interval": settings.lora_poll_interval if settings.lora_dir else None,
+        "runtime_loading": settings.runtime_adapters,
+        "served": [
+            {
+                "name": a.name,
+                "base": a.base,
+                "source": str(a.path),
+                "format": a.format,
+                "sha256": a.sha256,
+                "rank": a.rank,
+                "origin": a.origin,
+            }
+            for a in loaded.values()
+        ],
     }
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from nimble.engines import Engine, EngineConfig, Tokenizer, create_engine
 from nimble.errors import (
@@ -23,6 +26,8 @@ from nimble.models import ModelSpec
 from nimble.observability.metrics import ModelGauges
 from nimble.observability.record import RequestRecord, current_record
 from nimble.runtime import encoders, tokens
+from nimble.runtime.adapter_watch import AdapterWatcher
+from nimble.runtime.adapters import Adapters
 from nimble.runtime.admission import Admission
 from nimble.runtime.reasoning import ReasoningFormat, reasoning_format, split_reasoning
 from nimble.runtime.response_store import ResponseStore
@@ -65,6 +70,8 @@ class RuntimeConfig:
     tool_parser: str | None = None  # overrides every model profile's parser
     reasoning_parser: str | None = None  # overrides every model profile's (`none`: off)
     responses_max_stored: int = 1000
+    lora_dir: Path | None = None  # watched for adapters (`adapter_watch.py`)
+    lora_poll_interval: float = 5.0  # 0: read at start only
 
 
 EngineFactory = Callable[[ModelSpec, EngineConfig], Engine]
@@ -108,7 +115,9 @@ class Runtime:
             )
             for spec in specs
         }
+        self.adapters = Adapters(self.models)
         self.responses = ResponseStore(config.responses_max_stored)
+        self._watcher: asyncio.Task[None] | None = None
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -121,6 +130,7 @@ class Runtime:
                 log.info("loading model %s (%s engine)", model.spec.id, model.spec.engine)
                 started = time.monotonic()
                 await model.load()
+                self.adapters.started(model)
                 log.info("model %s ready in %.1fs", model.spec.id, time.monotonic() - started)
         except Exception as exc:
             self.state = ServiceState.FAILED
@@ -128,6 +138,11 @@ class Runtime:
             raise
         if self.state is ServiceState.STARTING:
             self.state = ServiceState.READY
+        if self.config.lora_dir is not None and self.config.lora_poll_interval > 0:
+            watcher = AdapterWatcher(
+                self.adapters, self.config.lora_dir, self.config.lora_poll_interval
+            )
+            self._watcher = asyncio.create_task(watcher.run(), name="adapter watcher")
 
     def begin_drain(self) -> None:
         self.state = ServiceState.DRAINING
@@ -142,6 +157,11 @@ class Runtime:
 
     async def stop(self) -> None:
         self.state = ServiceState.STOPPED
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self.adapters.stop()
         for model in self.models.values():
             await model.engine.stop()
 
@@ -192,10 +212,16 @@ class Runtime:
         return model
 
     def _lookup(self, model_id: str) -> ServedModel:
+        """The model, or an adapter's base model (a request for an adapter uses its base's
+        engine, tokenizer and window)."""
         model = self.models.get(model_id)
         if model is None:
+            adapter = self.adapters.get(model_id)
+            if adapter is not None:
+                return self.models[adapter.spec.base]
+            served = [*self.models, *(a.spec.name for a in self.adapters)]
             raise ModelNotFound(
-                f"The model `{model_id}` does not exist. Available: {', '.join(self.models)}",
+                f"The model `{model_id}` does not exist. Available: {', '.join(served)}",
                 param="model",
             )
         return model
@@ -236,6 +262,20 @@ class Runtime:
         frees the slot.
         """
         model = self.model(model_id, request.task)
+        if model_id not in self.models:  # an adapter over `model`
+            with self.adapters.using(model_id):
+                request = dataclasses.replace(request, adapter=model_id)
+                async with contextlib.aclosing(self._generate(model, request, model_id)) as gen:
+                    async for chunk in gen:
+                        yield chunk
+            return
+        async with contextlib.aclosing(self._generate(model, request, model_id)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def _generate(
+        self, model: ServedModel, request: GenerateRequest, served_as: str
+    ) -> AsyncGenerator[GenerationChunk, None]:
         self._check_params(model, request.params)
         request, calls_format = self._with_tools(model, request)
         await self.check_context(model, request)
@@ -244,7 +284,7 @@ class Runtime:
         if self.config.log_prompts:
             log.info("prompt: %s", request.messages or request.prompt)
         thinking = self._reasoning(model, request)
-        async with self._slot(model, request.task, record):
+        async with self._slot(model, request.task, record, served_as):
             stages = [model.generator.generate(request)]
             if thinking is not None:  # first: tool calls are read from the answer only
                 ends = (calls_format.begin,) if calls_format is not None else ()
@@ -395,10 +435,11 @@ class Runtime:
 
     @asynccontextmanager
     async def _slot(
-        self, model: ServedModel, task: Task, record: RequestRecord
+        self, model: ServedModel, task: Task, record: RequestRecord, served_as: str | None = None
     ) -> AsyncIterator[None]:
-        """Count the request in flight, wait for a running slot, and note the times."""
-        record.model = model.spec.id
+        """Count the request in flight, wait for a running slot, and note the times.
+        `served_as`: the name asked for (an adapter's), for the logs and metrics."""
+        record.model = served_as or model.spec.id
         record.task = task.value
         record.queued_at = time.monotonic()
         with self._track():

@@ -5,7 +5,7 @@ keys:
   - id: analytics              # shown in logs, the audit log and metrics-free places
     sha256: 3f0c...            # sha256 hex of the key (`nimble keys create` prints both)
     models: [smollm2-135m-instruct]   # default: any served model
-    endpoints: [chat, completions]    # default: every endpoint
+    endpoints: [chat, completions]    # default: every endpoint but `admin`
     tools: false                      # may it send tools? default: true
     limits: {requests_per_minute: 60, tokens_per_minute: 20000, concurrent_requests: 2}
 ```
@@ -36,6 +36,8 @@ log = logging.getLogger("nimble.security")
 
 KEY_PREFIX = "nb-"
 ANY = "*"
+# loading and unloading adapters at run time: only for keys that name it (`*` does not)
+ADMIN = "admin"
 
 
 class Limits(BaseModel):
@@ -88,15 +90,19 @@ class ApiKey:
         )
 
     def allows_endpoint(self, endpoint: str) -> bool:
-        return self.endpoints is None or endpoint in self.endpoints
+        if self.endpoints is None:
+            return endpoint != ADMIN
+        return endpoint in self.endpoints
 
     def allows_model(self, model: str) -> bool:
         return self.models is None or model in self.models
 
     def require_endpoint(self, endpoint: str) -> None:
         if not self.allows_endpoint(endpoint):
+            named = " (a key must name `admin` in its endpoints)" if endpoint == ADMIN else ""
             raise PermissionDenied(
-                f"API key `{self.id}` may not use the {endpoint} endpoint", code="endpoint_denied"
+                f"API key `{self.id}` may not use the {endpoint} endpoint{named}",
+                code="endpoint_denied",
             )
 
     def require_model(self, model: str) -> None:

@@ -16,6 +16,7 @@ from nimble.api.schemas.service import (
     VersionResponse,
 )
 from nimble.errors import ModelNotFound
+from nimble.runtime.adapters import LoadedAdapter
 from nimble.runtime.deployment import deployment_record
 from nimble.runtime.served import ServedModel
 from nimble.version import __version__
@@ -31,9 +32,9 @@ router = APIRouter(route_class=Route)
 )
 async def list_models(request: Request) -> Response:
     call = Call.of(request)
-    cards = [
-        _card(call, m) for m in call.runtime.models.values() if call.grant.allows_model(m.spec.id)
-    ]
+    runtime = call.runtime
+    cards = [_card(call, m) for m in runtime.models.values() if call.grant.allows_model(m.spec.id)]
+    cards += [_adapter_card(a) for a in runtime.adapters if call.grant.allows_model(a.spec.name)]
     return json_response({"object": "list", "data": cards})
 
 
@@ -47,10 +48,23 @@ async def list_models(request: Request) -> Response:
 async def retrieve_model(request: Request, model_id: str) -> Response:
     call = Call.of(request)
     model = call.runtime.models.get(model_id)
+    adapter = call.runtime.adapters.get(model_id)
     # a model the caller's key may not use is as absent as in the list
-    if model is None or not call.grant.allows_model(model_id):
-        raise ModelNotFound(f"The model `{model_id}` does not exist.", param="model")
-    return json_response(_card(call, model))
+    if model is not None and call.grant.allows_model(model_id):
+        return json_response(_card(call, model))
+    if adapter is not None and call.grant.allows_model(model_id):
+        return json_response(_adapter_card(adapter))
+    raise ModelNotFound(f"The model `{model_id}` does not exist.", param="model")
+
+
+def _adapter_card(adapter: LoadedAdapter) -> dict[str, Any]:
+    return {
+        "id": adapter.spec.name,
+        "object": "model",
+        "created": adapter.created,
+        "owned_by": "nimble",
+        "parent": adapter.spec.base,
+    }
 
 
 def _card(call: Call, model: ServedModel) -> dict[str, Any]:

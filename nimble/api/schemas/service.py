@@ -12,6 +12,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "nimble"
+    # a LoRA adapter: the served model it adapts (vLLM's `parent`); absent for a model
+    parent: str | None = None
     # models that answer /v1/ranking and /v1/rerank: how they score (absent otherwise)
     ranking: Literal["cross-encoder", "cosine"] | None = None
 

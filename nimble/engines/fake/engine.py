@@ -19,7 +19,8 @@ from typing import Literal
 
 from nimble.engines.config import EngineConfig
 from nimble.engines.fake.constrained import constrained_text
-from nimble.errors import InvalidRequest
+from nimble.errors import InvalidRequest, ModelLoadError
+from nimble.models.adapters import AdapterSpec
 from nimble.models.spec import ModelSpec
 from nimble.types import (
     EmbedRequest,
@@ -86,8 +87,14 @@ class FakeEngine:
         self.started = False
         self.aborted = 0
         self.running = 0
+        self.adapters: dict[str, AdapterSpec] = {}
 
     async def start(self) -> None:
+        for adapter in self.spec.adapters:
+            try:
+                await self.load_adapter(adapter)
+            except InvalidRequest as exc:
+                raise ModelLoadError(str(exc)) from exc
         self.started = True
         request = GenerateRequest("warmup", SamplingParams(max_tokens=1), prompt="warm up")
         async for _ in self.generate(request):
@@ -104,6 +111,19 @@ class FakeEngine:
             context_length=self._context,
             supports_logprobs=True,
         )
+
+    async def load_adapter(self, adapter: AdapterSpec) -> None:
+        """Any file or folder is an adapter, but an empty file (the stand-in for one that
+        does not fit the model)."""
+        if adapter.path.is_file() and adapter.path.stat().st_size == 0:
+            raise InvalidRequest(
+                f"{adapter.path}: not a LoRA adapter of model `{self.spec.id}` (empty file)",
+                param="lora_path",
+            )
+        self.adapters[adapter.name] = adapter
+
+    async def unload_adapter(self, name: str) -> None:
+        self.adapters.pop(name, None)
 
     def _prompt_text(self, request: GenerateRequest) -> str:
         if request.messages is not None:
@@ -154,7 +174,7 @@ class FakeEngine:
                     done = len(pieces) == len(re.findall(r"\S+\s*", forced))
                     yield GenerationChunk(index=index, finish_reason="stop" if done else "length")
                     continue
-                seed = _digest(prompt, params.seed, index)
+                seed = _digest(prompt, params.seed, index, *_adapter_of(request, self.adapters))
                 # where the text would end by itself (its end-of-text token)
                 natural_length = budget if params.ignore_eos else 8 + seed[0] % 8
                 natural_length = max(natural_length, params.min_tokens)
@@ -169,6 +189,8 @@ class FakeEngine:
                         await asyncio.sleep(self._config.fake_token_delay)
                     token = _digest(seed, step)[0] % len(_WORDS)
                     piece = _WORDS[token] if step == 0 else " " + _WORDS[token]
+                    if step == 0 and request.adapter is not None:
+                        piece = f"[{request.adapter}]"  # which adapter answered
                     completion_tokens += 1
                     progress = Usage(prompt_tokens, step + 1) if params.continuous_usage else None
                     may_end = step >= params.min_tokens  # vLLM: no end before min_tokens
@@ -300,6 +322,17 @@ class FakeEngine:
     async def cache_usage(self) -> float | None:
         """Simulated: the share of slots generating (real engines report their KV cache)."""
         return min(1.0, self.running / self._config.max_running)
+
+
+def _adapter_of(request: GenerateRequest, loaded: dict[str, AdapterSpec]) -> tuple[str, ...]:
+    """What the adapter adds to the seed: its name and file's sha256 (a changed file
+    answers differently), nothing for the base model."""
+    if request.adapter is None:
+        return ()
+    adapter = loaded.get(request.adapter)
+    if adapter is None:
+        raise InvalidRequest(f"adapter `{request.adapter}` is not loaded", param="model")
+    return (adapter.name, adapter.sha256)
 
 
 def _stop_cut(text: str, piece: str, params: SamplingParams) -> str | None:
