@@ -41,6 +41,11 @@ class EngineConfig:
     # called (from any thread) when an engine can no longer serve and will not recover;
     # the server then stops with a non-zero exit code
     on_fatal: Callable[[str], None] | None = None
+    # LoRA adapters (vLLM): adapters in one batch, the largest rank taken, and whether
+    # adapters may be loaded at run time (--runtime-adapters, or a watched --lora-dir)
+    max_loras: int = 4
+    max_lora_rank: int = 16
+    runtime_adapters: bool = False
 
     def batch_size(self, spec: ModelSpec) -> int | None:
         """Sequences the engine runs at once for this model: the operator's max_batch_size,

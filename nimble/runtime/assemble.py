@@ -94,6 +94,10 @@ def runtime_config(settings: Settings, on_fatal: FatalCallback | None = None) ->
         engine_restart=settings.engine_restart,
         engine_start_timeout=settings.engine_start_timeout,
         on_fatal=on_fatal,
+        max_loras=settings.max_loras,
+        max_lora_rank=settings.max_lora_rank,
+        runtime_adapters=settings.runtime_adapters
+        or (settings.lora_dir is not None and settings.lora_poll_interval > 0),
     )
     return RuntimeConfig(
         engine=engine,
