@@ -14,7 +14,7 @@ from tests.conftest import FAKE_MODEL, assert_openai_error, chat_body, fake_serv
 
 
 def test_every_route_has_an_endpoint_name() -> None:
-    app = create_app(Settings(model=("fake",)), load_on_startup=False)
+    app = create_app(Settings(model=("fake",), runtime_adapters=True), load_on_startup=False)
     paths = {route.path for route in app.routes if isinstance(route, APIRoute)}
     assert paths == {p for ps in ENDPOINT_PATHS.values() for p in ps if p != "/openapi.json"} | set(
         HEALTH_PATHS

@@ -55,8 +55,8 @@ def test_keys_are_stored_hashed_and_matched(tmp_path: Path) -> None:
     [
         ({"id": "a", "sha256": "not-hex"}, "sha256"),
         (
-            {"id": "a", "sha256": "0" * 64, "endpoints": ["chat", "admin"]},
-            "unknown endpoints admin",
+            {"id": "a", "sha256": "0" * 64, "endpoints": ["chat", "root"]},
+            "unknown endpoints root",
         ),
         ({"id": "a", "sha256": "0" * 64, "scopes": ["x"]}, "scopes"),
         ({"id": "a b", "sha256": "0" * 64}, "id"),
