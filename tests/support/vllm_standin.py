@@ -13,6 +13,16 @@ STANDIN_TOKEN_DELAY (seconds between streamed tokens), STANDIN_ERROR_SHAPE ("new
 as `{"error": {...}}` like recent vLLM; otherwise the older flat `{"object": "error", ...}`),
 STANDIN_WORKER (1: start a worker child in the process group, as tensor-parallel vLLM does;
 its pid is logged).
+
+LoRA as vLLM 0.11 serves it: `--enable-lora`, `--max-loras`, `--max-lora-rank` (vLLM's
+choices), `--lora-modules` (one flag, each value JSON `{"name", "path", "base_model_name"}`
+or `name=path`; a static adapter that does not load stops the start, as in vLLM),
+`/v1/load_lora_adapter` and `/v1/unload_lora_adapter` only with
+VLLM_ALLOW_RUNTIME_LORA_UPDATING (vLLM's answers: plain text on success, 400 for a name
+taken or an adapter that does not fit, 404 for no adapter at the path or no such name),
+adapters in `/v1/models` with `parent`. A request whose `model` is an adapter is answered
+with `[<adapter name>|<sha256 of its weights as loaded, 8 hex>] ` first, then as the base.
+Each unload is logged with the adapter's requests running at that moment.
 """
 
 from __future__ import annotations
@@ -37,6 +47,9 @@ from nimble.engines.fake.constrained import instance
 
 VERSION = "0.11.0+standin"
 VOCAB_SIZE = 32000
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# the layers of a Llama that vLLM applies LoRA to (unpacked names, as PEFT writes them)
+LORA_TARGETS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
 def note(entry: dict[str, Any]) -> None:
@@ -57,6 +70,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-logprobs", type=int, default=20)
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--enable-lora", action="store_true")
+    parser.add_argument("--max-loras", type=int, default=1)
+    parser.add_argument("--max-lora-rank", type=int, default=16, choices=LORA_RANKS)
+    parser.add_argument("--lora-modules", nargs="+", default=None)
     args, _unknown = parser.parse_known_args(argv)
     return args
 
@@ -87,6 +104,45 @@ def echoed(prompt: list[str], logprobs: int | None) -> tuple[str, dict[str, Any]
     return "".join(tokens), {**shape, "text_offset": offsets}
 
 
+def lora_modules(values: list[str] | None) -> list[dict[str, Any]]:
+    """vLLM's LoRAParserAction: `name=path`, else JSON."""
+    modules = []
+    for item in values or []:
+        if "=" in item and "," not in item:
+            name, path = item.split("=")
+            modules.append({"name": name, "path": path})
+        else:
+            modules.append(json.loads(item))
+    return modules
+
+
+def lora_refusal(path: str, max_rank: int) -> tuple[int, str] | None:
+    """What vLLM says when an adapter folder does not load (None: it loads)."""
+    config_file = os.path.join(path, "adapter_config.json")
+    if not os.path.isfile(config_file):
+        return 404, f"Loading lora {path} failed: No adapter found for {path}"
+    with open(config_file) as file:
+        config = json.load(file)
+    if int(config.get("r", 8)) > max_rank:
+        return 400, f"LoRA rank {config['r']} is greater than max_lora_rank {max_rank}."
+    targets = config.get("target_modules") or []
+    unexpected = sorted(set(targets) - LORA_TARGETS)
+    if unexpected:
+        return 400, (
+            f"While loading {path}, expected target modules in {sorted(LORA_TARGETS)} but "
+            f"received {unexpected}. Please verify that the loaded LoRA module is correct"
+        )
+    return None
+
+
+def weights_mark(path: str) -> str:
+    weights = os.path.join(path, "adapter_model.safetensors")
+    if not os.path.isfile(weights):
+        return "nofile"
+    with open(weights, "rb") as file:
+        return hashlib.sha256(file.read()).hexdigest()[:8]
+
+
 def error(status: int, message: str, kind: str = "BadRequestError") -> JSONResponse:
     body: dict[str, Any] = {"message": message, "type": kind, "param": None, "code": status}
     if os.environ.get("STANDIN_ERROR_SHAPE") == "new":
@@ -101,6 +157,18 @@ def build(args: argparse.Namespace) -> FastAPI:
     name = args.served_model_name or args.model
     key = os.environ.get("VLLM_API_KEY") or args.api_key
     state = {"running": 0}
+    # adapters by name: path, parent, the weights' mark as loaded, requests running
+    loras: dict[str, dict[str, Any]] = {}
+    for module in lora_modules(args.lora_modules):
+        refused = lora_refusal(module["path"], args.max_lora_rank)
+        if not args.enable_lora or refused is not None:
+            raise SystemExit(f"ValueError: {refused[1] if refused else 'LoRA is not enabled'}")
+        loras[module["name"]] = {
+            "path": module["path"],
+            "parent": module.get("base_model_name") or name,
+            "mark": weights_mark(module["path"]),
+            "running": 0,
+        }
     crash_after = int(os.environ.get("STANDIN_CRASH_AFTER_TOKENS", "0"))
     token_delay = float(os.environ.get("STANDIN_TOKEN_DELAY", "0"))
 
@@ -128,7 +196,56 @@ def build(args: argparse.Namespace) -> FastAPI:
             "max_model_len": args.max_model_len,
             "owned_by": "vllm",
         }
-        return {"object": "list", "data": [entry]}
+        cards = [
+            {"id": n, "object": "model", "root": lora["path"], "parent": lora["parent"]}
+            for n, lora in loras.items()
+        ]
+        return {"object": "list", "data": [entry, *cards]}
+
+    if os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "0").strip().lower() in ("1", "true"):
+
+        @app.post("/v1/load_lora_adapter")
+        async def load_lora_adapter(request: Request) -> Any:
+            body = await request.json()
+            note({"path": "/v1/load_lora_adapter", "body": body})
+            lora_name, path = body.get("lora_name"), body.get("lora_path")
+            if not lora_name or not path:
+                return error(400, "Both 'lora_name' and 'lora_path' must be provided.")
+            if lora_name in loras:
+                return error(400, f"The lora adapter '{lora_name}' has already been loaded.")
+            refused = lora_refusal(path, args.max_lora_rank) if args.enable_lora else None
+            if not args.enable_lora:
+                refused = (400, "LoRA is not enabled")
+            if refused is not None:
+                status, message = refused
+                return error(
+                    status, message, "NotFoundError" if status == 404 else "BadRequestError"
+                )
+            loras[lora_name] = {
+                "path": path,
+                "parent": name,
+                "mark": weights_mark(path),
+                "running": 0,
+            }
+            return PlainTextResponse(f"Success: LoRA adapter '{lora_name}' added successfully.")
+
+        @app.post("/v1/unload_lora_adapter")
+        async def unload_lora_adapter(request: Request) -> Any:
+            body = await request.json()
+            lora_name = body.get("lora_name")
+            lora = loras.pop(lora_name, None)
+            note(
+                {
+                    "path": "/v1/unload_lora_adapter",
+                    "body": body,
+                    "running": (lora or {}).get("running"),
+                }
+            )
+            if lora is None:
+                return error(
+                    404, f"The lora adapter '{lora_name}' cannot be found.", "NotFoundError"
+                )
+            return PlainTextResponse(f"Success: LoRA adapter '{lora_name}' removed successfully.")
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
@@ -229,9 +346,12 @@ def build(args: argparse.Namespace) -> FastAPI:
     async def generate(request: Request, chat: bool) -> Any:
         body = await request.json()
         note({"path": request.url.path, "body": body})
-        if body.get("model") != name:
+        lora = loras.get(body.get("model"))
+        if body.get("model") != name and lora is None:
             return error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
         prompt = words_of(body)
+        if lora is not None:  # which adapter answered, as loaded
+            prompt = [f"[{body['model']}|{lora['mark']}]", *prompt]
         max_tokens = 16 if body.get("max_tokens") is None else int(body["max_tokens"])
         if max_tokens == 0 and not body.get("echo"):
             return error(400, "max_tokens must be at least 1, got 0.")
@@ -340,6 +460,8 @@ def build(args: argparse.Namespace) -> FastAPI:
 
         async def events() -> AsyncIterator[str]:
             state["running"] += 1
+            if lora is not None:
+                lora["running"] += 1
             sent = 0
             try:
                 for index in range(n):
@@ -428,6 +550,8 @@ def build(args: argparse.Namespace) -> FastAPI:
                 raise
             finally:
                 state["running"] -= 1
+                if lora is not None:
+                    lora["running"] -= 1
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -449,6 +573,7 @@ def main() -> None:
         {
             "argv": sys.argv[1:],
             "api_key_in_env": bool(os.environ.get("VLLM_API_KEY")),
+            "runtime_lora": os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING"),
             "cuda_visible_devices": devices,
         }
     )

@@ -17,6 +17,13 @@ How it works
   with backoff (1, 2, 4 ... 30 s; a sixth restart within 10 minutes is fatal); meanwhile
   health is False and requests get Unavailable. With "fail" (or too many restarts)
   `on_fatal` is called: nimble exits non-zero and the orchestrator restarts the pod.
+- LoRA adapters (`lora.py`): the model's adapters go on vLLM's command line
+  (`--enable-lora`, `--lora-modules`); adapters loaded at run time go through vLLM's own
+  `/v1/load_lora_adapter` and `/v1/unload_lora_adapter`, each version under its own vLLM
+  name (a replaced adapter leaves vLLM when its last request ends). A request for an
+  adapter sends vLLM `model: <that name>`. After a restart the adapters loaded at run time
+  are loaded again before the engine counts as up (one vLLM refuses now is logged, and its
+  requests fail with the reason).
 - Metrics: `cache_usage()` reads `vllm:kv_cache_usage_perc` (or the older
   `vllm:gpu_cache_usage_perc`) from vLLM's /metrics.
 """
@@ -36,6 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nimble.engines.config import EngineConfig
 from nimble.engines.openai_wire import ChunkMapper, Json, message_dicts, request_body
+from nimble.engines.vllm.lora import Version, VllmAdapters
 from nimble.engines.vllm.supervisor import Launch, RestartPolicy, State, Supervisor
 from nimble.engines.vllm.wire import (
     chat_logprobs,
@@ -54,9 +62,11 @@ from nimble.errors import (
     EngineError,
     InvalidRequest,
     ModelLoadError,
+    NimbleError,
     Unavailable,
     UnsupportedParameter,
 )
+from nimble.models.adapters import AdapterSpec
 from nimble.models.spec import ModelSpec
 from nimble.structured.json_schema import tool_json
 from nimble.types import (
@@ -94,6 +104,13 @@ class VllmEngine:
         self._context_length = 0
         self._files: tuple[ModelFile, ...] = ()
         self._vocab: int | None = None
+        self._lora = VllmAdapters(
+            spec,
+            max_loras=config.max_loras,
+            max_lora_rank=config.max_lora_rank,
+            runtime=config.runtime_adapters,
+        )
+        self._unloads: set[asyncio.Task[None]] = set()  # replaced versions leaving vLLM
         policy = RESTARTS if config.engine_restart == "restart" else RestartPolicy(restart=False)
         self._process = Supervisor(
             f"vllm for {spec.id}",
@@ -112,6 +129,7 @@ class VllmEngine:
     # lifecycle
 
     async def start(self) -> None:
+        await asyncio.to_thread(self._lora.check_static)  # before minutes of model loading
         # no proxies from the environment: every request goes to 127.0.0.1
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, read=None),
@@ -133,6 +151,8 @@ class VllmEngine:
         await self._warm_up()
 
     async def stop(self) -> None:
+        for task in list(self._unloads):
+            task.cancel()
         await self._process.stop()
         if self._http is not None:
             await self._http.aclose()
@@ -210,10 +230,29 @@ class VllmEngine:
             for m in request.messages
         )
 
-    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
+    def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
+        if request.adapter is None:  # no generator in between for the base model
+            return self._generate(request, self.spec.id)
+        return self._generate_with_adapter(request, request.adapter)
+
+    async def _generate_with_adapter(
+        self, request: GenerateRequest, name: str
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        version = self._lora.acquire(name)
+        try:
+            async with contextlib.aclosing(self._generate(request, version.vllm_name)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            if self._lora.release(version):  # replaced meanwhile: it may leave vLLM now
+                self._unload_later(version)
+
+    async def _generate(
+        self, request: GenerateRequest, model: str
+    ) -> AsyncGenerator[GenerationChunk, None]:
         client = self._ready_client()
         chat = request.messages is not None
-        body = {**request_body(request), "model": self.spec.id, **sampling_fields(request.params)}
+        body = {**request_body(request), "model": model, **sampling_fields(request.params)}
         if request.params.seed is not None:
             body["seed"] = request.params.seed  # vLLM takes any int (llama.cpp: uint32)
         if request.echo:  # vLLM scores the prompt itself (max_tokens 0: only that)
@@ -316,6 +355,92 @@ class VllmEngine:
         vectors = tuple(tuple(float(v) for v in row["embedding"]) for row in rows)
         return EmbedResult(vectors, int(answer["usage"]["prompt_tokens"]))
 
+    # LoRA adapters (AdapterHost)
+
+    async def load_adapter(self, adapter: AdapterSpec) -> None:
+        """Load `adapter` into vLLM as a new version; a loaded one of that name keeps its
+        requests in flight and leaves vLLM when they have ended."""
+        version = await asyncio.to_thread(self._lora.prepare, adapter)
+        await self._vllm_load(self._ready_client(), version)
+        old = self._lora.install(version)
+        if old is not None:
+            await self._vllm_unload(old)
+
+    async def unload_adapter(self, name: str) -> None:
+        version = self._lora.remove(name)
+        if version is not None:
+            await self._vllm_unload(version)
+
+    async def _vllm_load(self, client: httpx.AsyncClient, version: Version) -> None:
+        body = {"lora_name": version.vllm_name, "lora_path": str(version.spec.path)}
+        status, payload = await self._lora_call(client, "/v1/load_lora_adapter", body)
+        if status == 200:
+            log.info("vllm for %s: adapter %s loaded", self.spec.id, version.vllm_name)
+            return
+        message = error_of(status, payload, "lora_path")
+        if status in (400, 404):  # vLLM's refusal: the file does not fit
+            raise InvalidRequest(
+                f"{version.spec.path}: vLLM refused the adapter: {message}", param="lora_path"
+            )
+        raise EngineError(f"vllm ({self.spec.id}): loading adapter {version.spec.name}: {message}")
+
+    async def _vllm_unload(self, version: Version) -> None:
+        """Take `version` out of vLLM (what fails is logged: vLLM keeps some memory)."""
+        self._lora.forget(version)
+        try:
+            body = {"lora_name": version.vllm_name}
+            status, payload = await self._lora_call(
+                self._ready_client(), "/v1/unload_lora_adapter", body
+            )
+        except (Unavailable, EngineError) as exc:  # a restart forgets it anyway
+            log.warning(
+                "vllm for %s: adapter %s not unloaded: %s", self.spec.id, version.vllm_name, exc
+            )
+            return
+        if status != 200:
+            log.warning(
+                "vllm for %s: unloading adapter %s: %s",
+                self.spec.id,
+                version.vllm_name,
+                error_of(status, payload, "lora_name"),
+            )
+        else:
+            log.info("vllm for %s: adapter %s unloaded", self.spec.id, version.vllm_name)
+
+    def _unload_later(self, version: Version) -> None:
+        task = asyncio.create_task(self._vllm_unload(version), name=f"unload {version.vllm_name}")
+        self._unloads.add(task)
+        task.add_done_callback(self._unloads.discard)
+
+    async def _lora_call(
+        self, client: httpx.AsyncClient, path: str, body: Json
+    ) -> tuple[int, object]:
+        """vLLM's LoRA endpoints: plain text on success, an error body otherwise."""
+        try:
+            response = await client.post(self._url(path), json=body, headers=self._auth())
+        except httpx.ConnectError as exc:
+            raise self._unavailable() from exc
+        except httpx.HTTPError as exc:
+            raise EngineError(f"vllm ({self.spec.id}): {exc!r}") from exc
+        return response.status_code, _json(response.content)
+
+    async def _reload_adapters(self) -> None:
+        """After a restart: the adapters loaded at run time, loaded again (the start's are
+        on the command line)."""
+        client = self._client()
+        for version in self._lora.to_reload():
+            try:
+                await self._vllm_load(client, version)
+                version.broken = None
+            except NimbleError as exc:
+                version.broken = str(exc)
+                log.error(
+                    "vllm for %s: adapter %s not loaded again: %s",
+                    self.spec.id,
+                    version.spec.name,
+                    exc,
+                )
+
     # the process (called by the supervisor)
 
     def _launch(self) -> Launch:
@@ -326,7 +451,9 @@ class VllmEngine:
         args += serve_args(spec, config.context_length, config.batch_size(spec))
         if config.chat_template:  # vLLM takes the template text itself, too
             args += ["--chat-template", config.chat_template]
-        return Launch([*self._command, *args], {"VLLM_API_KEY": self._key, **gpu_env(spec)})
+        args += self._lora.args()
+        env = {"VLLM_API_KEY": self._key, **gpu_env(spec), **self._lora.env()}
+        return Launch([*self._command, *args], env)
 
     async def _probe(self) -> bool:
         if self._http is None:
@@ -349,6 +476,7 @@ class VllmEngine:
                     self._context_length = int(entry["max_model_len"])
         if not self._context_length:
             self._context_length = self._config.context_length or self.spec.context_length or 0
+        await self._reload_adapters()
 
     # helpers
 
