@@ -27,7 +27,7 @@ from nimble.observability.metrics import ModelGauges
 from nimble.observability.record import RequestRecord, current_record
 from nimble.runtime import encoders, tokens
 from nimble.runtime.adapter_watch import AdapterWatcher
-from nimble.runtime.adapters import Adapters
+from nimble.runtime.adapters import GENERATIVE, Adapters
 from nimble.runtime.admission import Admission
 from nimble.runtime.reasoning import ReasoningFormat, reasoning_format, split_reasoning
 from nimble.runtime.response_store import ResponseStore
@@ -207,6 +207,11 @@ class Runtime:
         model = self._lookup(model_id)
         if task not in model.spec.tasks:
             raise model.unsupported(task)
+        if model_id not in self.models and task not in GENERATIVE:
+            raise InvalidRequest(
+                f"model `{model_id}` is a LoRA adapter: it serves chat and completions only",
+                param="model",
+            )
         if self.state is not ServiceState.READY:
             raise Unavailable(f"service is {self.state.value}; not taking requests")
         return model
@@ -409,7 +414,8 @@ class Runtime:
 
     def ranking_method(self, model_id: str) -> str | None:
         """`cross-encoder`, `cosine` (an embedding model), or None (this model cannot rank)."""
-        return encoders.ranking_method(self._lookup(model_id))
+        model = self._lookup(model_id)
+        return encoders.ranking_method(model) if model_id in self.models else None
 
     async def tokenize(self, model_id: str, request: TokenizeRequest) -> tuple[Tokens, int]:
         """The token ids of a prompt, or of a conversation as the model's chat completion
