@@ -484,3 +484,22 @@ def test_admission_is_the_engines_batch_unless_set() -> None:
     for name in ("default", "gpu"):
         assert "NIMBLE_MAX_RUNNING" not in env(rendered(name))
     assert env(render(merged("default", maxRunning=8)))["NIMBLE_MAX_RUNNING"] == "8"
+
+
+def test_an_adapter_volume_is_mounted_read_only_and_watched() -> None:
+    assert "NIMBLE_LORA_DIR" not in env(rendered("default"))
+    source = {"persistentVolumeClaim": {"claimName": "team-adapters", "readOnly": True}}
+    r = render(
+        merged("default", adapters={"enabled": True, "volume": source, "runtimeLoading": True})
+    )
+    values = env(r)
+    assert (values["NIMBLE_LORA_DIR"], values["NIMBLE_LORA_POLL_INTERVAL"]) == ("/adapters", "5")
+    assert values["NIMBLE_RUNTIME_ADAPTERS"] == "true"
+    assert {"name": "adapters", "mountPath": "/adapters", "readOnly": True} in container(r)[
+        "volumeMounts"
+    ]
+    assert {"name": "adapters", **source} in deployment(r)["spec"]["template"]["spec"]["volumes"]
+    for manifest in r.manifests:
+        assert validate(manifest) == [], manifest["kind"]
+    with pytest.raises(helm.HelmRenderError, match="adapters.enabled needs adapters.volume"):
+        render(merged("default", adapters={"enabled": True}))
