@@ -164,6 +164,24 @@ def test_inspect_prints_the_record_without_serving(env: dict[str, str]) -> None:
     assert record["hardware"]["source"] == "detected"
 
 
+def test_inspect_lists_the_adapters_with_source_sha256_and_base(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    adapter = tmp_path / "support.gguf"
+    adapter.write_bytes(b"adapter weights")
+    code, out = run(["inspect", "--model", "fake", "--lora", f"support={adapter}"], env)
+    assert code == 0, out
+    (served,) = json.loads(out)["adapters"]["served"]
+    assert (served["name"], served["base"], served["source"], served["sha256"]) == (
+        "support",
+        "fake-model",
+        str(adapter),
+        hashlib.sha256(b"adapter weights").hexdigest(),
+    )
+    code, out = run(["inspect", "--model", "fake", "--lora", f"support={tmp_path}/none"], env)
+    assert code == 2 and "neither a GGUF adapter file nor a PEFT adapter folder" in out
+
+
 def test_download_from_a_mirror_resumes_nothing_twice_and_refuses_a_bad_hash(
     tmp_path: Path, env: dict[str, str], mirror: Mirror
 ) -> None:
