@@ -149,8 +149,12 @@ class Adapters:
             task.cancel()
 
     @contextmanager
-    def using(self, name: str) -> Iterator[LoadedAdapter]:
-        """Count a request on adapter `name` while it runs (404 if not loaded)."""
+    def using(self, name: str | None) -> Iterator[LoadedAdapter | None]:
+        """Count a request on adapter `name` while it runs (404 if not loaded; None: the
+        base model, nothing to count)."""
+        if name is None:
+            yield None
+            return
         loaded = self._served.get(name)
         if loaded is None:
             raise ModelNotFound(f"The model `{name}` does not exist.", param="model")

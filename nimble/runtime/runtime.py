@@ -267,48 +267,38 @@ class Runtime:
         frees the slot.
         """
         model = self.model(model_id, request.task)
-        if model_id not in self.models:  # an adapter over `model`
-            with self.adapters.using(model_id):
-                request = dataclasses.replace(request, adapter=model_id)
-                async with contextlib.aclosing(self._generate(model, request, model_id)) as gen:
-                    async for chunk in gen:
+        adapter = None if model_id in self.models else model_id  # an adapter over `model`
+        if adapter is not None:
+            request = dataclasses.replace(request, adapter=adapter)
+        with self.adapters.using(adapter):
+            self._check_params(model, request.params)
+            request, calls_format = self._with_tools(model, request)
+            await self.check_context(model, request)
+            record = _record()
+            texts: dict[int, list[str]] = {}
+            if self.config.log_prompts:
+                log.info("prompt: %s", request.messages or request.prompt)
+            thinking = self._reasoning(model, request)
+            async with self._slot(model, request.task, record, model_id):
+                stages = [model.generator.generate(request)]
+                if thinking is not None:  # first: tool calls are read from the answer only
+                    ends = (calls_format.begin,) if calls_format is not None else ()
+                    stages.append(split_reasoning(stages[-1], thinking, ends))
+                if calls_format is not None:
+                    stages.append(parse_calls(stages[-1], calls_format))
+                chunks = stages[-1]
+                try:
+                    async for chunk in chunks:
+                        _note(record, chunk)
+                        if self.config.log_prompts and chunk.text:
+                            texts.setdefault(chunk.index, []).append(chunk.text)
                         yield chunk
-            return
-        async with contextlib.aclosing(self._generate(model, request, model_id)) as chunks:
-            async for chunk in chunks:
-                yield chunk
-
-    async def _generate(
-        self, model: ServedModel, request: GenerateRequest, served_as: str
-    ) -> AsyncGenerator[GenerationChunk, None]:
-        self._check_params(model, request.params)
-        request, calls_format = self._with_tools(model, request)
-        await self.check_context(model, request)
-        record = _record()
-        texts: dict[int, list[str]] = {}
-        if self.config.log_prompts:
-            log.info("prompt: %s", request.messages or request.prompt)
-        thinking = self._reasoning(model, request)
-        async with self._slot(model, request.task, record, served_as):
-            stages = [model.generator.generate(request)]
-            if thinking is not None:  # first: tool calls are read from the answer only
-                ends = (calls_format.begin,) if calls_format is not None else ()
-                stages.append(split_reasoning(stages[-1], thinking, ends))
-            if calls_format is not None:
-                stages.append(parse_calls(stages[-1], calls_format))
-            chunks = stages[-1]
-            try:
-                async for chunk in chunks:
-                    _note(record, chunk)
-                    if self.config.log_prompts and chunk.text:
-                        texts.setdefault(chunk.index, []).append(chunk.text)
-                    yield chunk
-            finally:
-                for stage in reversed(stages):  # a wrapper's close does not reach the engine
-                    await stage.aclose()
-                if self.config.log_prompts:
-                    for index, parts in sorted(texts.items()):
-                        log.info("completion %d: %s", index, "".join(parts))
+                finally:
+                    for stage in reversed(stages):  # a wrapper's close does not reach the engine
+                        await stage.aclose()
+                    if self.config.log_prompts:
+                        for index, parts in sorted(texts.items()):
+                            log.info("completion %d: %s", index, "".join(parts))
 
     async def prompt_tokens(self, model_id: str, request: GenerateRequest) -> int:
         """The exact number of tokens of the prompt that `generate` would give the engine for
