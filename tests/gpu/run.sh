@@ -10,7 +10,7 @@
 #   preflight  nvidia-smi, Python, the package index                           15 s
 #   install    uv, then a venv: nimble[gpu] at the pins of requirements/gpu.txt
 #              (vLLM, torch), pytest, pytest-asyncio, openai                  240 s
-#   tests      pytest tests/gpu/test_vllm_real.py (real vLLM, tiny model)      150 s
+#   tests      pytest tests/gpu/test_vllm_real.py (real vLLM, tiny model, LoRA) 200 s
 #   model      random weights in Qwen2.5-0.5B's shape (no hub needed)           60 s
 #   bench      benchmarks/gpu_vllm.py: nimble vs `vllm serve` at 1, 16, 64
 #              streams, TTFT in pairs at 1 stream                 the rest, >= 120 s
@@ -315,7 +315,7 @@ fi
 export PY
 
 if [ "$SKIP_TESTS" = 0 ]; then
-  run_phase tests 150 "$OUT_DIR/tests.log" || true
+  run_phase tests 200 "$OUT_DIR/tests.log" || true
 else
   record tests "skipped (--skip-tests)" 0
 fi

@@ -4,8 +4,9 @@ The model is NIMBLE_GPU_TEST_MODEL (a local Hugging Face folder) when set, else 
 random-weight Llama built here (tests/support/tiny_llama.py): no hub access is assumed.
 What the stand-in cannot prove is checked against vLLM itself: its flags are accepted, its
 stream, logprobs, /tokenize, /metrics and error wording read as nimble expects, an aborted
-stream frees the request, and a killed server (engine core and workers included) is
-swept and restarted."""
+stream frees the request, a killed server (engine core and workers included) is
+swept and restarted, and LoRA adapters (on the command line, loaded at run time, replaced,
+refused) change what the model writes."""
 
 from __future__ import annotations
 
@@ -249,3 +250,86 @@ async def test_a_killed_vllm_is_swept_and_restarted(model_folder: Path) -> None:
 
 async def _swept(pgid: int) -> bool:
     return group_members(pgid) == []
+
+
+def _lora_layers(folder: Path) -> dict[str, tuple[int, int]]:
+    """q, v and down projections of the first two layers, sized from the model's
+    config.json: (in, out) as the base's weights have them."""
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    kv = int(config.get("num_key_value_heads") or heads) * head_dim
+    sizes = {
+        "self_attn.q_proj": (hidden, heads * head_dim),
+        "self_attn.v_proj": (hidden, kv),
+        "mlp.down_proj": (int(config["intermediate_size"]), hidden),
+    }
+    return {f"model.layers.{i}.{name}": size for i in (0, 1) for name, size in sizes.items()}
+
+
+async def test_real_vllm_serves_lora_adapters(model_folder: Path, tmp_path: Path) -> None:
+    """LoRA adapters for real (issue 19), written as PEFT folders with weights large enough
+    to be unmistakable: one on vLLM's command line and one loaded at run time each change
+    the greedy text, and the same request gives the same text again; an adapter replaced by
+    the other's weights answers exactly as that one; base and adapter requests at once are
+    not mixed up; an unloaded adapter is refused, and so is a broken file (by vLLM itself,
+    read as nimble expects)."""
+    from nimble.errors import InvalidRequest, ModelNotFound
+    from nimble.models.adapters import AdapterSpec, identify, resolve
+    from tests.support.peft_adapters import write_peft
+
+    layers = _lora_layers(model_folder)
+
+    def adapter(name: str, seed: int) -> AdapterSpec:
+        folder = write_peft(tmp_path / name, rank=8, layers=layers, seed=seed, scale=0.2)
+        found = identify(folder, name)
+        assert found is not None
+        return resolve(found, ["gpu-test"], "flag")
+
+    static = adapter("static", seed=1)
+    plain = engine_for(model_folder, runtime_adapters=True, max_loras=2)
+    engine = VllmEngine(dataclasses.replace(plain.spec, adapters=(static,)), plain._config)
+    await engine.start()
+    try:
+
+        async def greedy(name: str | None = None) -> str:
+            request = chat("hello cat", max_tokens=12, temperature=0, ignore_eos=True)
+            request = dataclasses.replace(request, adapter=name)
+            return "".join([c.text async for c in engine.generate(request)])
+
+        base = await greedy()
+        with_static = await greedy("static")
+        assert with_static != base
+        assert await greedy("static") == with_static
+
+        runtime = adapter("runtime", seed=2)
+        await engine.load_adapter(runtime)
+        with_runtime = await greedy("runtime")
+        assert with_runtime not in (base, with_static)
+
+        await engine.load_adapter(dataclasses.replace(runtime, name="static"))  # replaced
+        assert await greedy("static") == with_runtime
+
+        names = [None, "static", "runtime"] * 4
+        texts = await asyncio.gather(*(greedy(name) for name in names))
+        # none on another's weights (inequalities: a batch may move a random model's
+        # near-ties, never from the base to an adapter's text or back)
+        for name, text in zip(names, texts, strict=True):
+            assert text != (with_runtime if name is None else base), (name, text)
+
+        await engine.unload_adapter("runtime")
+        with pytest.raises(ModelNotFound):
+            await greedy("runtime")
+
+        broken = write_peft(tmp_path / "broken", rank=8, layers=layers)
+        (broken / "adapter_model.safetensors").write_bytes(b"\x08" + bytes(7) + b"{not json")
+        found = identify(broken, "broken")
+        assert found is not None
+        with pytest.raises(InvalidRequest, match="vLLM refused the adapter") as refused:
+            await engine.load_adapter(resolve(found, ["gpu-test"], "flag"))
+        assert str(refused.value).startswith(str(broken))
+        assert await greedy("static") == with_runtime  # a refusal leaves vLLM serving
+    finally:
+        await engine.stop()

@@ -97,7 +97,7 @@ def test_dry_run_writes_the_report_and_leaves_nothing_running(tmp_path: Path) ->
     report = (out / "report.md").read_text()
     assert "| tests | ok |" in report and "| bench | ok |" in report
     assert "| install | skipped (dry run) |" in report
-    assert "3 skipped" in report  # tests/gpu/test_vllm_real.py ran, and skipped without vLLM
+    assert "4 skipped" in report  # tests/gpu/test_vllm_real.py ran, and skipped without vLLM
     result = json.loads((out / "gpu-bench.json").read_text())
     rows = {row["streams"]: row for row in result["levels"]}
     assert set(rows) == {1, 4}

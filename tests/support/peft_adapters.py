@@ -42,9 +42,11 @@ def write_peft(
     seed: int = 1,
     scale: float = 0.05,
     alpha: int | None = None,
+    extra: dict[str, object] | None = None,
 ) -> Path:
     """A LoRA adapter folder over `layers` ({"model.layers.0.self_attn.q_proj": (in, out)});
-    `targets`: the config's target_modules (default: the layers' last names)."""
+    `targets`: the config's target_modules (default: the layers' last names); `extra`: more
+    adapter_config.json fields."""
     layers = layers or {"model.layers.0.self_attn.q_proj": (64, 64)}
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, tuple[list[int], list[float] | None]] = {}
@@ -64,6 +66,7 @@ def write_peft(
         "bias": "none",
         "target_modules": list(names),
         "base_model_name_or_path": None,
+        **(extra or {}),
     }
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return folder

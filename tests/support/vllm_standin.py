@@ -123,6 +123,8 @@ def lora_refusal(path: str, max_rank: int) -> tuple[int, str] | None:
         return 404, f"Loading lora {path} failed: No adapter found for {path}"
     with open(config_file) as file:
         config = json.load(file)
+    if config.get("use_dora"):
+        return 400, "vLLM does not yet support DoRA."
     if int(config.get("r", 8)) > max_rank:
         return 400, f"LoRA rank {config['r']} is greater than max_lora_rank {max_rank}."
     targets = config.get("target_modules") or []

@@ -280,6 +280,11 @@ async def test_what_vllm_cannot_serve_is_refused_in_one_line_naming_the_file(
             "has none of the layers this adapter adapts (transformer.h.0.attn.c_attn ...)",
         ),
     ]
+    for name, extra, says in (
+        ("dora", {"use_dora": True}, "a DoRA adapter (use_dora)"),
+        ("heads", {"modules_to_save": ["lm_head"]}, "modules_to_save (lm_head)"),
+    ):
+        refusals.append((adapter(write_peft(tmp_path / name, extra=extra), name), says))
     # nimble cannot compare what is not safetensors: vLLM's own refusal, naming the file
     opaque = write_peft(tmp_path / "opaque", targets=("c_attn",))
     (opaque / "adapter_model.safetensors").write_bytes(b"not safetensors")

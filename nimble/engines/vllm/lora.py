@@ -15,7 +15,8 @@ before vLLM sees an adapter, and which name vLLM knows each version of an adapte
   new version beside the old one, new requests go to the new one, and the old one is
   unloaded from vLLM when its last request has finished.
 - Checked before vLLM (`check_adapter`, from the files alone): a PEFT LoRA folder (GGUF
-  adapters are llama.cpp's), its rank within `max_lora_rank`, and, where both are
+  adapters are llama.cpp's; no DoRA, no modules_to_save: vLLM refuses both), its rank
+  within `max_lora_rank`, and, where both are
   safetensors, that the layers it adapts exist in the base model with the same
   dimensions (read from the safetensors headers, no weights loaded).
 """
@@ -210,6 +211,19 @@ def check_adapter(adapter: AdapterSpec, base: ModelSpec, max_rank: int) -> None:
     if kind.upper() != "LORA":
         raise InvalidRequest(
             f"{config_path}: a {kind} adapter; vLLM serves LoRA adapters only", param="lora_path"
+        )
+    if config.get("use_dora"):
+        raise InvalidRequest(
+            f"{config_path}: a DoRA adapter (use_dora); vLLM serves plain LoRA", param="lora_path"
+        )
+    saved_raw = config.get("modules_to_save") or []
+    saved = {saved_raw} if isinstance(saved_raw, str) else {str(m) for m in saved_raw}
+    saved -= {"classifier", "score"}
+    if saved:
+        raise InvalidRequest(
+            f"{config_path}: modules_to_save ({', '.join(sorted(saved))}): vLLM serves adapters "
+            "of LoRA layers only",
+            param="lora_path",
         )
     rank = config.get("r")
     if isinstance(rank, int) and rank > max_rank:
