@@ -377,7 +377,7 @@ class VllmEngine:
         if status == 200:
             log.info("vllm for %s: adapter %s loaded", self.spec.id, version.vllm_name)
             return
-        message = error_of(status, payload, "lora_path")
+        message = " ".join(str(error_of(status, payload, "lora_path")).split())[:500]  # one line
         if status in (400, 404):  # vLLM's refusal: the file does not fit
             raise InvalidRequest(
                 f"{version.spec.path}: vLLM refused the adapter: {message}", param="lora_path"
