@@ -158,7 +158,7 @@ def test_an_adapter_replaced_in_the_watched_folder_keeps_its_running_stream(
     watch = ["--lora-dir", str(tmp_path / "adapters"), "--lora-poll-interval", "0.1"]
     server = nimble_process([*args, *watch], env=env).wait_ready()
     client = server.client()
-    stream = client.completions.create(model="pirate", prompt="x", max_tokens=600, stream=True)
+    stream = client.completions.create(model="pirate", prompt="x", max_tokens=1000, stream=True)
     pieces = iter(chunk.choices[0].text for chunk in stream if chunk.choices)
     before = [next(pieces)]
     assert before == [old]
@@ -175,8 +175,8 @@ def test_an_adapter_replaced_in_the_watched_folder_keeps_its_running_stream(
         time.sleep(0.1)  # polling interval: the watcher loads what stayed unchanged for a look
     assert not standin_log(tmp_path, "running")  # the old version is still in vLLM
     after = list(pieces)  # the running stream, to its end, after the switch
-    assert after, "the stream ended before the switch: give it more tokens"
-    assert "".join(before + after) == (old + "x ") * 300  # every token on the old version
+    assert after
+    assert "".join(before + after) == (old + "x ") * 500  # every token on the old version
 
     deadline = time.monotonic() + 60
     while not standin_log(tmp_path, "running"):
