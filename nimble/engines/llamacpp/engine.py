@@ -27,6 +27,9 @@ before it reports the model loaded), so the owner of the process can re-install 
 handlers right after `start()` with no race; nothing here holds on to or re-installs
 llama.cpp's. If llama.cpp's loop is ever stopped that way, `health()` turns False.
 
+LoRA adapters (`adapters.py`): loaded with the server, applied per request through
+llama.cpp's `lora` field; loading or unloading one at run time swaps in a new server.
+
 Logs: llama.cpp writes to stderr. Only its errors are shown (verbosity 1), unless
 `EngineConfig.engine_log` is set (verbosity 3: llama.cpp's info lines).
 """
@@ -39,7 +42,7 @@ import dataclasses
 import functools
 import secrets
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -47,7 +50,7 @@ import httpx
 import xllamacpp
 
 from nimble.engines.config import EngineConfig
-from nimble.engines.llamacpp import launch
+from nimble.engines.llamacpp import adapters, launch
 from nimble.engines.llamacpp.echo import Model as ScoringModel
 from nimble.engines.llamacpp.echo import prompt_logprobs
 from nimble.engines.llamacpp.gguf import read_gguf_summary
@@ -71,6 +74,7 @@ from nimble.errors import (
     Unavailable,
     UnsupportedParameter,
 )
+from nimble.models.adapters import AdapterSpec
 from nimble.models.files import sha256_of
 from nimble.models.spec import ModelSpec
 from nimble.types import (
@@ -106,6 +110,10 @@ class LlamaCppEngine:
         self._template_cost: tuple[int, int] | None = None
         self._renders_tools = False
         self._vocab: int | None = None
+        self._loras = adapters.LoraTable()  # the current server's adapters
+        self._params: tuple[int, str] = (0, "")  # the window and the listener's key
+        self._swapping = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
 
     # lifecycle
 
@@ -116,7 +124,12 @@ class LlamaCppEngine:
         summary = await asyncio.to_thread(read_gguf_summary, path)
         window = launch.window(self.spec, self._config, summary)
         secret = secrets.token_urlsafe(32)
+        if self.spec.adapters:
+            layout = await asyncio.to_thread(adapters.model_layout, path)
+            self._loras = adapters.static_table(self.spec.adapters, layout)
         params = launch.server_params(self.spec, self._config, window, secret)
+        self._loras.apply(params)
+        self._params = (window, secret)
         gathered = await asyncio.gather(
             asyncio.to_thread(launch.load, params, path),
             asyncio.to_thread(sha256_of, path),
@@ -129,15 +142,8 @@ class LlamaCppEngine:
             await asyncio.to_thread(launch.release, results, None)  # frees a server that did load
             raise launch.load_failure(path, failure)
         self._server, digest = results
-        self._pool = ThreadPoolExecutor(
-            launch.slots(self.spec, self._config) + _EXTRA_THREADS, thread_name_prefix="llamacpp"
-        )
-        self._http = httpx.AsyncClient(
-            base_url=self._server.listening_address,
-            headers={"Authorization": f"Bearer {secret}"},
-            timeout=60.0,
-            trust_env=False,  # never send this to a proxy
-        )
+        self._pool = self._new_pool()
+        self._http = _client(self._server, secret)
         self._files = (ModelFile(str(path), digest, path.stat().st_size),)
         await self._read_props(window)
         await self._warm_up()
@@ -153,6 +159,53 @@ class LlamaCppEngine:
             box = [server]
             del server
             await asyncio.to_thread(launch.release, box, pool)
+        for task in list(self._retiring):
+            await task  # its generations were cancelled above
+
+    def _new_pool(self) -> ThreadPoolExecutor:
+        threads = launch.slots(self.spec, self._config) + _EXTRA_THREADS
+        return ThreadPoolExecutor(threads, thread_name_prefix="llamacpp")
+
+    # adapters (`adapters.py`)
+
+    async def load_adapter(self, adapter: AdapterSpec) -> None:
+        layout = await asyncio.to_thread(adapters.model_layout, self.spec.weights)
+        await asyncio.to_thread(adapters.check_adapter, adapter, layout)
+        await self._swap(lambda table: table.with_adapter(adapter))
+
+    async def unload_adapter(self, name: str) -> None:
+        await self._swap(lambda table: table.without(name))
+
+    async def _swap(self, change: Callable[[adapters.LoraTable], adapters.LoraTable]) -> None:
+        """A new server with the changed adapter list takes the new requests; the old one
+        is freed once its generations have ended (`adapters.py` says what this costs)."""
+        async with self._swapping:
+            if self._server is None:
+                raise Unavailable(f"model {self.spec.id} is not loaded")
+            table = change(self._loras)
+            if table == self._loras:
+                return
+            window, secret = self._params
+            params = launch.server_params(self.spec, self._config, window, secret)
+            table.apply(params)
+            server = await asyncio.to_thread(launch.load, params, self.spec.weights)
+            try:
+                await asyncio.to_thread(adapters.warm, server, table)
+            except BaseException:
+                await asyncio.to_thread(launch.release, [server], None)
+                raise
+            if self._server is None:  # stopped meanwhile
+                await asyncio.to_thread(launch.release, [server], None)
+                raise Unavailable(f"model {self.spec.id} was stopped")
+            old = ([self._server], self._pool, self._http)
+            self._server, self._pool, self._http = server, self._new_pool(), _client(server, secret)
+            self._loras = table
+            del server
+            box, pool, http = old
+            assert pool is not None and http is not None
+            task = asyncio.create_task(adapters.retire(box, pool, http), name="llamacpp retire")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     async def _warm_up(self) -> None:
         """One real generation (readiness depends on it), then the template's cost."""
@@ -307,7 +360,7 @@ class LlamaCppEngine:
             else:
                 ids = (await self.tokenize(TokenizeRequest(prompt))).ids
             if ids:
-                model = await self._scoring()
+                model = await self._scoring(request.adapter)
                 logprobs = await prompt_logprobs(model, ids, params.top_logprobs)
         for index in range(params.n):
             yield GenerationChunk(index=index, text=text, logprobs=logprobs)
@@ -322,11 +375,11 @@ class LlamaCppEngine:
             async for chunk in rest:
                 yield chunk
 
-    async def _scoring(self) -> ScoringModel:
+    async def _scoring(self, adapter: str | None) -> ScoringModel:
         """What `echo.py` needs to score a prompt on this model."""
         if self._vocab is None:
             raise EngineError(f"model {self.spec.id}: llama.cpp did not say its vocabulary's size")
-        payloads = functools.partial(self._payloads, chat=False)
+        payloads = functools.partial(self._payloads, chat=False, adapter=adapter)
         return ScoringModel(payloads, self._texts, self._vocab, self._plain_token)
 
     async def _plain_token(self) -> int:
@@ -338,12 +391,15 @@ class LlamaCppEngine:
         body = {"content": list(ids), "with_pieces": True}
         return tuple(_piece(t["piece"]) for t in (await self._post("/tokenize", body))["tokens"])
 
-    async def _payloads(self, body: Json, chat: bool) -> AsyncGenerator[Json, None]:
-        """The streamed payloads of one llama.cpp task; closing this cancels the task."""
+    async def _payloads(
+        self, body: Json, chat: bool, adapter: str | None = None
+    ) -> AsyncGenerator[Json, None]:
+        """The streamed payloads of one llama.cpp task (with LoRA `adapter`); closing this
+        cancels the task."""
         stream = Stream(asyncio.get_running_loop())
         self._running.add(stream.cancel)
         try:
-            self._submit(stream, body, chat=chat)
+            self._submit(stream, body, chat, adapter)
             while (item := await stream.get()) is not END:
                 if isinstance(item, BaseException):
                     raise item
@@ -416,7 +472,8 @@ class LlamaCppEngine:
             body.update(constraint_fields(request.constraint, _to_grammar))
         cutter = Cutter(request.params) if needs_cutter(request.params) else None
         chat = request.messages is not None and prompt is None
-        async with contextlib.aclosing(self._payloads(body, chat)) as payloads:
+        payloads_of = self._payloads(body, chat, request.adapter)
+        async with contextlib.aclosing(payloads_of) as payloads:
             async for payload in payloads:
                 if cutter is not None:
                     rewritten = cutter.rewrite(payload)
@@ -434,10 +491,15 @@ class LlamaCppEngine:
 
     # helpers
 
-    def _submit(self, stream: Stream, body: Json, chat: bool) -> None:
+    def _submit(self, stream: Stream, body: Json, chat: bool, adapter: str | None) -> None:
+        """Start a task on the current server (it stays there, with that server's adapter
+        ids, even if a swap replaces the server meanwhile)."""
         # no local reference to the server: stop() must be able to free it
         if self._server is None or self._pool is None:
             raise Unavailable(f"model {self.spec.id} is not loaded")
+        lora = self._loras.field(adapter)
+        if lora is not None:
+            body = {**body, "lora": lora}
         server = self._server
         handler = server.handle_chat_completions if chat else server.handle_completions
         try:
@@ -483,6 +545,16 @@ class LlamaCppEngine:
         if self._http is None:
             raise Unavailable(f"model {self.spec.id} is not loaded")
         return self._http
+
+
+def _client(server: Any, secret: str) -> httpx.AsyncClient:
+    """The client of a server's loopback listener (llama.cpp's /tokenize, /props, /slots)."""
+    return httpx.AsyncClient(
+        base_url=server.listening_address,
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=60.0,
+        trust_env=False,  # never send this to a proxy
+    )
 
 
 def _piece(piece: str | list[int]) -> str:

@@ -3,7 +3,10 @@
 llama.cpp reports a bad file only on stderr ("Failed to init server" is all Python gets), so
 the engine checks the cheap things itself: the file exists, starts with the GGUF magic, and
 its metadata section is complete. It also reads the trained context window
-(`<architecture>.context_length`), which the KV cache must be sized from before loading.
+(`<architecture>.context_length`), which the KV cache must be sized from before loading,
+and (`read_gguf_layout`) the scalar metadata and every tensor's name and shape, which a
+LoRA adapter is checked against (`adapters.py`). This reader skips the big arrays (the
+vocabulary) instead of parsing them, so reading a model's layout takes milliseconds.
 """
 
 from __future__ import annotations
@@ -114,7 +117,37 @@ def read_gguf_summary(path: Path) -> GgufSummary:
         raise ModelLoadError(f"{path}: {exc}") from None
 
 
-def _summarise(reader: _Reader) -> GgufSummary:
+@dataclass(frozen=True)
+class GgufLayout:
+    """A GGUF file's scalar metadata (arrays left out) and its tensors' shapes (GGUF's
+    order: the row length first)."""
+
+    metadata: dict[str, object]
+    tensors: dict[str, tuple[int, ...]]
+
+
+def read_gguf_layout(path: Path) -> GgufLayout:
+    """The metadata and tensor shapes of `path`; raise ModelLoadError naming the file."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as file:
+            reader = _Reader(file, size)
+            _, tensor_count, metadata = _metadata(reader)
+            tensors: dict[str, tuple[int, ...]] = {}
+            for _ in range(tensor_count):
+                name = reader.string()
+                dims = int(reader.unpack("<I"))
+                tensors[name] = tuple(int(reader.unpack("<Q")) for _ in range(dims))
+                reader.skip(12)  # the type (u32) and the data offset (u64)
+            return GgufLayout(metadata, tensors)
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
+    except _Bad as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
+
+
+def _metadata(reader: _Reader) -> tuple[int, int, dict[str, object]]:
+    """The header (version, tensor count) and the metadata section."""
     try:
         magic = reader.take(4)
     except _Truncated:
@@ -129,6 +162,11 @@ def _summarise(reader: _Reader) -> GgufSummary:
     for _ in range(kv_count):
         key = reader.string()
         metadata[key] = reader.value(int(reader.unpack("<I")))
+    return version, tensor_count, metadata
+
+
+def _summarise(reader: _Reader) -> GgufSummary:
+    version, tensor_count, metadata = _metadata(reader)
     arch = metadata.get("general.architecture")
     architecture = arch if isinstance(arch, str) else None
     context = metadata.get(f"{architecture}.context_length")
