@@ -15,12 +15,18 @@ trimmed from the left. Requests wait (first in, first out) while the batch holds
 `max_rows` rows.
 
 Every torch call happens on the scheduler thread; the event loop only hands in jobs and reads
-their chunks (`Job.get`), so a closed stream frees its rows at the next step.
+their chunks (`Job.get`), so a closed stream frees its rows at the next step. Work that must
+not overlap a forward pass (loading or deleting a LoRA adapter) is handed in with `call` and
+runs between two steps.
+
+LoRA adapters: each job names its adapter's key (`BASE_MODEL`: none); with adapters loaded,
+`route` is told each row's key before every forward pass (`lora.Lora.route`), so one batch
+mixes the base model and any adapters.
 """
 
 from __future__ import annotations
 
-import asyncio
+import concurrent.futures
 import inspect
 import logging
 import threading
@@ -35,12 +41,11 @@ from transformers import DynamicCache
 from nimble.engines.transformers.choice import Sampler
 from nimble.engines.transformers.constrain import ConstraintFailed
 from nimble.engines.transformers.echo import Echo
+from nimble.engines.transformers.job import Job
 from nimble.errors import EngineError, Unavailable
-from nimble.types import GenerationChunk, TokenLogprob, Usage
+from nimble.types import GenerationChunk, TokenLogprob
 
 log = logging.getLogger("nimble.engines.transformers")
-
-_END = object()  # end of one job's stream
 
 
 @dataclass
@@ -52,74 +57,6 @@ class DecodeStats:
     prefills: int = 0  # prompts prefilled
     tokens: int = 0  # tokens sampled
     running: int = 0  # rows in the batch now
-
-
-class Job:
-    """One request: its prompt, its choices, and the bridge of its chunks to the event loop.
-
-    `echo`: each choice starts with the prompt (scored in the prefill when it asks for
-    logprobs); `generate` False (max_tokens 0 with echo): the choices end after it."""
-
-    def __init__(
-        self,
-        prompt_ids: list[int],
-        choices: list[Sampler],
-        loop: asyncio.AbstractEventLoop,
-        *,
-        echo: Echo | None = None,
-        generate: bool = True,
-    ):
-        self.prompt_ids = prompt_ids
-        self.choices = choices
-        self.echo = echo
-        self.generate = generate
-        self.cancelled = False  # set by the event loop when the consumer went away
-        self._open = len(choices)
-        self._loop = loop
-        self._items: deque[object] = deque()
-        self._ready = asyncio.Event()
-        self._woken = False
-
-    async def get(self) -> GenerationChunk | None:
-        """Event loop: the next chunk; None at the end. Raises what the scheduler failed with."""
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        item = self._items.popleft()
-        if isinstance(item, BaseException):
-            raise item
-        return item if isinstance(item, GenerationChunk) else None
-
-    # scheduler thread
-
-    def send(self, chunks: list[GenerationChunk], choice: Sampler) -> None:
-        for chunk in chunks:
-            self._put(chunk)
-        if choice.finish is not None:
-            self._open -= 1
-            if self._open == 0:
-                completion = sum(len(c.tokens) for c in self.choices)
-                self._put(GenerationChunk(usage=Usage(len(self.prompt_ids), completion)))
-                self._put(_END)
-
-    def fail(self, error: BaseException) -> None:
-        if self._open > 0:
-            self._open = 0
-            self._put(error)
-
-    def _put(self, item: object) -> None:
-        self._items.append(item)
-        if self._woken:
-            return
-        self._woken = True
-        try:
-            self._loop.call_soon_threadsafe(self._wake)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.cancelled = True
-
-    def _wake(self) -> None:
-        self._woken = False  # first: an item appended after this line schedules a new wake-up
-        self._ready.set()
 
 
 @dataclass
@@ -147,6 +84,9 @@ class Scheduler:
         self._condition = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._stopping = False
+        self._calls: deque[tuple[Callable[[], None], concurrent.futures.Future[None]]] = deque()
+        # with LoRA adapters loaded: told each row's adapter key before every forward pass
+        self.route: Callable[[list[str]], None] | None = None
         self._rows: list[_Row] = []
         self._cache: Any = None  # DynamicCache of the running rows
         self._mask: torch.Tensor | None = None  # [rows, T] 1 where the cache holds a token
@@ -170,6 +110,17 @@ class Scheduler:
             self._waiting.append(job)
             self._condition.notify()
 
+    def call(self, work: Callable[[], None]) -> concurrent.futures.Future[None]:
+        """Run `work` on the scheduler thread between two steps; its future says when it
+        is done (or what it raised)."""
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._condition:
+            if self._stopping or not self._thread.is_alive():
+                raise Unavailable("the transformers engine is not running")
+            self._calls.append((work, future))
+            self._condition.notify()
+        return future
+
     def close(self) -> None:
         """Blocking: stop the loop after its current step and fail the jobs left."""
         with self._condition:
@@ -184,6 +135,7 @@ class Scheduler:
         try:
             with torch.inference_mode():
                 while (admitted := self._next_jobs()) is not None:
+                    self._run_calls()
                     for job in admitted:
                         self._guarded(job)
                     self._drop_done()
@@ -203,7 +155,7 @@ class Scheduler:
     def _next_jobs(self) -> list[Job] | None:
         """Wait for work; the jobs that fit in the batch now (first in, first out)."""
         with self._condition:
-            while not self._stopping and not self._waiting and not self._rows:
+            while not self._stopping and not self._waiting and not self._rows and not self._calls:
                 self._condition.wait()
             if self._stopping:
                 return None
@@ -219,6 +171,24 @@ class Scheduler:
                 admitted.append(self._waiting.popleft())
                 used += len(job.choices)
             return admitted
+
+    def _run_calls(self) -> None:
+        """The work handed in with `call`, after the rows of cancelled jobs have left."""
+        with self._condition:
+            calls = list(self._calls)
+            self._calls.clear()
+        if not calls:
+            return
+        self._drop_done()
+        for work, future in calls:
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                work()
+            except Exception as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
 
     def _guarded(self, job: Job | None) -> None:
         """Prefill `job`, or run one decode step (None). A torch failure (out of memory...)
@@ -243,6 +213,8 @@ class Scheduler:
             self._echoed(job, echo, ())  # nothing for the model to do
             return
         ids = torch.tensor([job.prompt_ids], dtype=torch.long, device=self._device)
+        if self.route is not None:
+            self.route([job.adapter])
         cache = DynamicCache()
         out = self._model(
             input_ids=ids,
@@ -282,6 +254,8 @@ class Scheduler:
         ids = torch.tensor([[r.choice.last_token] for r in rows], device=self._device)
         positions = torch.tensor([[r.choice.position] for r in rows], device=self._device)
         mask = torch.cat([self._mask, torch.ones_like(ids)], dim=1)
+        if self.route is not None:
+            self.route([r.job.adapter for r in rows])
         out = self._model(
             input_ids=ids,
             attention_mask=mask,
@@ -344,6 +318,11 @@ class Scheduler:
         with self._condition:
             jobs = list(self._waiting)
             self._waiting.clear()
+            calls = list(self._calls)
+            self._calls.clear()
+        for _, future in calls:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
         jobs.extend(row.job for row in self._rows)
         for job in jobs:
             job.fail(error)

@@ -18,6 +18,9 @@ How it works
   penalties, stop strings, seed (a torch.Generator per choice), logprobs with alternatives;
   vLLM's top_k, min_p, repetition_penalty, min_tokens, stop_token_ids, ignore_eos,
   include_stop_str_in_output, skip_special_tokens, and OpenAI's logit_bias.
+- LoRA adapters (`adapters.py`, `lora.py`): PEFT folders loaded through peft into the
+  model itself; one batch mixes rows of the base model and of any adapters (peft's
+  mixed-batch forward, each row naming its adapter), so adapters share `max_running`.
 - Constraints (`hf_constrain`): JSON schema, regex, choice, grammar (Lark, or GBNF) and tool
   calls (forced, or lazy for tool_choice auto) are enforced while decoding by masking each
   constrained row's logits with llguidance; a grammar it cannot compile is a 400 before any
@@ -40,10 +43,12 @@ import torch
 import transformers
 
 from nimble.engines.config import EngineConfig
-from nimble.engines.transformers.batching import DecodeStats, Job, Scheduler
+from nimble.engines.transformers.adapters import EngineAdapters
+from nimble.engines.transformers.batching import DecodeStats, Scheduler
 from nimble.engines.transformers.choice import Sampler
 from nimble.engines.transformers.constrain import Constrained, Grammars
 from nimble.engines.transformers.echo import Echo
+from nimble.engines.transformers.job import Job
 from nimble.engines.transformers.loading import Loaded, load
 from nimble.errors import (
     ContextLengthExceeded,
@@ -52,6 +57,7 @@ from nimble.errors import (
     Unavailable,
     UnsupportedParameter,
 )
+from nimble.models.adapters import AdapterSpec
 from nimble.models.spec import ModelSpec
 from nimble.types import (
     ChatMessage,
@@ -77,6 +83,7 @@ class TransformersEngine:
         self._loaded: Loaded | None = None
         self._scheduler: Scheduler | None = None
         self._grammars: Grammars | None = None
+        self._adapters: EngineAdapters | None = None
 
     # lifecycle
 
@@ -97,6 +104,13 @@ class TransformersEngine:
         scheduler.start()
         self._loaded, self._scheduler = loaded, scheduler
         self._grammars = Grammars(loaded.tokenizer, loaded.eos_ids)
+        self._adapters = EngineAdapters(loaded.model, self.spec.id, scheduler)
+        for adapter in self.spec.adapters:
+            try:
+                await self.load_adapter(adapter)
+            except InvalidRequest as exc:
+                await self.stop()
+                raise ModelLoadError(str(exc)) from exc
         request = GenerateRequest("warmup", SamplingParams(max_tokens=2), prompt="Hello")
         async for _ in self.generate(request):  # one real generation: readiness needs it
             pass
@@ -104,6 +118,7 @@ class TransformersEngine:
     async def stop(self) -> None:
         scheduler, loaded = self._scheduler, self._loaded
         self._scheduler, self._loaded, self._grammars = None, None, None
+        self._adapters = None
         if scheduler is not None:
             await asyncio.to_thread(scheduler.close)
         if loaded is not None:
@@ -131,6 +146,19 @@ class TransformersEngine:
             files=loaded.files if loaded else (),
             extra=extra,
         )
+
+    # adapters
+
+    async def load_adapter(self, adapter: AdapterSpec) -> None:
+        await self._host().load(adapter)
+
+    async def unload_adapter(self, name: str) -> None:
+        await self._host().unload(name)
+
+    def _host(self) -> EngineAdapters:
+        if self._adapters is None:
+            raise Unavailable(f"model {self.spec.id} is not loaded")
+        return self._adapters
 
     # requests
 
@@ -161,26 +189,34 @@ class TransformersEngine:
                 f"(max_running); got n={params.n}",
                 param="n",
             )
-        ids = await asyncio.to_thread(self._encode, request)
-        constraints: list[Constrained] | None = None
-        if request.constraint is not None:
-            if (grammars := self._grammars) is None:
-                raise Unavailable(f"model {self.spec.id} is not loaded")
-            constraints = await asyncio.to_thread(grammars.compile, request.constraint, params.n)
-        choices = self._choices(loaded, request, ids, constraints)
-        echo = None
-        if request.echo:  # the prompt starts each choice (scored in the prefill)
-            prompt = request.prompt
-            text = prompt if isinstance(prompt, str) else await self.detokenize(tuple(ids))
-            echo = Echo(text, params.top_logprobs, loaded.tokenizer)
-        loop = asyncio.get_running_loop()
-        job = Job(ids, choices, loop, echo=echo, generate=params.max_tokens != 0)
-        scheduler.submit(job)
+        adapters = self._host()
+        adapter = adapters.acquire(request.adapter)  # held until the request ends
         try:
-            while (chunk := await job.get()) is not None:
-                yield chunk
+            ids = await asyncio.to_thread(self._encode, request)
+            constraints: list[Constrained] | None = None
+            if request.constraint is not None:
+                if (grammars := self._grammars) is None:
+                    raise Unavailable(f"model {self.spec.id} is not loaded")
+                constraints = await asyncio.to_thread(
+                    grammars.compile, request.constraint, params.n
+                )
+            choices = self._choices(loaded, request, ids, constraints)
+            echo = None
+            if request.echo:  # the prompt starts each choice (scored in the prefill)
+                prompt = request.prompt
+                text = prompt if isinstance(prompt, str) else await self.detokenize(tuple(ids))
+                echo = Echo(text, params.top_logprobs, loaded.tokenizer)
+            loop = asyncio.get_running_loop()
+            generate = params.max_tokens != 0
+            job = Job(ids, choices, loop, echo=echo, generate=generate, adapter=adapter)
+            scheduler.submit(job)
+            try:
+                while (chunk := await job.get()) is not None:
+                    yield chunk
+            finally:
+                job.cancelled = True  # the scheduler drops its rows at the next step
         finally:
-            job.cancelled = True  # the scheduler drops its rows at the next step
+            adapters.release(adapter)
 
     # tokenizer
 
