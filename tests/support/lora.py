@@ -10,6 +10,8 @@ the transformers engine converts it (once per cache).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,18 @@ from nimble.models.resolve import resolve_model
 TARGETS = ("v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # peft 0.21 asks transformers 5 a deprecated question when it wraps a model
 _PEFT_ASKS = "`is_gradient_checkpointing` is deprecated"
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread meanwhile: a server of the same test may be busy on the other
+    cores (two thread pools fighting for 2 cores run many times slower than one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def smollm2_folder(cache: Path) -> Path:
