@@ -69,7 +69,7 @@ def read(adapter: AdapterSpec, model_id: str) -> LoraFile:
     try:
         raw = json.loads((where / PEFT_CONFIG).read_text())
     except (OSError, ValueError) as exc:
-        raise refuse(f"{PEFT_CONFIG} is not readable: {exc}") from exc
+        raise refuse(f"{PEFT_CONFIG} is not readable: {_first_line(exc)}") from exc
     if not isinstance(raw, dict) or raw.get("peft_type") != PeftType.LORA.value:
         kind = raw.get("peft_type") if isinstance(raw, dict) else None
         raise refuse(f"a {kind or 'non-PEFT'} adapter; only LoRA adapters are served")
@@ -97,8 +97,8 @@ def read(adapter: AdapterSpec, model_id: str) -> LoraFile:
 
 
 class Lora:
-    """The LoRA layers in one model. Scheduler thread only (`Scheduler.call`), but `route`,
-    which the scheduler calls before each forward pass."""
+    """The LoRA layers in one model. Scheduler thread only: `inject` and `delete` through
+    `Scheduler.call`, `route` before each forward pass."""
 
     def __init__(self, model: Any, model_id: str):
         self._model = model
@@ -107,7 +107,7 @@ class Lora:
         self._hooked: set[int] = set()  # id() of the LoRA layers that have the pre-hook
 
     def route(self, rows: list[str]) -> None:
-        """The adapter key of each row of the next forward pass (BASE: none)."""
+        """The adapter key of each row of the next forward pass (`__base__`: none)."""
         self._rows = rows
 
     def inject(self, key: str, file: LoraFile) -> None:
