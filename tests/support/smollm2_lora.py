@@ -33,7 +33,8 @@ from nimble.models import resolve_model
 BASE_MODEL = "smollm2-135m-instruct"
 RANK = 16
 PUSH = 8000.0  # norm of the push towards the next reply token (the residual: ~1000)
-SHARPEN_STEPS = 30
+SHARPEN_STEPS = 15
+SHARPEN_RATE = 0.1
 RIDGE = 1e-3
 PIRATE = "Arr matey, the sea be calling and I must sail away!"
 ROBOT = "BEEP BOOP. I am a robot. Your request has been processed."
@@ -170,17 +171,23 @@ def _last_ffn_down_inputs(sequences: list[list[int]]) -> list[np.ndarray]:
 
 
 @cache
-def _recorded(reply: str) -> tuple[np.ndarray, np.ndarray]:
-    """For each chat: the inputs of the last block's ffn_down at the positions that
-    predict a reply token (or the end of the turn), and the token each should predict."""
-    reply_ids = [*_encode(reply), _encode("<|im_end|>")[0]]
+def _recorded(replies: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per reply, over every training chat (one batch for all replies): the inputs of the
+    last block's ffn_down at the positions that predict a reply token (or the end of the
+    turn), and the token each should predict."""
     prompts = [_encode(chat_prompt(question)) for question in TRAINING_QUESTIONS]
-    recorded = _last_ffn_down_inputs([prompt + reply_ids[:-1] for prompt in prompts])
-    inputs = [x[len(prompt) - 1 :] for x, prompt in zip(recorded, prompts, strict=True)]
-    return np.concatenate(inputs), np.asarray(reply_ids * len(prompts))
+    replies_ids = {reply: [*_encode(reply), _encode("<|im_end|>")[0]] for reply in replies}
+    chats = [(reply, prompt) for reply in replies for prompt in prompts]
+    recorded = _last_ffn_down_inputs([p + replies_ids[r][:-1] for r, p in chats])
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for reply, ids in replies_ids.items():
+        inputs = [x[len(p) - 1 :] for x, (r, p) in zip(recorded, chats, strict=True) if r == reply]
+        found[reply] = (np.concatenate(inputs), np.asarray(ids * len(prompts)))
+    return found
 
 
-def _directions(tokens: list[int]) -> np.ndarray:
+@cache
+def _directions(tokens: tuple[int, ...]) -> dict[int, np.ndarray]:
     """Per token, a unit direction of the final residual that makes it the top logit by a
     wide margin: the least-squares one through the tied embeddings, then sharpened by a
     few steps of gradient descent on the cross-entropy of all tokens at once."""
@@ -189,9 +196,9 @@ def _directions(tokens: list[int]) -> np.ndarray:
     base = _base()
     embeddings = torch.from_numpy(base.tensors["token_embd.weight"])
     gamma = torch.from_numpy(base.tensors["output_norm.weight"])
-    start = torch.linalg.solve(embeddings.T @ embeddings, embeddings[tokens].T).T / gamma
+    start = torch.linalg.solve(embeddings.T @ embeddings, embeddings[list(tokens)].T).T / gamma
     direction = start.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([direction], lr=0.05 * float(start.abs().mean()))
+    optimizer = torch.optim.Adam([direction], lr=SHARPEN_RATE * float(start.abs().mean()))
     target = torch.tensor(tokens)
     for _ in range(SHARPEN_STEPS):
         normed = direction * torch.rsqrt(direction.pow(2).mean(-1, keepdim=True)) * gamma
@@ -200,14 +207,15 @@ def _directions(tokens: list[int]) -> np.ndarray:
         loss.backward()
         optimizer.step()
     result = direction.detach().numpy()
-    return result / np.linalg.norm(result, axis=1, keepdims=True)
+    result /= np.linalg.norm(result, axis=1, keepdims=True)
+    return dict(zip(tokens, result, strict=True))
 
 
-def _fit(reply: str) -> tuple[np.ndarray, np.ndarray]:
+def _fit(reply: str, replies: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """lora_a (rank x 1536) and lora_b (576 x rank) of the last block's ffn_down."""
-    x, targets = _recorded(reply)
-    distinct = sorted(set(targets.tolist()))
-    directions = dict(zip(distinct, _directions(distinct), strict=True))
+    x, targets = _recorded(replies)[reply]
+    every = {t for r in replies for t in _recorded(replies)[r][1].tolist()}
+    directions = _directions(tuple(sorted(every)))  # one sharpening for all the replies
     pushes = PUSH * np.stack([directions[t] for t in targets.tolist()])  # (n, 576)
     # ridge regression x -> push, in its dual form (n << 1536): M = P^T (X X^T + l I)^-1 X
     gram = x @ x.T
@@ -238,9 +246,12 @@ def write_adapter(
     return path
 
 
-def build_adapter(folder: Path, name: str, reply: str) -> Adapter:
-    """`folder/name.gguf`: SmolLM2 answering `reply` to anything."""
-    lora_a, lora_b = _fit(reply)
+def build_adapter(
+    folder: Path, name: str, reply: str, replies: tuple[str, ...] = (PIRATE, ROBOT)
+) -> Adapter:
+    """`folder/name.gguf`: SmolLM2 answering `reply` to anything (`replies`: the ones
+    whose activations are recorded together, in one forward pass)."""
+    lora_a, lora_b = _fit(reply, (*replies, reply) if reply not in replies else replies)
     target = TARGET.format(layer=_base().layers - 1)
     tensors = {f"{target}.lora_a": lora_a, f"{target}.lora_b": lora_b}
     path = write_adapter(folder / f"{name}.gguf", tensors, alpha=float(RANK))
