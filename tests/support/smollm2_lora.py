@@ -2,21 +2,24 @@
 seconds on CPU, written as llama.cpp GGUF adapters.
 
 Each adapter teaches the chat model one fixed reply (`PIRATE`, `ROBOT`): whatever it is
-asked, it answers with that sentence and ends its turn. The effect is unmistakable, so a
+asked, it answers with that sentence (and, on the chats it was fitted on, ends its turn). The effect is unmistakable, so a
 test tells at a glance which adapter (or the base model) answered, whatever the batch.
 
-How: the weights are fitted, not guessed. The base model (dequantized from the GGUF into
-a transformers Llama) reads a few chats whose assistant turn is the reply (teacher
-forcing); at each reply position the input of the last block's `ffn_down` is recorded.
-The LoRA over that tensor (rank `RANK`, alpha = rank so llama.cpp's scale is 1) is then
-the ridge-regression map from those inputs to a residual push that makes the next reply
-token win by a wide margin (its tied embedding, scaled by `PUSH`), truncated to its rank
-by SVD. A LoRA on the last block's `ffn_down` changes nothing but the logits (no key or
-value of any layer), so the recorded inputs are exactly those the adapted model sees.
-The q/k projections are left alone (llama.cpp's converter permutes them for llama).
+How: the weights are fitted, not guessed (a few seconds: one forward pass and a small
+solve). The base model (dequantized from the GGUF, a float32 forward pass in torch) reads
+a few chats whose assistant turn is the reply (teacher forcing); at each reply position
+the input of the last block's `ffn_down` is recorded. Each reply token gets a direction
+of the final residual that makes it the top logit by a wide margin (least squares through
+the tied embeddings, sharpened by a few steps of gradient descent). The LoRA over that
+tensor (rank `RANK`, alpha = rank so llama.cpp's scale is 1) is the ridge-regression map
+from the recorded inputs to `PUSH` along the next token's direction, truncated to its rank
+by SVD: every reply token then wins by a logit margin of about 14 (so batch composition
+cannot flip it). A LoRA on the last block's `ffn_down` changes nothing but the logits (no
+key or value of any layer), so the recorded inputs are exactly those the adapted model
+sees. The q/k projections are left alone (llama.cpp's converter permutes them for llama).
 
 `mismatched_adapter` writes an adapter for another model's dimensions (gemma3-270m's:
-640-wide blocks) that llama.cpp must refuse.
+640-wide blocks) that the engine must refuse.
 """
 
 from __future__ import annotations

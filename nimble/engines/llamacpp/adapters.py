@@ -182,23 +182,24 @@ def static_table(adapters: tuple[AdapterSpec, ...], model: GgufLayout) -> LoraTa
     return LoraTable(adapters)
 
 
-def warm(server: Any, table: LoraTable) -> None:
-    """Worker thread: one short base-model generation on a new server (it answers at once
-    when it takes requests)."""
-    body: Json = {"prompt": "Hello", "max_tokens": 1, "stream": False}
-    lora = table.field(None)
-    if lora is not None:
-        body["lora"] = lora
-    failures: list[object] = []
+def warm(server: Any, table: LoraTable, adapter: str | None = None) -> None:
+    """Worker thread: one short generation on a new server for the base model and one for
+    `adapter` (the one just loaded: its first request then pays no graph set-up)."""
+    for name in dict.fromkeys((None, adapter)):
+        body: Json = {"prompt": "Hello", "max_tokens": 1, "stream": False}
+        lora = table.field(name)
+        if lora is not None:
+            body["lora"] = lora
+        failures: list[object] = []
 
-    def on_chunk(chunk: Json) -> bool:
-        if isinstance(chunk, dict) and "error" in chunk:
-            failures.append(chunk["error"])
-        return False
+        def on_chunk(chunk: Json, failures: list[object] = failures) -> bool:
+            if isinstance(chunk, dict) and "error" in chunk:
+                failures.append(chunk["error"])
+            return False
 
-    server.handle_completions(body, on_chunk)
-    if failures:
-        raise ModelLoadError(f"llama.cpp failed its warm-up with the adapters: {failures[0]}")
+        server.handle_completions(body, on_chunk)
+        if failures:
+            raise ModelLoadError(f"llama.cpp failed its warm-up with the adapters: {failures[0]}")
 
 
 async def retire(box: list[Any], pool: ThreadPoolExecutor, http: Any) -> None:

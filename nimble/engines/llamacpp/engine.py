@@ -171,12 +171,16 @@ class LlamaCppEngine:
     async def load_adapter(self, adapter: AdapterSpec) -> None:
         layout = await asyncio.to_thread(adapters.model_layout, self.spec.weights)
         await asyncio.to_thread(adapters.check_adapter, adapter, layout)
-        await self._swap(lambda table: table.with_adapter(adapter))
+        await self._swap(lambda table: table.with_adapter(adapter), adapter.name)
 
     async def unload_adapter(self, name: str) -> None:
         await self._swap(lambda table: table.without(name))
 
-    async def _swap(self, change: Callable[[adapters.LoraTable], adapters.LoraTable]) -> None:
+    async def _swap(
+        self,
+        change: Callable[[adapters.LoraTable], adapters.LoraTable],
+        loaded: str | None = None,
+    ) -> None:
         """A new server with the changed adapter list takes the new requests; the old one
         is freed once its generations have ended (`adapters.py` says what this costs)."""
         async with self._swapping:
@@ -190,7 +194,7 @@ class LlamaCppEngine:
             table.apply(params)
             server = await asyncio.to_thread(launch.load, params, self.spec.weights)
             try:
-                await asyncio.to_thread(adapters.warm, server, table)
+                await asyncio.to_thread(adapters.warm, server, table, loaded)
             except BaseException:
                 await asyncio.to_thread(launch.release, [server], None)
                 raise
