@@ -2,8 +2,9 @@
 seconds on CPU, written as llama.cpp GGUF adapters.
 
 Each adapter teaches the chat model one fixed reply (`PIRATE`, `ROBOT`): whatever it is
-asked, it answers with that sentence (and, on the chats it was fitted on, ends its turn). The effect is unmistakable, so a
-test tells at a glance which adapter (or the base model) answered, whatever the batch.
+asked, it answers with that sentence (and, on the chats it was fitted on, ends its turn).
+The effect is unmistakable, so a test tells at a glance which adapter (or the base model)
+answered, whatever the batch.
 
 How: the weights are fitted, not guessed (a few seconds: one forward pass and a small
 solve). The base model (dequantized from the GGUF, a float32 forward pass in torch) reads
