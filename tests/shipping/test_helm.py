@@ -501,5 +501,5 @@ def test_an_adapter_volume_is_mounted_read_only_and_watched() -> None:
     assert {"name": "adapters", **source} in deployment(r)["spec"]["template"]["spec"]["volumes"]
     for manifest in r.manifests:
         assert validate(manifest) == [], manifest["kind"]
-    with pytest.raises(helm.HelmRenderError, match="adapters.enabled needs adapters.volume"):
+    with pytest.raises(helm.HelmRenderError, match=r"adapters\.enabled needs adapters\.volume"):
         render(merged("default", adapters={"enabled": True}))
