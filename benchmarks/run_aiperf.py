@@ -334,16 +334,24 @@ async def check_tokenizer(url: str, tokenizer: Path) -> None:
 
 
 def run_one(
-    number: int, name: str, settings: LlmSettings, plan: Plan, out: Path, check: bool
+    number: int,
+    name: str,
+    settings: LlmSettings,
+    plan: Plan,
+    out: Path,
+    check: bool,
+    pin: tuple[str, str] | None = None,
 ) -> Run:
     port = free_port()
-    argv = server_command(name, settings, port)
+    server_cpus, aiperf_cpus = pin or ("", "")
+    argv = pinned(server_cpus, server_command(name, settings, port))
     run = Run(number, name, shlex.join(argv))
     log = out / f"{number}-{name}.log"
     artifacts = out / f"{number}-{name}"
     url = f"http://127.0.0.1:{port}"
     args = aiperf_args(plan, url, TOKENIZER, artifacts)
-    run.aiperf_command = shlex.join([str(AIPERF), *args])
+    aiperf = pinned(aiperf_cpus, [str(AIPERF), *args])
+    run.aiperf_command = shlex.join(aiperf)
     run.artifacts = str(artifacts)
     print(f"[round {number} {name}] {run.command}", flush=True)
     with log.open("wb") as sink:
@@ -358,9 +366,7 @@ def run_one(
         before, machine_before = process_ticks(proc.pid), sample_cpu([proc.pid, os.getpid()])
         kids_before, started = children_ticks(), time.monotonic()
         with (out / f"{number}-{name}.aiperf.txt").open("wb") as sink:
-            done = subprocess.run(
-                [str(AIPERF), *args], stdout=sink, stderr=subprocess.STDOUT, check=False
-            )
+            done = subprocess.run(aiperf, stdout=sink, stderr=subprocess.STDOUT, check=False)
         run.wall_s = time.monotonic() - started
         after, machine_after = process_ticks(proc.pid), sample_cpu([proc.pid, os.getpid()])
         run.aiperf_cpu_s = (children_ticks() - kids_before) * TICK_S
@@ -417,6 +423,19 @@ def markdown(runs: Sequence[Run], info: Sequence[tuple[str, str]], plan: Plan) -
     return "\n".join(lines) + "\n"
 
 
+def pinned(cpus: str, argv: list[str]) -> list[str]:
+    """`argv` run on the CPUs `cpus` only (taskset execs it: the same process); "": as is."""
+    return ["taskset", "-c", cpus, *argv] if cpus else argv
+
+
+def parse_pin(value: str) -> tuple[str, str]:
+    """`--pin SERVER:AIPERF`, each a CPU list as taskset takes it (`0`, `0-1`, `0,2`)."""
+    server, sep, client = value.partition(":")
+    if not sep or not server or not client:
+        raise argparse.ArgumentTypeError("write SERVER_CPUS:AIPERF_CPUS, e.g. 0:1")
+    return server, client
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -445,6 +464,12 @@ def main() -> None:
         default=[],
         help="one more argument for aiperf profile (repeat), e.g. --aiperf-arg=--no-server-metrics",
     )
+    parser.add_argument(
+        "--pin",
+        type=parse_pin,
+        default=None,
+        help="SERVER:AIPERF CPU lists (taskset), e.g. 0:1: the load generator on a core of its own",
+    )
     parser.add_argument("--out", default="aiperf", help="name under benchmarks/out")
     args = parser.parse_args()
     if not AIPERF.exists() or not (TOKENIZER / "tokenizer.json").exists():
@@ -471,7 +496,7 @@ def main() -> None:
     runs: list[Run] = []
     for number in range(1, args.rounds + 1):
         for name in order:
-            runs.append(run_one(number, name, settings, plan, out, check=not runs))
+            runs.append(run_one(number, name, settings, plan, out, not runs, args.pin))
     text = markdown(runs, machine(settings), plan)
     print(text)
     (OUT / f"{args.out}.md").write_text(text)
