@@ -7,8 +7,6 @@ watched `--lora-dir` replaced while a stream on it runs."""
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,54 +14,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import yaml
 
 from nimble.models.files import sha256_of
+from tests.e2e.test_vllm_serve import setup as vllm_model  # the stand-in behind nimble
 from tests.support.peft_adapters import write_peft
 
 pytestmark = pytest.mark.e2e
-
-STANDIN = Path(__file__).parents[1] / "support" / "vllm_standin.py"
-GPU_BOX = (
-    "cpu_cores: 16\nram_gb: 128\ncpu_features: [avx2]\ngpus:\n"
-    "  - {name: NVIDIA H100 80GB HBM3, memory_gb: 80, compute_capability: 9.0}\n"
-)
-
-
-def vllm_model(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
-    """`nimble serve` arguments for a chat model with one vLLM profile on a described H100,
-    its engine the stand-in."""
-    folder = tmp_path / "weights"
-    folder.mkdir()
-    (folder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
-    (folder / "model.safetensors").write_bytes(b"\x02" * 2048)
-    manifest = {
-        "id": "gpu-llama",
-        "tasks": ["chat", "completion"],
-        "context_length": 2048,
-        "profiles": [
-            {
-                "engine": "vllm",
-                "precision": "bf16",
-                "weights_gb": 16,
-                "hardware": {"gpu": {"count": 1, "min_memory_gb": 40}},
-                "files": [
-                    {"name": n, "source": str(folder / n)}
-                    for n in ("config.json", "model.safetensors")
-                ],
-            }
-        ],
-    }
-    path = tmp_path / "gpu-llama.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    (tmp_path / "gpu.yaml").write_text(GPU_BOX)
-    command = shlex.join([sys.executable, str(STANDIN), "serve"])
-    env = {
-        "NIMBLE_HARDWARE_FILE": str(tmp_path / "gpu.yaml"),
-        "NIMBLE_CACHE_PATH": str(tmp_path / "cache"),
-        "STANDIN_LOG": str(tmp_path / "standin.jsonl"),
-    }
-    return ["--model", str(path), "--engine-command", command], env
 
 
 def standin_log(tmp_path: Path, key: str) -> list[dict[str, Any]]:
