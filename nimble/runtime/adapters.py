@@ -27,7 +27,7 @@ from nimble.types import Task
 
 log = logging.getLogger("nimble.adapters")
 
-GENERATIVE = (Task.CHAT, Task.COMPLETION)
+GENERATIVE = frozenset({Task.CHAT, Task.COMPLETION})  # the tasks an adapter serves
 
 
 @dataclass
@@ -36,7 +36,6 @@ class LoadedAdapter:
     created: int = field(default_factory=lambda: int(time.time()))
     inflight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
-    retired: bool = False  # unloaded: the engine's copy goes when `inflight` reaches 0
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -67,13 +66,14 @@ class Adapters:
 
     def host(self, base: str) -> tuple[ServedModel, AdapterHost]:
         """The base model and its engine as an adapter host (400 where it cannot be one)."""
-        model = self._models.get(base)
-        if model is None or not any(task in model.spec.tasks for task in GENERATIVE):
+        bases = self.bases()
+        if base not in bases:
             raise InvalidRequest(
                 f"`{base}` is not a generative model served here; adapters apply to "
-                f"{', '.join(self.bases()) or 'none'}",
+                f"{', '.join(bases) or 'none'}",
                 param="base_model_name",
             )
+        model = self._models[base]
         engine = model.engine
         if not isinstance(engine, AdapterHost):
             raise InvalidRequest(
@@ -83,11 +83,7 @@ class Adapters:
         return model, engine
 
     def bases(self) -> list[str]:
-        return [
-            name
-            for name, model in self._models.items()
-            if any(task in model.spec.tasks for task in GENERATIVE)
-        ]
+        return [name for name, model in self._models.items() if model.spec.tasks & GENERATIVE]
 
     async def load(self, adapter: AdapterSpec, *, replace: bool = False) -> None:
         """Load `adapter` into its base's engine and serve it under its name. `replace`:
@@ -99,17 +95,15 @@ class Adapters:
                     f"`{adapter.name}` is the name of a served model; an adapter needs its own",
                     param="lora_name",
                 )
-            old = self._served.get(adapter.name)
-            if old is not None and not replace:
+            if adapter.name in self._served and not replace:
                 raise InvalidRequest(
                     f"an adapter named `{adapter.name}` is already loaded; unload it first",
                     param="lora_name",
                 )
             _, engine = self.host(adapter.base)
             await engine.load_adapter(adapter)
+            # a replaced one: the engine swapped it in place, nothing left to free
             self._served[adapter.name] = LoadedAdapter(adapter)
-            if old is not None:
-                old.retired = True  # the engine replaced it in place: nothing left to free
             log.info(
                 "adapter %s loaded over %s from %s (sha256 %s)",
                 adapter.name,
@@ -125,7 +119,6 @@ class Adapters:
             loaded = self._served.pop(name, None)
             if loaded is None:
                 raise ModelNotFound(f"no adapter named `{name}` is loaded", param="lora_name")
-            loaded.retired = True
             running = loaded.inflight
             task = asyncio.create_task(self._free(loaded), name=f"unload {name}")
             self._retiring.add(task)

@@ -27,9 +27,9 @@ from nimble.models.resolve import ResolvedModel, load_model, manifest_for, plan_
 from nimble.models.select import DEFAULT_SLOTS, Concurrency, EngineCheck, Selection
 from nimble.models.sources import LogProgress
 from nimble.models.spec import ModelSpec
+from nimble.runtime.adapters import GENERATIVE
 from nimble.runtime.deployment import Deployment
 from nimble.runtime.runtime import Runtime, RuntimeConfig
-from nimble.types import Task
 
 log = logging.getLogger("nimble.serve")
 
@@ -117,7 +117,7 @@ def runtime_config(settings: Settings, on_fatal: FatalCallback | None = None) ->
 
 def with_adapters(specs: list[ModelSpec], settings: Settings) -> list[ModelSpec]:
     """Each model with the LoRA adapters of `--lora` and `--lora-dir` that adapt it."""
-    generative = [s.id for s in specs if s.tasks & {Task.CHAT, Task.COMPLETION}]
+    generative = [s.id for s in specs if s.tasks & GENERATIVE]
     found: list[tuple[FoundAdapter, AdapterOrigin]] = [
         (parse_flag(v), "flag") for v in settings.lora
     ]
