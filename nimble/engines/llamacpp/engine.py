@@ -53,7 +53,7 @@ from nimble.engines.config import EngineConfig
 from nimble.engines.llamacpp import adapters, launch
 from nimble.engines.llamacpp.echo import Model as ScoringModel
 from nimble.engines.llamacpp.echo import prompt_logprobs
-from nimble.engines.llamacpp.gguf import read_gguf_summary
+from nimble.engines.llamacpp.gguf import GgufLayout, read_gguf_summary
 from nimble.engines.llamacpp.sampling import (
     Cutter,
     needs_cutter,
@@ -113,6 +113,7 @@ class LlamaCppEngine:
         self._loras = adapters.LoraTable()  # the current server's adapters
         self._params: tuple[int, str] = (0, "")  # the window and the listener's key
         self._swapping = asyncio.Lock()
+        self._layout: GgufLayout | None = None  # the model's tensor shapes, read once
         self._retiring: set[asyncio.Task[None]] = set()
 
     # lifecycle
@@ -125,7 +126,7 @@ class LlamaCppEngine:
         window = launch.window(self.spec, self._config, summary)
         secret = secrets.token_urlsafe(32)
         if self.spec.adapters:
-            layout = await asyncio.to_thread(adapters.model_layout, path)
+            layout = await self._model_layout()
             self._loras = adapters.static_table(self.spec.adapters, layout)
         params = launch.server_params(self.spec, self._config, window, secret)
         self._loras.apply(params)
@@ -169,9 +170,14 @@ class LlamaCppEngine:
     # adapters (`adapters.py`)
 
     async def load_adapter(self, adapter: AdapterSpec) -> None:
-        layout = await asyncio.to_thread(adapters.model_layout, self.spec.weights)
+        layout = await self._model_layout()
         await asyncio.to_thread(adapters.check_adapter, adapter, layout)
         await self._swap(lambda table: table.with_adapter(adapter), adapter.name)
+
+    async def _model_layout(self) -> GgufLayout:
+        if self._layout is None:
+            self._layout = await asyncio.to_thread(adapters.model_layout, self.spec.weights)
+        return self._layout
 
     async def unload_adapter(self, name: str) -> None:
         await self._swap(lambda table: table.without(name))
