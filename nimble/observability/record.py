@@ -19,6 +19,11 @@ class RequestRecord:
     endpoint: str | None = None  # endpoint name (settings.ALL_ENDPOINTS), None if unknown
     client: str | None = None
     key_id: str | None = None
+    # what the key says, for the runtime and the logs (set by the auth middleware)
+    key_ref: str | None = None  # the key's hashed id (deployment record, metrics)
+    key_purpose: str | None = None
+    key_rails: tuple[str, ...] = ()  # guardrails bound to the key
+    tools_callable: frozenset[str] | None = None  # tools the model may call; None: any
     status: int = 0
     trace_id: str | None = None
     started: float = field(default_factory=time.monotonic)
@@ -36,6 +41,7 @@ class RequestRecord:
     finished_at: float | None = None  # ...to here
     finish_reasons: list[str] = field(default_factory=list)
     aborted: bool = False  # the engine's work was cut short (client gone, error)
+    dropped_tool_calls: list[str] = field(default_factory=list)  # names, outside tools_callable
 
     def wall_ns(self, monotonic: float) -> int:
         """A monotonic timestamp of this request as epoch nanoseconds (for trace spans)."""
