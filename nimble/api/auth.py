@@ -12,7 +12,7 @@ from nimble.api.errors import nimble_error_response
 from nimble.api.middleware import header, route_path
 from nimble.errors import NimbleError
 from nimble.observability.record import RequestRecord, current_record
-from nimble.security.keys import KeyStore
+from nimble.security.keys import ApiKey, KeyStore
 from nimble.security.limits import KeyLimiter
 
 
@@ -41,6 +41,7 @@ class AuthMiddleware:
         keys: KeyStore,
         limiter: KeyLimiter,
         metrics_require_key: bool = True,
+        console_public: bool = False,
     ):
         self.app = app
         self.keys = keys
@@ -48,15 +49,23 @@ class AuthMiddleware:
         self.public = {*HEALTH_PATHS, *ENDPOINT_PATHS["health"]}
         if not metrics_require_key:
             self.public.update(ENDPOINT_PATHS["metrics"])
+        # the console's files: a browser cannot send a key when it opens a page, and they
+        # hold nothing secret (the page calls the API with the key typed into it)
+        self.console_public = console_public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or route_path(scope) in self.public:
+        path = route_path(scope) if scope["type"] == "http" else ""
+        if (
+            scope["type"] != "http"
+            or path in self.public
+            or (self.console_public and (path == "/ui" or path.startswith("/ui/")))
+        ):
             await self.app(scope, receive, send)
             return
         record = current_record.get() or RequestRecord(request_id="-")
         try:
             key = self.keys.authenticate(presented_key(scope))
-            record.key_id = key.id
+            _note_key(record, key)
             if record.endpoint is not None:
                 key.require_endpoint(record.endpoint)
             self.limiter.admit(key)
@@ -69,3 +78,12 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
         finally:
             self.limiter.done(key, record.prompt_tokens + record.completion_tokens)
+
+
+def _note_key(record: RequestRecord, key: ApiKey) -> None:
+    """What the runtime and the logs need to know about the caller's key."""
+    record.key_id = key.id
+    record.key_ref = key.ref
+    record.key_purpose = key.purpose
+    record.key_rails = key.rails
+    record.tools_callable = key.tools.call

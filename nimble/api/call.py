@@ -5,6 +5,7 @@ carries the runtime, the request id and what the caller's key allows."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -32,9 +33,11 @@ class Grant:
         if self.key is not None:
             self.key.require_model(model)
 
-    def require_tools(self) -> None:
+    def require_tools(self, names: Iterable[str]) -> None:
+        """403 when the key may not declare one of the tools named (`tool_denied`) or any
+        tool (`tools_denied`)."""
         if self.key is not None:
-            self.key.require_tools()
+            self.key.require_tools(names)
 
 
 @dataclass(frozen=True)

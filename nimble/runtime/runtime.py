@@ -33,6 +33,7 @@ from nimble.runtime.reasoning import ReasoningFormat, reasoning_format, split_re
 from nimble.runtime.response_store import ResponseStore
 from nimble.runtime.served import ServedModel
 from nimble.runtime.tools import ToolFormat, parse_calls, prepare, tool_format, uses_tools
+from nimble.runtime.tools.gate import gate_calls
 from nimble.types import (
     EmbedRequest,
     EmbedResult,
@@ -286,6 +287,10 @@ class Runtime:
                     stages.append(split_reasoning(stages[-1], thinking, ends))
                 if calls_format is not None:
                     stages.append(parse_calls(stages[-1], calls_format))
+                    allowed = record.tools_callable  # the key's scope: the policy gate
+                    if allowed is not None:
+                        dropped = record.dropped_tool_calls
+                        stages.append(gate_calls(stages[-1], allowed, dropped, key=record.key_id))
                 chunks = stages[-1]
                 try:
                     async for chunk in chunks:

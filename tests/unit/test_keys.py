@@ -112,11 +112,13 @@ def test_scopes() -> None:
     for check in (lambda: key.require_model("m2"), lambda: key.require_endpoint("embeddings")):
         with pytest.raises(PermissionDenied):
             check()
-    with pytest.raises(PermissionDenied):
-        key.require_tools()
+    with pytest.raises(PermissionDenied) as no_tools:
+        key.require_tools(["f"])
+    assert no_tools.value.code == "tools_denied"
     anything = ApiKey.from_entry(KeyEntry(id="any", sha256="0" * 64))
     assert anything.allows_model("whatever") and anything.allows_endpoint("metrics")
-    assert anything.tools
+    anything.require_tools(["f", "g"])
+    assert anything.tools.declare is None and anything.tools.call is None
 
 
 def limited(**limits: int) -> ApiKey:

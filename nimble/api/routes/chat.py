@@ -28,7 +28,7 @@ router = APIRouter(route_class=Route)
 async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
     call = Call.for_model(request, body.model)
     if body.tools or body.functions:
-        call.grant.require_tools()
+        call.grant.require_tools(tool.function.name for tool in body.tools or ())
     body.refuse_unsupported_chat()
     stream = call.runtime.generate(body.model, body.generate_request(call.request_id))
     head = {"id": f"chatcmpl-{call.request_id}", "created": now(), "model": body.model}

@@ -71,7 +71,7 @@ async def count_tokens(request: Request, body: CountTokensRequest) -> Response:
 
 def _generate_request(call: Call, body: MessagesInput, params: SamplingParams) -> GenerateRequest:
     if body.tools:
-        call.grant.require_tools()
+        call.grant.require_tools(tool.name for tool in body.tools)
     tools = body.tool_functions()
     choice = body.tool_choice_value(tools)
     return GenerateRequest(

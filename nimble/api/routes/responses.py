@@ -42,7 +42,7 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 async def create_response(request: Request, body: CreateResponseRequest) -> Response:
     call = Call.for_model(request, body.model)
     if body.tools:
-        call.grant.require_tools()
+        call.grant.require_tools(body.tool_names())
     body.refuse_unsupported()
     owner = call.grant.owner
     prior: tuple[ChatMessage, ...] = ()
