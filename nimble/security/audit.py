@@ -63,8 +63,13 @@ def audit_line(record: RequestRecord, latency: float, prev: str) -> bytes:
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
         "latency_ms": round(latency * 1000, 1),
-        "prev": prev,
     }
+    # what the policy gate did: present only when there is something to say
+    if record.key_purpose is not None:
+        fields["key_purpose"] = record.key_purpose
+    if record.dropped_tool_calls:
+        fields["dropped_tool_calls"] = record.dropped_tool_calls
+    fields["prev"] = prev  # last, always
     return json.dumps(fields, separators=(",", ":")).encode()
 
 
