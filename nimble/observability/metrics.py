@@ -1,6 +1,7 @@
 """Prometheus metrics, per served model. Labels carry model names (the served names, never
 the requested ones), endpoint names, finish reasons and status codes: no user data, no
-prompt, no key. The table in docs/operations.md lists every name."""
+prompt, no key (a metric per key is labelled with its hashed ref). The table in
+docs/operations.md lists every name."""
 
 from __future__ import annotations
 
@@ -119,6 +120,14 @@ class Metrics:
             "probes) and status code",
             ["method", "endpoint", "status"],
         )
+        # by key ref (the deployment record's hashed key id; as many as keys in the file),
+        # not by tool: a tool name is the model's text, without bound
+        self.tool_calls_dropped = counter(
+            "tool_calls_dropped",
+            "Tool calls the model made that the caller's API key may not make, dropped from "
+            "the answer (the policy gate)",
+            ["model_name", "key"],
+        )
         self.ttft = histogram(
             "time_to_first_token_seconds",
             "From the request's arrival to its first generated token",
@@ -161,6 +170,9 @@ class Metrics:
         self.prompt_tokens.labels(model).inc(record.prompt_tokens)
         self.cached_tokens.labels(model).inc(record.cached_tokens)
         self.request_prompt.labels(model).observe(record.prompt_tokens)
+        if record.dropped_tool_calls:
+            dropped = self.tool_calls_dropped.labels(model, record.key_ref or "none")
+            dropped.inc(len(record.dropped_tool_calls))
         if record.task == "embedding":
             return
         self.generation_tokens.labels(model).inc(record.completion_tokens)
