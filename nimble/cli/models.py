@@ -288,15 +288,20 @@ def inspect(
         typer.echo(json.dumps(_remote_record(url, api_key), indent=2))
         return
     from nimble.api.endpoints import ENDPOINT_PATHS, HEALTH_PATHS
+    from nimble.config.settings import ALL_ENDPOINTS
     from nimble.runtime.assemble import build_runtime
     from nimble.runtime.deployment import deployment_record
+    from nimble.security.keys import keys_record, parse_key_file
 
     settings = _settings(values)
     try:
         runtime, deployment = build_runtime(settings)
+        keys_file = settings.api_keys_file
+        keys = parse_key_file(keys_file, ALL_ENDPOINTS) if keys_file is not None else None
     except (ConfigError, ModelLoadError) as exc:
         raise _fail(exc, 2 if isinstance(exc, ConfigError) else 1) from None
     record = deployment_record(deployment, runtime, ENDPOINT_PATHS, HEALTH_PATHS)
+    record["auth"]["keys"] = keys_record(keys)  # as `nimble serve` would load them
     typer.echo(json.dumps(record, indent=2))
 
 

@@ -66,7 +66,7 @@ class Limits(BaseModel):
 
 
 ToolName = Annotated[str, StringConstraints(pattern=r"^(\*|[A-Za-z0-9_.:-]{1,128})$")]
-RailName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+RailName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]  # as --guardrails
 
 
 class ToolsEntry(BaseModel):
@@ -371,3 +371,8 @@ def key_record(key: ApiKey) -> dict[str, Any]:
         "rails": list(key.rails),
         "limits": key.limits.model_dump(),
     }
+
+
+def keys_record(keys: Iterable[ApiKey] | None) -> list[dict[str, Any]] | None:
+    """The deployment record's `auth.keys`: every key loaded, in file order (None: no keys)."""
+    return None if keys is None else [key_record(key) for key in keys]

@@ -19,6 +19,7 @@ from nimble.errors import ModelNotFound
 from nimble.runtime.adapters import LoadedAdapter
 from nimble.runtime.deployment import deployment_record
 from nimble.runtime.served import ServedModel
+from nimble.security.keys import KeyStore, keys_record
 from nimble.version import __version__
 
 router = APIRouter(route_class=Route)
@@ -134,9 +135,12 @@ async def metadata(request: Request) -> Response:
     response_model=dict[str, Any],
     summary="The deployment record: version, models, files and sha256, engine, selected "
     "profile and why, hardware, effective configuration (secrets redacted), endpoints, "
-    "logging, metrics, tracing, auth",
+    "logging, metrics, tracing, auth (each API key by its hashed ref: purpose and scopes)",
 )
 async def manifest(request: Request) -> Response:
     deployment = request.app.state.deployment
     runtime = Call.of(request).runtime
-    return json_response(deployment_record(deployment, runtime, ENDPOINT_PATHS, HEALTH_PATHS))
+    record = deployment_record(deployment, runtime, ENDPOINT_PATHS, HEALTH_PATHS)
+    store: KeyStore | None = request.app.state.keys
+    record["auth"]["keys"] = keys_record(store.keys if store is not None else None)
+    return json_response(record)
