@@ -36,6 +36,21 @@ class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
 
 
+class ContentFiltered(InvalidRequest):
+    """A guardrail refused the request's input (the message names the rail, never the text
+    it matched)."""
+
+    code = "content_filter"
+
+    def __init__(self, rail: str, *, param: str | None = None):
+        super().__init__(
+            f"The request was refused by the content filter: guardrail `{rail}` blocked its "
+            "input.",
+            param=param,
+        )
+        self.rail = rail
+
+
 class NotFound(NimbleError):
     """Something the request names does not exist (404)."""
 

@@ -207,7 +207,8 @@ class ToolCallDelta:
     arguments: str = ""
 
 
-FinishReason = Literal["stop", "length", "tool_calls"]
+# content_filter: an output guardrail stopped the choice (docs/guardrails.md)
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
 
 @dataclass(frozen=True)
