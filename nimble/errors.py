@@ -101,6 +101,12 @@ class EngineError(NimbleError):
     code = "engine_error"
 
 
+class UnreadableVerdict(EngineError):
+    """A guard model answered something that is not a verdict in its format."""
+
+    code = "unreadable_verdict"
+
+
 class ModelLoadError(NimbleError):
     """A model could not be loaded: missing or corrupt file, unknown engine, missing extra."""
 

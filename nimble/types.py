@@ -14,6 +14,7 @@ class Task(StrEnum):
     COMPLETION = "completion"
     EMBEDDING = "embedding"
     RERANK = "rerank"
+    CLASSIFY = "classify"  # sequence classification: a text to scores over the model's labels
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,66 @@ class RankResult:
 
     scores: tuple[float, ...]
     prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class ClassifierTraits:
+    """How a sequence classifier's labels read (see the model manifest): `labels` renames
+    the classes (index order) where the model's config only says LABEL_0, LABEL_1...;
+    `safe_labels` never flag in moderation; a label flags at `threshold` or above."""
+
+    labels: tuple[str, ...] = ()
+    safe_labels: tuple[str, ...] = ()
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class ClassifyRequest:
+    """Texts to classify, as the engine receives them. `truncate`: None refuses an input
+    longer than the model's window (InvalidRequest naming `input` with both lengths); a
+    number cuts each input to that many tokens (special tokens included; at most the
+    window)."""
+
+    request_id: str
+    inputs: tuple[str, ...]
+    truncate: int | None = None
+
+
+@dataclass(frozen=True)
+class Classification:
+    """One input's scores: every label of the model, in its id2label order, with its
+    probability (softmax over the labels; a sigmoid each for a multi-label model)."""
+
+    labels: tuple[str, ...]
+    probs: tuple[float, ...]
+
+    @property
+    def label(self) -> str:
+        """The most probable label."""
+        return self.labels[max(range(len(self.probs)), key=self.probs.__getitem__)]
+
+    def score(self, label: str) -> float:
+        return self.probs[self.labels.index(label)]
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    """One classification per input, in the request's order."""
+
+    classifications: tuple[Classification, ...]
+    prompt_tokens: int
+    multi_label: bool = False
+
+
+@dataclass(frozen=True)
+class Moderation:
+    """The verdict on one input: `categories` says which categories the input falls in,
+    `category_scores` how strongly (a probability from a classifier; 1.0 or 0.0 from a
+    guard model, which answers a verdict, not a score); flagged when any category is."""
+
+    flagged: bool
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
 
 
 @dataclass(frozen=True)

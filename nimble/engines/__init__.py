@@ -4,6 +4,7 @@ Protocol per capability. Heavy libraries load only inside each engine's own subp
 from nimble.engines.base import (
     AdapterHost,
     CacheReporter,
+    Classifier,
     Embedder,
     Engine,
     Generator,
@@ -16,6 +17,7 @@ from nimble.engines.registry import create_engine, engine_unavailable, known_eng
 __all__ = [
     "AdapterHost",
     "CacheReporter",
+    "Classifier",
     "Embedder",
     "Engine",
     "EngineConfig",

@@ -1,8 +1,8 @@
 """The engine contracts: the only things the runtime knows about an engine.
 
 Every engine has the core (`Engine`); what it can do beyond that it says by having the
-methods of a capability (`Generator`, `Embedder`, `Ranker`, `CacheReporter`, `Tokenizer`,
-`AdapterHost`).
+methods of a capability (`Generator`, `Embedder`, `Ranker`, `Classifier`, `CacheReporter`,
+`Tokenizer`, `AdapterHost`).
 The runtime checks, when a model is loaded, that its engine has the capability of each task
 the model serves (`runtime/served.py`), and routes requests by that: an engine never
 answers for a capability it does not have. A new capability is a new Protocol here and a
@@ -17,6 +17,8 @@ from typing import Protocol, runtime_checkable
 from nimble.models.adapters import AdapterSpec
 from nimble.models.spec import ModelSpec
 from nimble.types import (
+    ClassifyRequest,
+    ClassifyResult,
     EmbedRequest,
     EmbedResult,
     EngineInfo,
@@ -77,6 +79,16 @@ class Ranker(Protocol):
 
     async def rank(self, request: RankRequest) -> RankResult:
         """Score each document against the query (raw logits)."""
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """Sequence classification: each text to a probability per label of the model."""
+
+    async def classify(self, request: ClassifyRequest) -> ClassifyResult:
+        """Each input's probabilities over the model's labels (id2label order): a softmax,
+        or a sigmoid per label for a multi-label model (`problem_type`
+        multi_label_classification). Concurrent requests share batches."""
 
 
 @runtime_checkable

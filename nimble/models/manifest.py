@@ -18,11 +18,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nimble.errors import ConfigError
-from nimble.types import EmbeddingTraits
+from nimble.types import ClassifierTraits, EmbeddingTraits
 
 EngineName = Literal["llamacpp", "vllm", "transformers", "sentence_transformers", "onnx"]
 ENGINE_NAMES: frozenset[str] = frozenset(get_args(EngineName))
-TaskName = Literal["chat", "completion", "embedding", "rerank"]
+TaskName = Literal["chat", "completion", "embedding", "rerank", "classify"]
 GPU_ENGINES: frozenset[str] = frozenset({"vllm"})
 # engines that can use a GPU when there is one and run on CPU otherwise
 ANY_DEVICE_ENGINES: frozenset[str] = frozenset({"transformers", "sentence_transformers"})
@@ -214,6 +214,30 @@ class EmbeddingOptions(_Frozen):
         return EmbeddingTraits(**self.model_dump())
 
 
+class ClassifierOptions(_Frozen):
+    """How a sequence classifier's labels read, for /v1/classify and /v1/moderations."""
+
+    labels: tuple[str, ...] = Field(
+        default=(),
+        description="Names of the classes in index order, where the model's config.json only "
+        "says LABEL_0, LABEL_1... (must match its number of labels); empty: its id2label.",
+    )
+    safe_labels: tuple[str, ...] = Field(
+        default=(),
+        description="Labels that never flag an input in /v1/moderations (benign, safe); empty: "
+        "the label of class 0 for a single-label model, none for a multi-label one.",
+    )
+    threshold: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="A label other than the safe ones flags an input at this probability or above.",
+    )
+
+    def traits(self) -> ClassifierTraits:
+        return ClassifierTraits(self.labels, self.safe_labels, self.threshold)
+
+
 class ModelManifest(_Frozen):
     """A model and all the profiles it can run as."""
 
@@ -249,6 +273,17 @@ class ModelManifest(_Frozen):
         description="How the model marks its thinking (deepseek_r1, qwen3): chat answers carry "
         "it in `reasoning_content`; a profile's `settings.extra.reasoning_parser` and the "
         "`reasoning_parser` setting override it. Unset: none (thinking stays in the answer).",
+    )
+    classifier: ClassifierOptions | None = Field(
+        default=None,
+        description="Sequence classifiers (task classify): label names, the labels that are "
+        "safe, and the threshold at which another label flags an input in /v1/moderations.",
+    )
+    guard_format: str | None = Field(
+        default=None,
+        description="A generative guard model's prompt and verdict format (llama-guard-3, "
+        "llama-guard-3-1b, nemoguard-content-safety): /v1/moderations asks it with that prompt "
+        "and reads its verdict.",
     )
     remote_code: bool = Field(
         default=False,

@@ -156,6 +156,8 @@ def _spec(selection: Selection, paths: dict[str, Path], cache: ModelCache) -> Mo
         options.setdefault("tool_parser", manifest.tool_parser)
     if manifest.reasoning_parser:
         options.setdefault("reasoning_parser", manifest.reasoning_parser)
+    if manifest.guard_format:
+        options.setdefault("guard_format", manifest.guard_format)
     if selection.selected.context is not None:
         options["context_length"] = str(selection.selected.context)
     weights, tokenizer = _entry_point(profile, paths, cache)
@@ -171,6 +173,7 @@ def _spec(selection: Selection, paths: dict[str, Path], cache: ModelCache) -> Mo
         profile_id=profile.id,
         profile_name=profile.name,
         embedding=manifest.embedding.traits() if manifest.embedding else None,
+        classifier=manifest.classifier.traits() if manifest.classifier else None,
     )
 
 
@@ -236,8 +239,12 @@ def _generated(path: Path, name: str | None) -> ModelManifest:
     )
     if onnx is not None and (path / "tokenizer.json").is_file():
         files = [_local("model.onnx", onnx), _local("tokenizer.json", path / "tokenizer.json")]
+        task = "embedding"
+        if _classifier_labels(path) > 1:  # a sequence classifier's export: its labels too
+            files.append(_local("config.json", path / "config.json"))
+            task = "classify"
         return _manifest(
-            model_id, ["embedding"], [{"engine": "onnx", "precision": "auto", "files": files}], path
+            model_id, [task], [{"engine": "onnx", "precision": "auto", "files": files}], path
         )
     if (path / "config.json").is_file():
         return _hf_folder_manifest(model_id, path)
@@ -269,7 +276,9 @@ def _hf_folder_manifest(model_id: str, path: Path) -> ModelManifest:
         profiles = [
             {"engine": "sentence_transformers", "precision": "auto", "files": folder, **size},
         ]
-        return _manifest(model_id, ["rerank"], profiles, path)
+        # one output: a cross-encoder's relevance score; more: a classifier's labels
+        task = "classify" if _classifier_labels(path) > 1 else "rerank"
+        return _manifest(model_id, [task], profiles, path)
     if (path / "modules.json").is_file():
         profiles = [
             {"engine": "sentence_transformers", "precision": "auto", "files": folder, **size},
@@ -285,9 +294,24 @@ def _hf_folder_manifest(model_id: str, path: Path) -> ModelManifest:
         return _manifest(model_id, ["embedding"], profiles, path)
     raise ModelLoadError(
         f"{path}: no engine for architecture {', '.join(architectures) or '(none given)'}: "
-        "nimble serves causal language models (…ForCausalLM), cross-encoders "
-        "(…ForSequenceClassification) and sentence-transformers folders (modules.json)"
+        "nimble serves causal language models (…ForCausalLM), cross-encoders and sequence "
+        "classifiers (…ForSequenceClassification) and sentence-transformers folders "
+        "(modules.json)"
     )
+
+
+def _classifier_labels(path: Path) -> int:
+    """How many labels the sequence-classification head in `path/config.json` has (0: none
+    there, or no such config)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    architectures = [str(a) for a in config.get("architectures") or []]
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        return 0
+    labels = config.get("id2label")
+    return len(labels) if isinstance(labels, dict) else int(config.get("num_labels") or 0)
 
 
 def _gguf_manifest(model_id: str, gguf: Path) -> ModelManifest:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nimble.models.adapters import AdapterSpec
-from nimble.types import EmbeddingTraits, Task
+from nimble.types import ClassifierTraits, EmbeddingTraits, Task
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,8 @@ class ModelSpec:
     profile_name: str | None = None
     # embedding models: prefixes per input type and the vector sizes allowed
     embedding: EmbeddingTraits | None = None
+    # sequence classifiers: label names, the safe labels and the flagging threshold
+    classifier: ClassifierTraits | None = None
     # NVIDIA GPUs (NVML indices) nimble placed this model on (`models/placement.py`): a
     # vLLM process sees only these, a GGUF offloads to this one; (): on the CPU although
     # there are GPUs; None: nimble chose nothing (no NVIDIA GPU, or a vLLM model alone on

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,10 +22,11 @@ from nimble.errors import (
     Unavailable,
     UnsupportedParameter,
 )
+from nimble.guardrails.guard_formats import guard_format
 from nimble.models import ModelSpec
 from nimble.observability.metrics import ModelGauges
 from nimble.observability.record import RequestRecord, current_record
-from nimble.runtime import encoders, tokens
+from nimble.runtime import encoders, moderation, tokens
 from nimble.runtime.adapter_watch import AdapterWatcher
 from nimble.runtime.adapters import GENERATIVE, Adapters
 from nimble.runtime.admission import Admission
@@ -35,10 +36,13 @@ from nimble.runtime.served import ServedModel
 from nimble.runtime.tools import ToolFormat, parse_calls, prepare, tool_format, uses_tools
 from nimble.runtime.tools.gate import gate_calls
 from nimble.types import (
+    ClassifyRequest,
+    ClassifyResult,
     EmbedRequest,
     EmbedResult,
     GenerateRequest,
     GenerationChunk,
+    Moderation,
     RankRequest,
     RankResult,
     SamplingParams,
@@ -81,10 +85,10 @@ EngineFactory = Callable[[ModelSpec, EngineConfig], Engine]
 def _running_bound(spec: ModelSpec, config: RuntimeConfig) -> int:
     """Requests admitted at once: `max_running`, else as many as the engine runs at once
     (vLLM's max_num_seqs, llama.cpp's slots), so that admission never starves the engine.
-    An embedding model batches across requests: let a whole batch in at once."""
+    An embedding model (a classifier) batches across requests: let a whole batch in at once."""
     engine = config.engine
     bound = config.max_running or engine.batch_size(spec) or engine.max_running
-    if spec.tasks == {Task.EMBEDDING}:
+    if spec.tasks in ({Task.EMBEDDING}, {Task.CLASSIFY}):
         return max(bound, engine.embed_batch_size)
     return bound
 
@@ -105,6 +109,9 @@ class Runtime:
         for spec in specs:  # an unknown tool_parser stops the start, not a request
             tool_format(config.tool_parser or spec.options.get("tool_parser"))
             reasoning_format(config.reasoning_parser or spec.options.get("reasoning_parser"))
+        for spec in specs:  # and an unknown guard_format
+            if "guard_format" in spec.options:
+                guard_format(spec.options["guard_format"])
         self.config = config
         self.state = ServiceState.STARTING
         self.failure: str | None = None
@@ -131,6 +138,7 @@ class Runtime:
                 log.info("loading model %s (%s engine)", model.spec.id, model.spec.engine)
                 started = time.monotonic()
                 await model.load()
+                moderation.check_labels(model)
                 self.adapters.started(model)
                 log.info("model %s ready in %.1fs", model.spec.id, time.monotonic() - started)
         except Exception as exc:
@@ -368,6 +376,57 @@ class Runtime:
             result = await model.embedder.embed(request)
         record.prompt_tokens += result.prompt_tokens
         return encoders.cut(result, size)
+
+    async def classify(self, model_id: str, request: ClassifyRequest) -> ClassifyResult:
+        """Each input's probabilities over the classifier's labels (the manifest's names for
+        them where it gives some). `truncate` -1: cut to the model's window."""
+        model = self.model(model_id, Task.CLASSIFY)
+        request = moderation.truncated(model, request)
+        record = _record()
+        async with self._slot(model, Task.CLASSIFY, record):
+            result = await model.classifier.classify(request)
+        record.prompt_tokens += result.prompt_tokens
+        return moderation.named(model, result)
+
+    def moderation_model(self, model_id: str | None) -> str:
+        """The model that `moderate(model_id, ...)` uses: `model_id`, or with None the one
+        served model that can moderate (a classifier or a guard model); 400 otherwise."""
+        if model_id is not None and model_id not in self.models:
+            self._lookup(model_id)  # 404 for a name not served at all
+            raise InvalidRequest(
+                f"model `{model_id}` is a LoRA adapter: adapters do not moderate", param="model"
+            )
+        return moderation.moderation_model(self.models, model_id)
+
+    async def moderate(self, model_id: str | None, inputs: Sequence[str]) -> list[Moderation]:
+        """A verdict per input, from a classifier or a generative guard model
+        (`runtime/moderation.py`)."""
+        model = self._lookup(self.moderation_model(model_id))
+        record = _record()
+        fmt = moderation.guard_of(model)
+        if fmt is None:
+            result = await self.classify(
+                model.spec.id, ClassifyRequest(record.request_id, tuple(inputs))
+            )
+            verdicts = moderation.by_classifier(model, result)
+        else:
+            verdicts = await moderation.by_guard(
+                model, fmt, record.request_id, inputs, self._answer
+            )
+        record.task = "moderation"
+        return verdicts
+
+    async def _answer(self, model_id: str, request: GenerateRequest) -> str:
+        """The whole text of the first choice."""
+        parts: list[str] = []
+        stream = self.generate(model_id, request)
+        try:
+            async for chunk in stream:
+                if chunk.index == 0:
+                    parts.append(chunk.text)
+        finally:
+            await stream.aclose()
+        return "".join(parts)
 
     async def rank(
         self,

@@ -6,7 +6,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from nimble.engines import CacheReporter, Embedder, Engine, Generator, Ranker, Tokenizer
+from nimble.engines import (
+    CacheReporter,
+    Classifier,
+    Embedder,
+    Engine,
+    Generator,
+    Ranker,
+    Tokenizer,
+)
 from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
 from nimble.models import ModelSpec
 from nimble.runtime.admission import Admission
@@ -19,6 +27,7 @@ CAPABILITY: dict[Task, type[Any]] = {
     Task.COMPLETION: Generator,
     Task.EMBEDDING: Embedder,
     Task.RERANK: Ranker,
+    Task.CLASSIFY: Classifier,
 }
 
 
@@ -42,6 +51,7 @@ class ServedModel:
         self._generator = engine if isinstance(engine, Generator) else None
         self._embedder = engine if isinstance(engine, Embedder) else None
         self._ranker = engine if isinstance(engine, Ranker) else None
+        self._classifier = engine if isinstance(engine, Classifier) else None
         # capabilities no task needs: used where the engine has them (metrics; /tokenize,
         # /detokenize and documents cut to a length, else a 400 naming the model)
         self.cache = engine if isinstance(engine, CacheReporter) else None
@@ -79,6 +89,12 @@ class ServedModel:
         if self._ranker is None:
             raise self.unsupported(Task.RERANK)
         return self._ranker
+
+    @property
+    def classifier(self) -> Classifier:
+        if self._classifier is None:
+            raise self.unsupported(Task.CLASSIFY)
+        return self._classifier
 
     @property
     def tokenizer(self) -> Tokenizer:
