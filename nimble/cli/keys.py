@@ -37,9 +37,42 @@ def create(
             "--endpoint", help="An endpoint it may use (repeat; default: all).", metavar="E"
         ),
     ] = None,
+    purpose: Annotated[
+        str | None,
+        typer.Option(
+            "--purpose",
+            help="What the key is for (one line), in the audit log and the deployment record.",
+            metavar="TEXT",
+        ),
+    ] = None,
     tools: Annotated[
         bool, typer.Option("--tools/--no-tools", help="May it send tools (tool calling)?")
     ] = True,
+    declare_tool: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--declare-tool",
+            help="A tool its requests may declare (repeat; default: any).",
+            metavar="NAME",
+        ),
+    ] = None,
+    call_tool: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--call-tool",
+            help="A tool the model may call for it (repeat; default: any it may declare). A "
+            "call of another tool is dropped from the answer.",
+            metavar="NAME",
+        ),
+    ] = None,
+    rail: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rail",
+            help="A guardrail (--guardrails) its requests always go through (repeat).",
+            metavar="NAME",
+        ),
+    ] = None,
     rpm: Annotated[
         int | None, typer.Option("--rpm", min=1, help="Requests per minute at most.")
     ] = None,
@@ -76,7 +109,19 @@ def create(
         )
         if value is not None
     }
-    entry = key_entry(key_id, hash_key(key), model or [], endpoint or [], tools, limits)
+    if not tools and (declare_tool or call_tool):
+        raise typer.BadParameter("--no-tools leaves no tool to declare or call")
+    scope = _tool_scope(tools, declare_tool or [], call_tool or [])
+    entry = key_entry(
+        key_id,
+        hash_key(key),
+        model or [],
+        endpoint or [],
+        scope,
+        limits,
+        purpose=purpose,
+        rails=rail or [],
+    )
     if append is not None:
         try:
             count = append_entry(append, entry)
@@ -96,19 +141,31 @@ def create(
         typer.echo(_indent(entry_yaml(entry), "  "), nl=False)
 
 
+def _tool_scope(tools: bool, declare: list[str], call: list[str]) -> bool | dict[str, list[str]]:
+    """`tools:` as the key file writes it: true, false, or the lists given."""
+    if not tools or not (declare or call):
+        return tools
+    scope: dict[str, list[str]] = {}
+    if declare:
+        scope["declare"] = list(dict.fromkeys(declare))
+    if call:
+        scope["call"] = list(dict.fromkeys(call))
+    return scope
+
+
 def key_entry(
     key_id: str,
     sha256: str,
     models: list[str],
     endpoints: list[str],
-    tools: bool,
+    tools: bool | dict[str, list[str]],
     limits: dict[str, int],
+    *,
+    purpose: str | None = None,
+    rails: list[str] | None = None,
 ) -> dict[str, Any]:
     """The key-file entry (only what differs from the defaults), validated like the file."""
-    from pydantic import ValidationError
-
     from nimble.config.settings import ALL_ENDPOINTS
-    from nimble.security.keys import KeyEntry
 
     unknown = [name for name in endpoints if name not in ALL_ENDPOINTS]
     if unknown:
@@ -117,14 +174,28 @@ def key_entry(
             param_hint="--endpoint",
         )
     entry: dict[str, Any] = {"id": key_id, "sha256": sha256}
+    if purpose is not None:
+        entry["purpose"] = purpose.strip()
     if models:
         entry["models"] = list(dict.fromkeys(models))
     if endpoints:
         entry["endpoints"] = list(dict.fromkeys(endpoints))
-    if not tools:
-        entry["tools"] = False
+    if tools is not True:
+        entry["tools"] = tools
+    if rails:
+        entry["rails"] = list(dict.fromkeys(rails))
     if limits:
         entry["limits"] = limits
+    _validate(entry)
+    return entry
+
+
+def _validate(entry: dict[str, Any]) -> None:
+    """BadParameter naming the field, as the key file would be refused."""
+    from pydantic import ValidationError
+
+    from nimble.security.keys import KeyEntry
+
     try:
         KeyEntry.model_validate(entry)
     except ValidationError as exc:
@@ -132,7 +203,6 @@ def key_entry(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise typer.BadParameter(problems) from exc
-    return entry
 
 
 def entry_yaml(entry: dict[str, Any]) -> str:
@@ -143,7 +213,8 @@ def entry_yaml(entry: dict[str, Any]) -> str:
     lines = []
     for name, value in entry.items():
         if isinstance(value, list | dict):
-            flow = yaml.safe_dump(value, default_flow_style=True, width=1_000).strip()
+            flow = yaml.safe_dump(value, default_flow_style=True, width=1_000, sort_keys=False)
+            flow = flow.strip()
             lines.append(f"{name}: {flow}\n")
         else:
             lines.append(yaml.safe_dump({name: value}, default_flow_style=False))

@@ -141,6 +141,42 @@ def test_create_prints_a_key_and_its_entry() -> None:
     assert key not in entry_text  # only the hash goes to the file
 
 
+def test_create_writes_the_purpose_tool_scope_and_rails(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    result = invoke(
+        "keys",
+        "create",
+        "--id",
+        "claims",
+        "--purpose",
+        "claims-triage agent",
+        "--declare-tool",
+        "lookup_claim",
+        "--declare-tool",
+        "send_email",
+        "--call-tool",
+        "lookup_claim",
+        "--rail",
+        "pii",
+        "--append",
+        str(path),
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    assert path.read_text().splitlines()[3:] == [
+        "    purpose: claims-triage agent",
+        "    tools: {declare: [lookup_claim, send_email], call: [lookup_claim]}",
+        "    rails: [pii]",
+    ]
+    (key,) = KeyStore(path, ALL_ENDPOINTS).keys
+    assert key.purpose == "claims-triage agent" and key.rails == ("pii",)
+    assert key.tools.declare == {"lookup_claim", "send_email"}
+    assert key.tools.call == {"lookup_claim"}
+    called_only = invoke("keys", "create", "--id", "c", "--call-tool", "f")
+    entry = yaml.safe_load(called_only.output.split("(under `keys:`):\n", 1)[1])
+    assert entry[0]["tools"] == {"call": ["f"]}
+
+
 def test_create_makes_a_different_key_each_time() -> None:
     first = printed_key(invoke("keys", "create", "--id", "a").output)
     second = printed_key(invoke("keys", "create", "--id", "a").output)
@@ -154,6 +190,13 @@ def test_create_makes_a_different_key_each_time() -> None:
         (["--id", "a", "--endpoint", "chat", "--endpoint", "nope"], "unknown nope"),
         (["--id", "a", "--rpm", "0"], "--rpm"),
         (["--id", "a", "--quiet"], "needs --append"),
+        (["--id", "a", "--no-tools", "--call-tool", "f"], "--no-tools leaves no tool"),
+        (
+            ["--id", "a", "--declare-tool", "f", "--call-tool", "g"],
+            "tools: Value error, call names g, which declare does not list",
+        ),
+        (["--id", "a", "--purpose", "two\nlines"], "purpose: String should match"),
+        (["--id", "a", "--rail", "no spaces"], "rails.0: String should match"),
         ([], "--id"),
     ],
 )
