@@ -182,6 +182,36 @@ def test_inspect_lists_the_adapters_with_source_sha256_and_base(
     assert code == 2 and "neither a GGUF adapter file nor a PEFT adapter folder" in out
 
 
+def test_inspect_states_each_key_by_its_ref_and_refuses_a_broken_key_file(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys.yaml"
+    digest = hashlib.sha256(b"nb-claims-secret").hexdigest()
+    entry = {
+        "id": "acme-claims",
+        "sha256": digest,
+        "purpose": "claims-triage-agent",
+        "tools": {"declare": ["lookup_claim", "send_email"], "call": ["lookup_claim"]},
+        "limits": {"concurrent_requests": 2},
+    }
+    keys.write_text(yaml.safe_dump({"keys": [entry]}))
+    args = ["inspect", "--model", "fake", "--api-keys-file", str(keys)]
+    code, out = run(args, env)
+    assert code == 0, out
+    auth = json.loads(out)["auth"]
+    (key,) = auth["keys"]
+    assert key["ref"].startswith("key-") and key["purpose"] == "claims-triage-agent"
+    assert key["tools"] == {"declare": ["lookup_claim", "send_email"], "call": ["lookup_claim"]}
+    assert key["limits"]["concurrent_requests"] == 2 and key["rails"] == []
+    assert "acme-claims" not in out and digest not in out
+    code, out = run(["inspect", "--model", "fake"], env)
+    assert code == 0 and json.loads(out)["auth"]["keys"] is None  # keys off
+    entry["tools"] = {"declare": ["a"], "call": ["b"]}
+    keys.write_text(yaml.safe_dump({"keys": [entry]}))
+    code, out = run(args, env)
+    assert code == 2 and "keys.0.tools: Value error, call names b" in out
+
+
 def test_download_from_a_mirror_resumes_nothing_twice_and_refuses_a_bad_hash(
     tmp_path: Path, env: dict[str, str], mirror: Mirror
 ) -> None:
