@@ -57,11 +57,23 @@ def create_gateway_app(
     """The gateway in front of `settings.upstream` / `settings.upstream_dns`. Its lifespan
     starts the probes of the replicas and stops them. Raises ConfigError (a broken key file)."""
     tracing = tracing or RequestTracing()
-    keys = KeyStore(settings.api_keys_file, ALL_ENDPOINTS) if settings.api_keys_file else None
-    audit = AuditLog(settings.audit_log, fsync=settings.audit_fsync) if settings.audit_log else None
     upstream_key = (
         settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
     )
+    # tool scopes and rails are enforced by the replicas, on the key a request carries
+    no_policy = (
+        "the replicas see the gateway's --upstream-api-key, not this key (give the scope to "
+        "the replicas' keys, and run the gateway without --upstream-api-key so that each "
+        "request carries its client's key)"
+        if upstream_key
+        else None
+    )
+    keys = (
+        KeyStore(settings.api_keys_file, ALL_ENDPOINTS, no_policy=no_policy)
+        if settings.api_keys_file
+        else None
+    )
+    audit = AuditLog(settings.audit_log, fsync=settings.audit_fsync) if settings.audit_log else None
     verify: bool | str = str(settings.upstream_ca_file) if settings.upstream_ca_file else True
     policy = routing_policy(settings)
     pool = UpstreamPool(

@@ -244,10 +244,16 @@ def new_key() -> str:
 
 
 def parse_key_file(
-    path: Path, known_endpoints: tuple[str, ...], known_rails: Collection[str] | None = None
+    path: Path,
+    known_endpoints: tuple[str, ...],
+    known_rails: Collection[str] | None = None,
+    *,
+    no_policy: str | None = None,
 ) -> tuple[ApiKey, ...]:
     """The keys of the file; ConfigError naming the problem. `known_rails`: the guardrails
-    configured (a key bound to another is refused: it would skip it); None: not checked."""
+    configured (a key bound to another is refused: it would skip it); None: not checked.
+    `no_policy`: why tool scopes and rails cannot be enforced here (a key with either is
+    refused, rather than let through unchecked); None: they are."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
         parsed = KeyFile.model_validate(raw)
@@ -269,6 +275,12 @@ def parse_key_file(
             raise ConfigError(
                 f"API key file {path}: key `{entry.id}`: unknown endpoints "
                 f"{', '.join(sorted(unknown))} (known: {', '.join(known_endpoints)})"
+            )
+        scope = ToolScope.from_entry(entry.tools)
+        if no_policy is not None and (scope != ToolScope(None, None) or entry.rails):
+            raise ConfigError(
+                f"API key file {path}: key `{entry.id}`: its tools scope and rails would not "
+                f"be enforced: {no_policy}"
             )
         missing = [
             rail for rail in entry.rails if known_rails is not None and rail not in known_rails
@@ -292,17 +304,18 @@ class KeyStore:
         known_endpoints: tuple[str, ...],
         *,
         known_rails: Collection[str] | None = None,
+        no_policy: str | None = None,
         check_interval: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.path = path
         self._known = known_endpoints
         self._rails = known_rails
+        self._no_policy = no_policy
         self._interval = check_interval
         self._clock = clock
-        self._keys = parse_key_file(
-            path, known_endpoints, known_rails
-        )  # a broken file at start: refuse
+        # a broken file at start: refuse
+        self._keys = parse_key_file(path, known_endpoints, known_rails, no_policy=no_policy)
         self._stamp = self._file_stamp()
         self._checked = clock()
 
@@ -321,7 +334,7 @@ class KeyStore:
         """Re-read the file; on error keep the keys in use. True if new keys were taken."""
         self._stamp = self._file_stamp()
         try:
-            keys = parse_key_file(self.path, self._known, self._rails)
+            keys = parse_key_file(self.path, self._known, self._rails, no_policy=self._no_policy)
         except ConfigError as exc:
             log.error("keeping the previous API keys: %s", exc)
             return False

@@ -199,3 +199,23 @@ def test_the_record_of_a_key_states_its_scopes_and_no_secret(tmp_path: Path) -> 
     for secret_part in (secret, digest, "claims-team-acme", "prometheus"):
         assert secret_part not in text
     assert keys_record(None) is None
+
+
+def test_a_gateway_that_cannot_enforce_scopes_refuses_keys_with_them(tmp_path: Path) -> None:
+    from nimble.config.gateway import GatewaySettings
+    from nimble.gateway.app import create_gateway_app
+
+    plain = {"id": "plain", "sha256": SHA}
+    path = key_file(tmp_path / "k.yaml", plain, {"id": "agent", "sha256": "cd" * 32, "rails": []})
+    upstream = {"upstream": ("http://127.0.0.1:9",), "api_keys_file": path}
+    create_gateway_app(GatewaySettings(**upstream, upstream_api_key="nb-upstream"))
+    for scoped in ({"tools": False}, {"tools": {"call": ["a"]}}, {"rails": ["pii"]}):
+        key_file(path, plain, {"id": "agent", "sha256": "cd" * 32, **scoped})
+        # without an upstream key the replicas check each client's own key: let in
+        create_gateway_app(GatewaySettings(**upstream))
+        with pytest.raises(ConfigError) as refused:
+            create_gateway_app(GatewaySettings(**upstream, upstream_api_key="nb-upstream"))
+        assert str(refused.value).startswith(
+            f"API key file {path}: key `agent`: its tools scope and rails would not be "
+            "enforced: the replicas see the gateway's --upstream-api-key, not this key"
+        )
