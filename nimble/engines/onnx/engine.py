@@ -1,4 +1,5 @@
-"""Sentence embeddings from an ONNX export (all-MiniLM-L6-v2 and alike), without torch.
+"""Sentence embeddings from an ONNX export (all-MiniLM-L6-v2 and alike), and sequence
+classification from an ONNX export of a classifier, without torch.
 
 The pipeline is sentence-transformers' Transformer -> Pooling(mean) -> Normalize: the
 tokenizer truncates to the context length (the end by default, the start with
@@ -13,6 +14,11 @@ the next batch. Batches run side by side, one per CPU thread (the `threads` sett
 default all cores), each as a single-threaded ONNX Runtime run of the shared session: two
 runs on one thread each beat one run on two threads, whose every operator waits for the
 slower thread (measured: benchmarks/RESULTS.md).
+
+A classifier (the model serves `classify`) is an export whose graph answers `logits`; its
+labels come from the config.json beside it (`engines/labels.py`). Its inputs share batches
+the same way; an input longer than the window is refused unless the request asks for
+truncation.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 from tokenizers import Tokenizer
 
+from nimble.engines import labels
 from nimble.engines.config import EngineConfig
 from nimble.engines.onnx.batching import EmbedBatcher, LaneStats
 from nimble.engines.threads import usable_cpus
@@ -36,10 +43,13 @@ from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
 from nimble.models.files import sha256_of
 from nimble.models.spec import ModelSpec
 from nimble.types import (
+    ClassifyRequest,
+    ClassifyResult,
     EmbedRequest,
     EmbedResult,
     EngineInfo,
     ModelFile,
+    Task,
     TokenizeRequest,
     Tokens,
 )
@@ -49,6 +59,7 @@ _BATCH = 32  # sequences per session run; inputs are sorted by length to keep pa
 _BERT_POSITIONS = 512  # limit when neither the spec nor the folder says otherwise
 _TOKEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
 _POOLED_OUTPUTS = ("sentence_embedding",)
+_LOGITS = "logits"  # a classifier's output
 _KNOWN_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
 
 
@@ -70,6 +81,9 @@ class OnnxEmbeddingEngine:
         self._pooled = False
         self._dimensions = 0
         self._files: tuple[ModelFile, ...] = ()
+        self._classifier = Task.CLASSIFY in spec.tasks
+        self._labels: tuple[str, ...] = ()
+        self._multi_label = False
 
     # ----- lifecycle -----
     async def start(self) -> None:
@@ -83,6 +97,11 @@ class OnnxEmbeddingEngine:
         self._left = _load_tokenizer(tokenizer_path, self._max_length, direction="left")
         self._counter = _load_tokenizer(tokenizer_path, None)
         self._wrap = _special_wrap(self._counter)
+        if self._classifier:
+            folders = [self.spec.weights.parent, tokenizer_path.parent]
+            self._labels, self._multi_label = labels.read_labels(
+                [*folders, self.spec.weights.parent.parent]
+            )
         self._vocab = self._counter.get_vocab_size()
         lanes = self._config.threads or usable_cpus()
         self._executor = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="nimble-onnx")
@@ -103,6 +122,9 @@ class OnnxEmbeddingEngine:
             raise
         self._session = session
         self._files = (ModelFile(str(self.spec.weights), digest, self.spec.weights.stat().st_size),)
+        if self._classifier:
+            await self.classify(ClassifyRequest("warmup", ("warm up",)))
+            return
         result = await self.embed(EmbedRequest(request_id="warmup", inputs=("warm up",)))
         self._dimensions = len(result.vectors[0])
 
@@ -126,6 +148,17 @@ class OnnxEmbeddingEngine:
         if unknown or "input_ids" not in names:
             _bad_model(self.spec.weights, f"unexpected inputs {sorted(names)}")
         outputs = {node.name: node.shape for node in session.get_outputs()}
+        if self._classifier:
+            if _LOGITS not in outputs:
+                _bad_model(
+                    self.spec.weights,
+                    f"a classifier needs a `logits` output, has {sorted(outputs)}",
+                )
+            width = outputs[_LOGITS][-1]
+            if isinstance(width, int) and width != len(self._labels):
+                _bad_model(self.spec.weights, f"{width} logits for {len(self._labels)} labels")
+            self._inputs, self._output, self._pooled = frozenset(names), _LOGITS, True
+            return
         token_output = next((name for name in _TOKEN_OUTPUTS if name in outputs), None)
         pooled_output = next((name for name in _POOLED_OUTPUTS if name in outputs), None)
         chosen = token_output or pooled_output
@@ -148,6 +181,15 @@ class OnnxEmbeddingEngine:
         return self._session is not None and self._executor is not None
 
     def info(self) -> EngineInfo:
+        extra = (
+            {"num_labels": str(len(self._labels)), "multi_label": str(self._multi_label).lower()}
+            if self._classifier
+            else {
+                "dimensions": str(self._dimensions),
+                "pooling": "model" if self._pooled else "mean",
+                "normalized": "true",
+            }
+        )
         return EngineInfo(
             engine="onnx",
             engine_version=f"onnxruntime {ort.__version__}",
@@ -155,11 +197,7 @@ class OnnxEmbeddingEngine:
             context_length=self._max_length,
             supports_logprobs=False,
             files=self._files,
-            extra={
-                "dimensions": str(self._dimensions),
-                "pooling": "model" if self._pooled else "mean",
-                "normalized": "true",
-            },
+            extra=extra,
         )
 
     # ----- requests -----
@@ -173,6 +211,22 @@ class OnnxEmbeddingEngine:
             vectors=tuple(map(tuple, rows.tolist())),
             prompt_tokens=sum(len(s) for s in sequences),
         )
+
+    async def classify(self, request: ClassifyRequest) -> ClassifyResult:
+        batcher, counter = self._batcher, self._counter
+        if batcher is None or counter is None:
+            raise Unavailable(f"model {self.spec.id!r} is not loaded")
+        texts = list(request.inputs)
+        encodings = counter.encode_batch(texts) if len(texts) > 1 else [counter.encode(texts[0])]
+        limit = min(request.truncate, self._max_length) if request.truncate else None
+        tail = len(self._wrap[1])
+        sequences = [
+            labels.fit(list(e.ids), limit, self._max_length, tail, i, self.spec.id)
+            for i, e in enumerate(encodings)
+        ]
+        logits = await batcher.embed(sequences)
+        tokens = sum(len(s) for s in sequences)
+        return labels.result(self._labels, self._multi_label, logits, tokens)
 
     def vocab_size(self) -> int | None:
         return self._vocab or None
@@ -252,7 +306,7 @@ class OnnxEmbeddingEngine:
         pooled = np.concatenate([self._run(session, [sequences[i] for i in b]) for b in batches])
         vectors = np.empty_like(pooled)
         vectors[order] = pooled  # back to the request's order
-        return _l2_normalise(vectors)
+        return vectors if self._classifier else _l2_normalise(vectors)
 
     def _run(
         self, session: ort.InferenceSession, batch: list[Sequence[int]]

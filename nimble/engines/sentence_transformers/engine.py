@@ -7,6 +7,8 @@ folders, through the `sentence-transformers` library on PyTorch.
   text, the document as a rule (`truncate=END`), or is refused (`NONE`).
 - An embedding model (`Task.EMBEDDING`) is loaded as a `SentenceTransformer`: the folder's
   own modules (pooling, dense layers, normalisation) apply; vectors are L2-normalised.
+- A sequence classifier (`Task.CLASSIFY`) is loaded by transformers with its
+  classification head (`classifier.py`); concurrent requests share batches.
 The window is the tokenizer's limit, capped by the model's positions and `context_length`.
 Work runs on one worker thread, so the event loop never waits on PyTorch.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import sentence_transformers
@@ -23,10 +26,13 @@ import torch
 import transformers
 
 from nimble.engines.config import EngineConfig
+from nimble.engines.sentence_transformers.classifier import TorchClassifier
 from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
 from nimble.models.files import sha256_of
 from nimble.models.spec import ModelSpec
 from nimble.types import (
+    ClassifyRequest,
+    ClassifyResult,
     EmbedRequest,
     EmbedResult,
     EngineInfo,
@@ -44,8 +50,8 @@ _BATCH = 32
 
 
 class SentenceTransformersEngine:
-    """A cross-encoder (the model serves `rerank`) or a bi-encoder (it serves `embedding`):
-    one folder is one of the two, never both."""
+    """A cross-encoder (the model serves `rerank`), a bi-encoder (it serves `embedding`) or
+    a sequence classifier (`classify`): one folder is one of the three, never two."""
 
     def __init__(self, spec: ModelSpec, config: EngineConfig):
         self.spec = spec
@@ -56,13 +62,18 @@ class SentenceTransformersEngine:
         self._max_length = 512
         self._device = "cpu"
         self._files: tuple[ModelFile, ...] = ()
+        self._classifier = (
+            TorchClassifier(spec.weights, spec.id) if Task.CLASSIFY in spec.tasks else None
+        )
 
     async def start(self) -> None:
         folder = self.spec.weights
-        if self._rerank and Task.EMBEDDING in self.spec.tasks:
+        kinds = self.spec.tasks & {Task.RERANK, Task.EMBEDDING, Task.CLASSIFY}
+        if len(kinds) > 1:
             raise ModelLoadError(
-                f"{folder}: model {self.spec.id!r} is a cross-encoder (rerank) or a bi-encoder "
-                "(embedding) on the sentence_transformers engine, not both"
+                f"{folder}: model {self.spec.id!r} is a cross-encoder (rerank), a bi-encoder "
+                "(embedding) or a classifier (classify) on the sentence_transformers engine, "
+                "not both"
             )
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"{folder}: not a model folder (no config.json)")
@@ -72,7 +83,16 @@ class SentenceTransformersEngine:
         except ModelLoadError:
             await self.stop()
             raise
-        if self._rerank:  # one real pass: readiness needs it
+        if self._classifier is not None:
+            stopped = f"model {self.spec.id!r} was stopped"
+            self._classifier.start(
+                self._pool,
+                self._config.embed_batch_size,
+                self._config.embed_max_wait,
+                closed=lambda: Unavailable(stopped),
+            )
+            await self.classify(ClassifyRequest("warmup", ("warm up",)))
+        elif self._rerank:  # one real pass: readiness needs it
             await self.rank(RankRequest("warmup", "warm up", ("a warm-up passage",)))
         else:
             await self.embed(EmbedRequest("warmup", ("warm up",)))
@@ -84,6 +104,11 @@ class SentenceTransformersEngine:
         if self._config.threads:
             torch.set_num_threads(self._config.threads)
         self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self._classifier is not None:
+            self._classifier.load(self._device, self._config.context_length)
+            self._max_length = self._classifier.max_length
+            self._files = _files(folder)
+            return
         try:
             if self._rerank:
                 model: Any = sentence_transformers.CrossEncoder(
@@ -113,19 +138,25 @@ class SentenceTransformersEngine:
         self._max_length = min(limit, self._config.context_length or limit)
         model.max_seq_length = self._max_length
         self._model = model.eval()
-        paths = sorted({p for pattern in _WEIGHTS for p in folder.glob(pattern) if p.is_file()})
-        self._files = tuple(ModelFile(str(p), sha256_of(p), p.stat().st_size) for p in paths)
+        self._files = _files(folder)
 
     async def stop(self) -> None:
+        if self._classifier is not None:
+            await self._classifier.stop()
         pool, self._pool = self._pool, None
         if pool is not None:
             await asyncio.to_thread(pool.shutdown, wait=True)
         self._model = None
 
     async def health(self) -> bool:
-        return self._model is not None and self._pool is not None
+        return self._tokenizer() is not None and self._pool is not None
 
     def info(self) -> EngineInfo:
+        kind = {"kind": "cross-encoder" if self._rerank else "bi-encoder"}
+        if self._classifier is not None:
+            labels = str(len(self._classifier.labels))
+            multi = str(self._classifier.multi_label).lower()
+            kind = {"kind": "classifier", "num_labels": labels, "multi_label": multi}
         return EngineInfo(
             engine="sentence_transformers",
             engine_version=f"sentence-transformers {sentence_transformers.__version__}",
@@ -137,9 +168,14 @@ class SentenceTransformersEngine:
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
                 "device": self._device,
-                "kind": "cross-encoder" if self._rerank else "bi-encoder",
+                **kind,
             },
         )
+
+    async def classify(self, request: ClassifyRequest) -> ClassifyResult:
+        if self._classifier is None:
+            raise Unavailable(f"model {self.spec.id!r} is not a classifier")
+        return await self._classifier.classify(request)
 
     async def rank(self, request: RankRequest) -> RankResult:
         return await self._in_worker(lambda: self._rank_sync(request))
@@ -196,7 +232,14 @@ class SentenceTransformersEngine:
         return EmbedResult(tuple(tuple(float(x) for x in row) for row in vectors), tokens)
 
     def vocab_size(self) -> int | None:
-        return len(self._model.tokenizer) if self._model is not None else None
+        tokenizer = self._tokenizer()
+        return len(tokenizer) if tokenizer is not None else None
+
+    def _tokenizer(self) -> Any:
+        """The model's tokenizer (None before start)."""
+        if self._classifier is not None:
+            return self._classifier.tokenizer
+        return self._model.tokenizer if self._model is not None else None
 
     async def tokenize(self, request: TokenizeRequest) -> Tokens:
         """A text as the model reads it, untruncated (a cross-encoder reads a pair: the
@@ -207,12 +250,12 @@ class SentenceTransformersEngine:
         return await self._in_worker(lambda: self._tokenize_sync(text, request.add_special_tokens))
 
     def _tokenize_sync(self, text: str, special: bool) -> Tokens:
-        tokenizer = self._model.tokenizer
+        tokenizer = self._tokenizer()
         ids = tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"]
         return Tokens(tuple(ids), tuple(tokenizer.convert_ids_to_tokens(ids)))
 
     async def detokenize(self, ids: tuple[int, ...]) -> str:
-        return str(await self._in_worker(lambda: self._model.tokenizer.decode(list(ids))))
+        return str(await self._in_worker(lambda: self._tokenizer().decode(list(ids))))
 
     def _lengths(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[int]:
         """Tokens of each text (or text pair) with special tokens, before any truncation."""
@@ -225,3 +268,8 @@ class SentenceTransformersEngine:
         if self._pool is None:
             raise Unavailable(f"model {self.spec.id!r} is not loaded")
         return await asyncio.get_running_loop().run_in_executor(self._pool, work)
+
+
+def _files(folder: Path) -> tuple[ModelFile, ...]:
+    paths = sorted({p for pattern in _WEIGHTS for p in folder.glob(pattern) if p.is_file()})
+    return tuple(ModelFile(str(p), sha256_of(p), p.stat().st_size) for p in paths)
