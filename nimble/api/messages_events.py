@@ -25,6 +25,7 @@ _STOP_REASONS: dict[FinishReason, str] = {
     "stop": "end_turn",
     "length": "max_tokens",
     "tool_calls": "tool_use",
+    "content_filter": "refusal",  # an output guardrail stopped the answer
 }
 
 

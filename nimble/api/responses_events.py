@@ -18,6 +18,11 @@ from nimble.types import ChatMessage, FinishReason, GenerationChunk, ToolCall, U
 
 Event = dict[str, Any]
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
+# finish reasons that leave a response incomplete, and the reason it gives
+_INCOMPLETE: dict[str | None, str] = {
+    "length": "max_output_tokens",
+    "content_filter": "content_filter",  # an output guardrail stopped it
+}
 
 
 def new_id(prefix: str) -> str:
@@ -137,7 +142,7 @@ class ResponseBuilder:
 
     # ----- the response object -----
     def status(self) -> Literal["completed", "incomplete"]:
-        return "incomplete" if self.finish_reason == "length" else "completed"
+        return "incomplete" if self.finish_reason in _INCOMPLETE else "completed"
 
     def response(self, status: Literal["in_progress", "completed", "incomplete"]) -> dict[str, Any]:
         body = self.body
@@ -150,7 +155,9 @@ class ResponseBuilder:
             "status": status,
             "error": None,
             "incomplete_details": (
-                {"reason": "max_output_tokens"} if status == "incomplete" else None
+                {"reason": _INCOMPLETE[self.finish_reason]}
+                if status == "incomplete" and self.finish_reason in _INCOMPLETE
+                else None
             ),
             "model": body.model,
             "output": [item.as_json() for item in self.items] if done else [],

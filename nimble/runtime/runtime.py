@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,7 +22,9 @@ from nimble.errors import (
     Unavailable,
     UnsupportedParameter,
 )
+from nimble.guardrails.config import GuardrailsConfig
 from nimble.guardrails.guard_formats import guard_format
+from nimble.guardrails.stage import Guardrails
 from nimble.models import ModelSpec
 from nimble.observability.metrics import ModelGauges
 from nimble.observability.record import RequestRecord, current_record
@@ -30,6 +32,7 @@ from nimble.runtime import encoders, moderation, tokens
 from nimble.runtime.adapter_watch import AdapterWatcher
 from nimble.runtime.adapters import GENERATIVE, Adapters
 from nimble.runtime.admission import Admission
+from nimble.runtime.rail_models import ServedModels
 from nimble.runtime.reasoning import ReasoningFormat, reasoning_format, split_reasoning
 from nimble.runtime.response_store import ResponseStore
 from nimble.runtime.served import ServedModel
@@ -77,6 +80,7 @@ class RuntimeConfig:
     responses_max_stored: int = 1000
     lora_dir: Path | None = None  # watched for adapters (`adapter_watch.py`)
     lora_poll_interval: float = 5.0  # 0: read at start only
+    guardrails: GuardrailsConfig | None = None  # rails on the input and output (`guardrails/`)
 
 
 EngineFactory = Callable[[ModelSpec, EngineConfig], Engine]
@@ -125,6 +129,12 @@ class Runtime:
         }
         self.adapters = Adapters(self.models)
         self.responses = ResponseStore(config.responses_max_stored)
+        self.guardrails: Guardrails | None = None
+        if config.guardrails is not None:
+            handle = ServedModels(self.models, self._slot, self._generate_unguarded)
+            self.guardrails = Guardrails(config.guardrails, handle)
+            served = [*ids, *(a.name for spec in specs for a in spec.adapters)]
+            self.guardrails.check_models(served)
         self._watcher: asyncio.Task[None] | None = None
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -141,6 +151,8 @@ class Runtime:
                 moderation.check_labels(model)
                 self.adapters.started(model)
                 log.info("model %s ready in %.1fs", model.spec.id, time.monotonic() - started)
+            if self.guardrails is not None:  # after the models: a classifier rail asks its own
+                await self.guardrails.start()
         except Exception as exc:
             self.state = ServiceState.FAILED
             self.failure = str(exc)
@@ -171,6 +183,8 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
         await self.adapters.stop()
+        if self.guardrails is not None:
+            await self.guardrails.stop()
         for model in self.models.values():
             await model.engine.stop()
 
@@ -265,28 +279,49 @@ class Runtime:
                 param="max_tokens" if wanted and prompt_tokens < window else where,
             )
 
-    async def generate(
+    def generate(
         self, model_id: str, request: GenerateRequest
     ) -> AsyncGenerator[GenerationChunk, None]:
-        """Validate against the model, wait for a slot, then stream the engine's chunks.
+        """Validate against the model, run the input rails, wait for a slot, then stream the
+        engine's chunks (through the output rails).
 
-        Every refusal (unknown model, context, 429) is raised by the first `__anext__`, so
-        a caller that awaits the first chunk before answering can still send a plain HTTP
-        error. Closing the iterator (or cancelling the task) aborts the engine's work and
-        frees the slot.
+        Every refusal (unknown model, a guardrail, context, 429) is raised by the first
+        `__anext__`, so a caller that awaits the first chunk before answering can still send
+        a plain HTTP error. Closing the iterator (or cancelling the task) aborts the
+        engine's work and frees the slot.
         """
+        return self._generate(model_id, request, self.guardrails)
+
+    def _generate_unguarded(
+        self, model_id: str, request: GenerateRequest
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """`generate` without rails: for the rails' own judges."""
+        return self._generate(model_id, request, None)
+
+    async def _generate(
+        self, model_id: str, request: GenerateRequest, guards: Guardrails | None
+    ) -> AsyncGenerator[GenerationChunk, None]:
         model = self.model(model_id, request.task)
         adapter = None if model_id in self.models else model_id  # an adapter over `model`
         if adapter is not None:
             request = dataclasses.replace(request, adapter=adapter)
         with self.adapters.using(adapter):
             self._check_params(model, request.params)
+            record = _record()
+            plan = None
+            if guards is not None:
+                plan = guards.plan((model_id, model.spec.id), record.key_rails)
+            if guards is not None and plan is not None and plan.input:
+                # before admission: a blocked request takes no slot, the engine never sees it
+                text = None
+                if isinstance(request.prompt, tuple):
+                    text = await tokens.detokenize(model, request.prompt)
+                request = await guards.check_input(plan, request, record, text)
             request, calls_format = self._with_tools(model, request)
             await self.check_context(model, request)
-            record = _record()
             texts: dict[int, list[str]] = {}
             if self.config.log_prompts:
-                log.info("prompt: %s", request.messages or request.prompt)
+                log.info("prompt: %s", await self._loggable(request.messages or request.prompt))
             thinking = self._reasoning(model, request)
             async with self._slot(model, request.task, record, model_id):
                 stages = [model.generator.generate(request)]
@@ -299,6 +334,17 @@ class Runtime:
                     if allowed is not None:
                         dropped = record.dropped_tool_calls
                         stages.append(gate_calls(stages[-1], allowed, dropped, key=record.key_id))
+                if guards is not None and plan is not None and plan.output:
+                    stages.append(  # last: what the output rails let through is what is sent
+                        guards.guard_output(
+                            plan,
+                            stages[-1],
+                            record,
+                            choices=request.params.n,
+                            stop=_closer(list(stages)),
+                            prompt_tokens=_counter(model, request),
+                        )
+                    )
                 chunks = stages[-1]
                 try:
                     async for chunk in chunks:
@@ -311,7 +357,15 @@ class Runtime:
                         await stage.aclose()
                     if self.config.log_prompts:
                         for index, parts in sorted(texts.items()):
-                            log.info("completion %d: %s", index, "".join(parts))
+                            log.info("completion %d: %s", index, await self._loggable(parts))
+
+    async def _loggable(self, logged: object) -> str:
+        """A prompt or a completion as `--log-prompts` writes it: with the personal data
+        that the PII rails find redacted, when there are PII rails."""
+        text = "".join(logged) if isinstance(logged, list) else str(logged)
+        if self.guardrails is not None:
+            text = await self.guardrails.redact_for_logs(text)
+        return text
 
     async def prompt_tokens(self, model_id: str, request: GenerateRequest) -> int:
         """The exact number of tokens of the prompt that `generate` would give the engine for
@@ -419,7 +473,7 @@ class Runtime:
     async def _answer(self, model_id: str, request: GenerateRequest) -> str:
         """The whole text of the first choice."""
         parts: list[str] = []
-        stream = self.generate(model_id, request)
+        stream = self._generate_unguarded(model_id, request)  # a guard is not guarded
         try:
             async for chunk in stream:
                 if chunk.index == 0:
@@ -531,6 +585,25 @@ def _check_token_ids(model: ServedModel, ids: tuple[int, ...]) -> None:
             f"prompt: {outside} is not a token id of model `{model.spec.id}`{ids_are}",
             param="prompt",
         )
+
+
+def _closer(stages: list[AsyncGenerator[GenerationChunk, None]]) -> Callable[[], Awaitable[None]]:
+    """Close `stages` (the engine's stream and its wrappers), last first."""
+
+    async def close() -> None:
+        for stage in reversed(stages):
+            await stage.aclose()
+
+    return close
+
+
+def _counter(model: ServedModel, request: GenerateRequest) -> Callable[[], Awaitable[int]]:
+    """The exact count of the prompt's tokens, when the engine's own count is cut off."""
+
+    async def count() -> int:
+        return await model.generator.prompt_tokens(request, -1)
+
+    return count
 
 
 def _record() -> RequestRecord:

@@ -402,7 +402,7 @@ class MessageUsage(BaseModel):
     cache_read_input_tokens: int | None = None
 
 
-StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"]
 
 
 class MessageResponse(BaseModel):
