@@ -234,6 +234,14 @@ class Settings(ServiceSettings):
         "data). Off: they are never logged.",
     )
 
+    # --- guardrails ---
+    guardrails: Path | None = Field(
+        default=None,
+        description="A YAML file of guardrails: rails that check the input before admission "
+        "and the output as it streams (PII, classifiers, LLM judges, topic lists, remote "
+        "checks), per model and per API key (docs/guardrails.md). Unset: no rails.",
+    )
+
     # --- transport ---
     endpoints: Annotated[tuple[str, ...], NoDecode] = Field(
         default=ALL_ENDPOINTS,
