@@ -93,7 +93,12 @@ class _OfflineEmailRecognizer(EmailRecognizer):
     """Presidio's e-mail recognizer with its domain check on tldextract's bundled snapshot
     of the public suffix list (the default extractor downloads the list at first use)."""
 
-    _domains = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
+    def __init__(self) -> None:
+        super().__init__()
+        # no cache folder, no URLs: the snapshot that ships inside the tldextract wheel
+        self._domains = tldextract.TLDExtract(
+            cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True
+        )
 
     def validate_result(self, pattern_text: str) -> bool:
         return self._domains(pattern_text).fqdn != ""
