@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nimble.errors import (
+    ContentFiltered,
     EngineError,
     InvalidRequest,
     ModelLoadError,
@@ -31,6 +32,8 @@ class ClientGone(Exception):
 
 # (status, OpenAI error type) per error class; the first match along the MRO wins
 _STATUS: dict[type[NimbleError], tuple[int, str]] = {
+    # a guardrail refused the input: as OpenAI's (and Azure's) content filter answers it
+    ContentFiltered: (400, "invalid_request_error"),
     InvalidRequest: (400, "invalid_request_error"),
     Unauthenticated: (401, "authentication_error"),
     PermissionDenied: (403, "permission_error"),

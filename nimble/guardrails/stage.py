@@ -130,16 +130,17 @@ class Guardrails:
             plan, chunks, record, choices=choices, stop=stop, prompt_tokens=prompt_tokens
         )
 
-    def describe(self) -> dict[str, Any]:
-        """The rails in force, for the deployment record (no secrets, no prompts)."""
+    def describe(self, served: Sequence[str]) -> dict[str, Any]:
+        """The rails in force, for the deployment record: each rail (type, stages, its
+        settings without secrets), the lists each served model runs, the streaming window.
+        A key bound to rails (the keys' `rails`) adds them on the stages they list."""
         config = self.config
         return {
             "file": str(config.path) if config.path else None,
             "rails": {name: spec.record() for name, spec in config.rails.items()},
-            "defaults": {stage: list(names) for stage, names in config.defaults.items()},
             "models": {
-                model: {stage: list(names) for stage, names in own.items()}
-                for model, own in config.models.items()
+                model: {stage: list(config.flows(model, stage)) for stage in STAGES}
+                for model in served
             },
             "streaming": {
                 "chunk_size": config.window.chunk_size,

@@ -19,7 +19,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from nimble.observability.record import RequestRecord
+from nimble.observability.record import RequestRecord, rail_summary
 
 PREFIX = "nimble_"
 
@@ -128,6 +128,13 @@ class Metrics:
             "the answer (the policy gate)",
             ["model_name", "key"],
         )
+        # by rail name (from the guardrails file: bounded) and decision (allow, block, redact)
+        self.guardrail_decisions = counter(
+            "guardrail_decisions",
+            "Guardrail verdicts: one per rail and stage of each request (its worst: block, "
+            "redact or allow)",
+            ["rail", "decision"],
+        )
         self.ttft = histogram(
             "time_to_first_token_seconds",
             "From the request's arrival to its first generated token",
@@ -162,6 +169,8 @@ class Metrics:
         )
         method = record.method if record.method in _METHODS else "OTHER"
         self.http.labels(method, endpoint, str(record.status)).inc()
+        for summary in rail_summary(record.guardrails):  # a blocked input has no model numbers
+            self.guardrail_decisions.labels(summary.rail, summary.decision).inc()
         model = record.model
         if model is None or record.admitted_at is None:
             return  # refused before the engine: no model-level numbers

@@ -77,6 +77,7 @@ class RequestSpan:
             if record.finish_reasons:
                 span.set_attribute("gen_ai.response.finish_reasons", record.finish_reasons)
             self._children(record)
+        self._rails(record)
         span.end()
 
     def _children(self, record: RequestRecord) -> None:
@@ -114,6 +115,29 @@ class RequestSpan:
         if record.aborted:
             engine.set_status(Status(StatusCode.ERROR, "aborted: client gone or engine error"))
         engine.end(end_time=record.wall_ns(finished))
+
+    def _rails(self, record: RequestRecord) -> None:
+        """A span per guardrail check (over the input, or over one window of the output):
+        the rail, its verdict, score and category; never the text it read."""
+        assert self._tracer is not None
+        parent = trace.set_span_in_context(self._span)
+        for check in record.guardrails:
+            attributes: dict[str, str | float] = {
+                "nimble.guardrail.rail": check.rail,
+                "nimble.guardrail.stage": check.stage,
+                "nimble.guardrail.decision": check.decision,
+            }
+            if check.score is not None:
+                attributes["nimble.guardrail.score"] = check.score
+            if check.category is not None:
+                attributes["nimble.guardrail.category"] = check.category
+            span = self._tracer.start_span(
+                "nimble.guardrail",
+                context=parent,
+                start_time=record.wall_ns(check.started),
+                attributes=attributes,
+            )
+            span.end(end_time=record.wall_ns(check.finished))
 
 
 class RequestTracing:

@@ -18,6 +18,7 @@ from pathlib import Path
 from nimble.config import Settings
 from nimble.engines import EngineConfig, engine_unavailable
 from nimble.errors import ConfigError
+from nimble.guardrails.config import load_guardrails
 from nimble.models.adapters import AdapterOrigin, FoundAdapter, parse_flag, resolve, scan
 from nimble.models.cache import ModelCache
 from nimble.models.hardware import HardwareInfo, detect_hardware, load_hardware
@@ -112,6 +113,7 @@ def runtime_config(settings: Settings, on_fatal: FatalCallback | None = None) ->
         responses_max_stored=settings.responses_max_stored,
         lora_dir=settings.lora_dir.expanduser() if settings.lora_dir else None,
         lora_poll_interval=settings.lora_poll_interval,
+        guardrails=load_guardrails(settings.guardrails) if settings.guardrails else None,
     )
 
 

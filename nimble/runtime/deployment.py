@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 from nimble.config import Settings
 from nimble.models.hardware import HardwareInfo
 from nimble.models.resolve import ResolvedModel
+from nimble.runtime.adapters import GENERATIVE
 from nimble.runtime.reasoning import reasoning_format
 from nimble.runtime.runtime import Runtime
 from nimble.runtime.served import ServedModel
@@ -87,6 +88,7 @@ def deployment_record(
         },
         "tool_calling": _tool_calling(settings, runtime),
         "reasoning": _reasoning(settings, runtime),
+        "guardrails": _guardrails(runtime),
         "auth": {
             "mode": "api_keys" if settings.api_keys_file else "none",
             "keys_file": str(settings.api_keys_file) if settings.api_keys_file else None,
@@ -152,6 +154,16 @@ def _reasoning(settings: Settings, runtime: Runtime) -> dict[str, Any]:
             fmt = reasoning_format(name)
             models[served.spec.id] = {"parser": fmt.name if fmt else None}
     return {"parser_setting": settings.reasoning_parser, "models": models}
+
+
+def _guardrails(runtime: Runtime) -> dict[str, Any] | None:
+    """The rails in force (None: no guardrails file): per generative model, the rails on
+    its input and its output; each rail's type, stages and settings (no secrets)."""
+    if runtime.guardrails is None:
+        return None
+    served = [m.spec.id for m in runtime.models.values() if m.spec.tasks & GENERATIVE]
+    served += [a.name for m in runtime.models.values() for a in m.spec.adapters]
+    return runtime.guardrails.describe(served)
 
 
 STRUCTURED_OUTPUT = (

@@ -308,6 +308,7 @@ class Runtime:
         with self.adapters.using(adapter):
             self._check_params(model, request.params)
             record = _record()
+            record.model = model_id  # a request refused by a rail is still this model's
             plan = None
             if guards is not None:
                 plan = guards.plan((model_id, model.spec.id), record.key_rails)

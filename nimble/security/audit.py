@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from nimble.errors import ConfigError
-from nimble.observability.record import RequestRecord
+from nimble.observability.record import RequestRecord, rail_summary
 
 log = logging.getLogger("nimble.audit")
 
@@ -69,6 +69,8 @@ def audit_line(record: RequestRecord, latency: float, prev: str) -> bytes:
         fields["key_purpose"] = record.key_purpose
     if record.dropped_tool_calls:
         fields["dropped_tool_calls"] = record.dropped_tool_calls
+    if record.guardrails:  # each rail's verdict per stage: never the text it read
+        fields["guardrails"] = [summary.as_json() for summary in rail_summary(record.guardrails)]
     fields["prev"] = prev  # last, always
     return json.dumps(fields, separators=(",", ":")).encode()
 
