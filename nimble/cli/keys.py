@@ -1,4 +1,5 @@
-"""`nimble keys create | hash`: make API keys and the key-file entries that hold their hashes."""
+"""`nimble keys create | hash | list`: make API keys and the key-file entries that hold their
+hashes; list a file's keys with the refs the deployment record and the metrics name them by."""
 
 from __future__ import annotations
 
@@ -302,3 +303,24 @@ def hash_command() -> None:
             err=True,
         )
     typer.echo(hash_key(key))
+
+
+@app.command("list")
+def list_command(
+    path: Annotated[Path, typer.Argument(metavar="FILE", help="The key file.")],
+) -> None:
+    """Print each key of a key file: its id, its ref (how the deployment record and the
+    metrics name it) and its purpose. Never a key or a hash."""
+    from nimble.config.settings import ALL_ENDPOINTS
+    from nimble.errors import ConfigError
+    from nimble.security.keys import parse_key_file
+
+    try:
+        keys = parse_key_file(path, ALL_ENDPOINTS)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    width = max((len(key.id) for key in keys), default=2)
+    typer.echo(f"{'ID':<{width}}  {'REF':<16}  PURPOSE")
+    for key in keys:
+        typer.echo(f"{key.id:<{width}}  {key.ref:<16}  {key.purpose or '-'}")

@@ -292,3 +292,25 @@ def test_hash_warns_about_short_keys_and_refuses_empty_input() -> None:
         result = invoke("keys", "hash", input=bad)
         assert result.exit_code == 2
         assert "expected one key" in result.output
+
+
+def test_list_prints_ids_refs_and_purposes_never_a_hash(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    digest = hash_key("nb-claims")
+    entries = [
+        {"id": "claims-agent", "sha256": digest, "purpose": "claims triage"},
+        {"id": "p", "sha256": hash_key("nb-p")},
+    ]
+    path.write_text(yaml.safe_dump({"keys": entries}))
+    result = invoke("keys", "list", str(path))
+    assert result.exit_code == 0, result.output
+    claims, other = KeyStore(path, ALL_ENDPOINTS).keys
+    assert result.output.splitlines() == [
+        "ID            REF               PURPOSE",
+        f"claims-agent  {claims.ref}  claims triage",
+        f"p             {other.ref}  -",
+    ]
+    assert digest not in result.output
+    path.write_text("keys: [")
+    broken = invoke("keys", "list", str(path))
+    assert broken.exit_code == 2 and "not valid YAML" in broken.output
