@@ -4,18 +4,24 @@ Formats (`format:`):
 - `self_check`: NeMo Guardrails' self-check prompt (any chat model): the policy and the
   text, then "Should it be blocked (Yes or No)?"; the answer is held to `Yes` or `No` by
   constrained decoding, so a small model cannot ramble past the verdict.
-- `llama_guard`: Llama Guard 3's own prompt (its categories S1-S14) and its `safe` /
-  `unsafe\\nS1,S2` answer (`guard_formats.py`); `categories` limits what blocks.
+- a guard model's own (`guard_formats.py`): `llama-guard-3` and `llama-guard-3-1b` (the
+  prompt with categories S1-S14, the answer `safe` or `unsafe` and the codes),
+  `nemoguard-content-safety` (its JSON verdict). An input is judged as the user's message,
+  an output as the agent's answer. `categories` limits which of the model's categories
+  block (empty: any unsafe verdict).
+
+An answer that is not a verdict is a failed check: the rail's `on_error` decides.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from nimble.guardrails.guard_formats import FORMATS as GUARDS
+from nimble.guardrails.guard_formats import GuardFormat
 from nimble.guardrails.rail import Check, ModelHandle, Rail, RailType, Stage
 from nimble.types import ChatMessage, ChoiceConstraint, GenerateRequest, SamplingParams
 
@@ -41,11 +47,11 @@ class JudgeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = Field(min_length=1)  # a chat model served by this nimble
-    format: Literal["self_check"] = "self_check"
+    format: str = "self_check"  # or a guard model's: llama-guard-3, nemoguard-content-safety
     policy: str = DEFAULT_POLICY  # self_check: what the text must comply with
     # self_check: the whole prompt instead, with `{text}` where the text goes
     prompt: str | None = None
-    # llama_guard: the categories that block (S1...); empty: every unsafe verdict
+    # a guard model's categories that block (S1... for Llama Guard); empty: any unsafe
     categories: tuple[str, ...] = ()
     max_tokens: int = Field(default=16, ge=1, le=512)
 
@@ -56,13 +62,28 @@ class JudgeSettings(BaseModel):
             raise ValueError("the prompt must hold `{text}`, where the checked text goes")
         return value
 
+    @model_validator(mode="after")
+    def _known(self) -> JudgeSettings:
+        if self.format not in FORMATS:
+            known = ", ".join(sorted(FORMATS))
+            raise ValueError(f"format: unknown {self.format!r} (known: {known})")
+        guard = GUARDS.get(self.format)
+        if self.categories and guard is None:
+            raise ValueError("categories: only for a guard model's format")
+        unknown = [c for c in self.categories if guard is not None and c not in guard.keys]
+        if unknown and guard is not None:
+            raise ValueError(
+                f"categories: {', '.join(unknown)} not in {self.format}'s ({', '.join(guard.keys)})"
+            )
+        return self
+
 
 @dataclass(frozen=True)
 class Format:
     """How a judge is asked (a request for the text) and how its answer reads."""
 
     ask: Callable[[JudgeSettings, str, Stage], GenerateRequest]
-    read: Callable[[JudgeSettings, str], Check]
+    read: Callable[[JudgeSettings, str, Stage], Check]
 
 
 def _self_check_ask(settings: JudgeSettings, text: str, stage: Stage) -> GenerateRequest:
@@ -81,7 +102,7 @@ def _self_check_ask(settings: JudgeSettings, text: str, stage: Stage) -> Generat
     )
 
 
-def _self_check_read(settings: JudgeSettings, answer: str) -> Check:
+def _self_check_read(settings: JudgeSettings, answer: str, stage: Stage) -> Check:
     word = answer.strip().split(maxsplit=1)[0].strip(".,:;!\"'").lower() if answer.strip() else ""
     if word == "yes":
         return Check("block", score=1.0, category="policy")
@@ -90,7 +111,30 @@ def _self_check_read(settings: JudgeSettings, answer: str) -> Check:
     raise JudgeError("the judge answered neither Yes nor No")
 
 
-FORMATS: dict[str, Format] = {"self_check": Format(_self_check_ask, _self_check_read)}
+def _guard(fmt: GuardFormat) -> Format:
+    def ask(settings: JudgeSettings, text: str, stage: Stage) -> GenerateRequest:
+        if stage == "input":
+            return fmt.request("guardrail-judge", text)
+        return fmt.request("guardrail-judge", "", agent=text)  # the answer, on its own
+
+    def read(settings: JudgeSettings, answer: str, stage: Stage) -> Check:
+        verdict = fmt.parse(answer, "User" if stage == "input" else "Agent")
+        named = verdict.categories
+        if settings.categories:
+            named = tuple(c for c in named if c in settings.categories)
+            if not verdict.safe and not named:
+                return Check("allow", score=0.0)  # unsafe only in categories not asked for
+        if verdict.safe:
+            return Check("allow", score=0.0)
+        return Check("block", score=1.0, category=",".join(named) or "unsafe")
+
+    return Format(ask, read)
+
+
+FORMATS: dict[str, Format] = {
+    "self_check": Format(_self_check_ask, _self_check_read),
+    **{name: _guard(fmt) for name, fmt in GUARDS.items()},
+}
 
 
 class JudgeRail:
@@ -106,7 +150,7 @@ class JudgeRail:
     async def check(self, text: str, stage: Stage) -> Check:
         request = self._format.ask(self.settings, text, stage)
         answer = await self._models.generate_text(self.settings.model, request)
-        return self._format.read(self.settings, answer)
+        return self._format.read(self.settings, answer, stage)
 
 
 def _build(name: str, settings: JudgeSettings, models: ModelHandle) -> Rail:
