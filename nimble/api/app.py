@@ -65,14 +65,20 @@ def create_app(
     Reads nothing but `settings` (no environment). Raises ConfigError (a broken API key
     file, a bad setting) or ModelLoadError (a model file that cannot be had)."""
     tracing = tracing or RequestTracing()
-    keys = (
-        KeyStore(settings.api_keys_file, ALL_ENDPOINTS)
-        if settings.api_keys_file is not None
-        else None
-    )
     if runtime is None:
         runtime, built = build_runtime(settings)
         deployment = deployment or built
+    # a key bound to a rail the runtime does not run would skip it: refused
+    rails = runtime.config.guardrails
+    keys = (
+        KeyStore(
+            settings.api_keys_file,
+            ALL_ENDPOINTS,
+            known_rails=frozenset(rails.rails if rails is not None else ()),
+        )
+        if settings.api_keys_file is not None
+        else None
+    )
     audit = (
         AuditLog(settings.audit_log, fsync=settings.audit_fsync)
         if settings.audit_log is not None

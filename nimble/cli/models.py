@@ -296,8 +296,9 @@ def inspect(
     settings = _settings(values)
     try:
         runtime, deployment = build_runtime(settings)
-        keys_file = settings.api_keys_file
-        keys = parse_key_file(keys_file, ALL_ENDPOINTS) if keys_file is not None else None
+        keys_file, rails = settings.api_keys_file, runtime.config.guardrails
+        known = frozenset(rails.rails if rails is not None else ())
+        keys = parse_key_file(keys_file, ALL_ENDPOINTS, known) if keys_file is not None else None
     except (ConfigError, ModelLoadError) as exc:
         raise _fail(exc, 2 if isinstance(exc, ConfigError) else 1) from None
     record = deployment_record(deployment, runtime, ENDPOINT_PATHS, HEALTH_PATHS)

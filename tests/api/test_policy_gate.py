@@ -22,9 +22,10 @@ import pytest
 from nimble.api import create_app
 from nimble.config import Settings
 from nimble.engines.fake.engine import FakeEngine
+from nimble.errors import ConfigError
 from nimble.models import resolve_model
 from nimble.runtime import Runtime
-from nimble.runtime.assemble import runtime_config
+from nimble.runtime.assemble import build_runtime, runtime_config
 from nimble.security.keys import hash_key
 from nimble.types import GenerateRequest, GenerationChunk, Usage
 from tests.api.test_auth import write_keys
@@ -308,3 +309,39 @@ async def test_the_record_lists_each_key_by_its_ref_with_no_secret(tmp_path: Pat
     assert unscoped["tools"] == {"declare": ["*"], "call": ["*"]}
     for secret in (AGENT, OPEN, hash_key(AGENT), hash_key(OPEN), "claims-agent", '"open"'):
         assert secret not in response.text
+
+
+async def test_a_key_bound_to_a_rail_cannot_skip_it_nor_load_without_it(tmp_path: Path) -> None:
+    bound, free = "nb-bound-key-0123456789abcdef0123456789abcdef01", OPEN
+    keys = write_keys(
+        tmp_path / "keys.yaml",
+        {bound: {"id": "bound", "rails": ["no-secrets"]}, free: {"id": "free"}},
+    )
+    without = Settings(model=("fake",), api_keys_file=keys)
+    with pytest.raises(ConfigError) as refused:
+        create_app(without, load_on_startup=False)
+    assert str(refused.value) == (
+        f"API key file {keys}: key `bound`: unknown rails no-secrets (configured: none: see "
+        "--guardrails)"
+    )
+    rails = tmp_path / "guardrails.yaml"
+    rails.write_text("flows:\n  no-secrets: {type: topics, deny: [password]}\n")
+    settings = Settings(model=("fake",), api_keys_file=keys, guardrails=rails)
+    runtime, deployment = build_runtime(settings)
+    app = create_app(settings, runtime=runtime, deployment=deployment, load_on_startup=False)
+    await runtime.start()
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://nimble.test") as http:
+            body = {"model": FAKE_MODEL, "messages": [{"role": "user", "content": "my password"}]}
+            blocked = await http.post(
+                "/v1/chat/completions", json=body, headers={"x-api-key": bound}
+            )
+            assert blocked.status_code == 400
+            assert blocked.json()["error"]["code"] == "content_filter"
+            passed = await http.post("/v1/chat/completions", json=body, headers={"x-api-key": free})
+            assert passed.status_code == 200  # the file runs the rail for no model by itself
+            record = (await http.get("/v1/manifest", headers={"x-api-key": free})).json()
+    finally:
+        await runtime.stop()
+    assert [key["rails"] for key in record["auth"]["keys"]] == [["no-secrets"], []]

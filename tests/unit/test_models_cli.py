@@ -210,6 +210,17 @@ def test_inspect_states_each_key_by_its_ref_and_refuses_a_broken_key_file(
     keys.write_text(yaml.safe_dump({"keys": [entry]}))
     code, out = run(args, env)
     assert code == 2 and "keys.0.tools: Value error, call names b" in out
+    # bound to a rail: known only with the guardrails file that defines it
+    del entry["tools"]
+    entry["rails"] = ["no-secrets"]
+    keys.write_text(yaml.safe_dump({"keys": [entry]}))
+    code, out = run(args, env)
+    assert code == 2 and "unknown rails no-secrets (configured: none" in out
+    rails = tmp_path / "guardrails.yaml"
+    rails.write_text("flows:\n  no-secrets: {type: topics, deny: [password]}\n")
+    code, out = run([*args, "--guardrails", str(rails)], env)
+    assert code == 0, out
+    assert json.loads(out)["auth"]["keys"][0]["rails"] == ["no-secrets"]
 
 
 def test_download_from_a_mirror_resumes_nothing_twice_and_refuses_a_bad_hash(
