@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import math
 import re
+from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Literal
 
@@ -88,6 +89,8 @@ class FakeEngine:
         self.aborted = 0
         self.running = 0
         self.adapters: dict[str, AdapterSpec] = {}
+        # the latest requests it was asked to generate for (tests assert on what reached it)
+        self.requests: deque[GenerateRequest] = deque(maxlen=64)
 
     async def start(self) -> None:
         for adapter in self.spec.adapters:
@@ -145,6 +148,7 @@ class FakeEngine:
         return len(text.split()) + extra
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
+        self.requests.append(request)
         if _asks_to_think(request):
             async for chunk in self._think_first(request):
                 yield chunk
