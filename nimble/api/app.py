@@ -21,7 +21,9 @@ from nimble.api.middleware import RecordSink
 from nimble.api.routes import (
     adapters,
     chat,
+    classify,
     completions,
+    console,
     embeddings,
     health,
     messages,
@@ -129,11 +131,13 @@ def create_app(
             completions,
             embeddings,
             ranking,
+            classify,
             tokenize,
             service,
             metrics_routes,
             health,
             *((adapters,) if settings.runtime_adapters else ()),
+            *((console,) if settings.console_on else ()),
         ),
         settings.endpoints,
     )
@@ -142,7 +146,13 @@ def create_app(
     if audit is not None:
         sinks.append(audit.write)
     install_middleware(
-        app, settings, keys, sinks, tracing, anthropic="messages" in settings.endpoints
+        app,
+        settings,
+        keys,
+        sinks,
+        tracing,
+        anthropic="messages" in settings.endpoints,
+        console=settings.console_on,
     )
     return app
 

@@ -27,6 +27,8 @@ ENDPOINT_PATHS: dict[str, tuple[str, ...]] = {
     "health": ("/health",),
     # adapters loaded and unloaded at run time (vLLM's paths): only keys that name it
     "admin": ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"),
+    # the console's pages and files (routes/console.py): no key needed while it is on
+    "ui": ("/ui", "/ui/", "/ui/{path:path}"),
 }
 # always on, never behind a key: orchestrators probe them without credentials
 HEALTH_PATHS = ("/v1/health/live", "/v1/health/ready")

@@ -22,10 +22,12 @@ def install_middleware(
     tracing: RequestTracing,
     *,
     anthropic: bool,
+    console: bool = False,
 ) -> None:
     """The middleware every nimble service has (serve and gateway), innermost first: the
     body limit, API keys with scopes and limits, the request record (ids, traces, access
-    log, metrics and audit sinks), Anthropic's error shape, CORS."""
+    log, metrics and audit sinks), Anthropic's error shape, CORS. With `console`, the
+    console's files (/ui) need no key."""
     # innermost first: each add_middleware wraps the ones before it
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     if keys is not None:
@@ -34,6 +36,7 @@ def install_middleware(
             keys=keys,
             limiter=KeyLimiter(),
             metrics_require_key=settings.metrics_require_key,
+            console_public=console,
         )
     app.add_middleware(RequestContextMiddleware, tracing=tracing, sinks=sinks)
     if anthropic:

@@ -31,6 +31,8 @@ ALL_ENDPOINTS = (
     "openapi",
     "health",
     "admin",
+    # the console's pages and files (/ui); with the `console` setting (docs/console.md)
+    "ui",
 )
 
 
@@ -250,6 +252,14 @@ class Settings(ServiceSettings):
         "probes are always on.",
     )
 
+    console: bool | None = Field(
+        default=None,
+        description="Serve the console (playground, live status, deployment record, API docs) "
+        "at /ui. Unset: on when --host is a loopback address, off otherwise (then /ui is 404 "
+        "like an unknown path). Needs `ui` in --endpoints. Its files need no key; everything "
+        "it shows is read through the API with the key typed into the page.",
+    )
+
     # --- governance ---
     image: str | None = Field(
         default=None,
@@ -281,7 +291,17 @@ class Settings(ServiceSettings):
             raise ValueError(
                 f"endpoints: unknown {', '.join(unknown)} (known: {', '.join(ALL_ENDPOINTS)})"
             )
+        if self.console and "ui" not in self.endpoints:
+            raise ValueError("console: on, but `ui` is not in --endpoints")
         return self
+
+    @property
+    def console_on(self) -> bool:
+        """Whether /ui is served: `ui` allowed, and the console asked for (or, unset, a
+        loopback host: a console is for the person at the machine unless turned on)."""
+        if "ui" not in self.endpoints:
+            return False
+        return self.host in LOOPBACK_HOSTS if self.console is None else self.console
 
 
 def load_settings(**cli_values: Any) -> Settings:

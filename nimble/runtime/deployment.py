@@ -46,7 +46,9 @@ def deployment_record(
     exposed = {
         name: list(paths)
         for name, paths in endpoints.items()
-        if name in settings.endpoints and (name != "admin" or settings.runtime_adapters)
+        if name in settings.endpoints
+        and (name != "admin" or settings.runtime_adapters)
+        and (name != "ui" or settings.console_on)
     }
     return {
         "schema": RECORD_SCHEMA,
