@@ -1,6 +1,7 @@
 # Two entry points on a fresh machine (Python 3.11, no GPU):
 #   make serve   install nimble and the default models, then serve them on 127.0.0.1:8000
 #   make test    install everything the tests need, then run lint, types and the whole suite
+#                (root, for the console's browser tests: chromium and npm with apt when missing)
 #   make image   build the CPU container image without a daemon and smoke-test it (root;
 #                installs mmdebstrap, buildah, podman and runc with apt when missing)
 # and for the images (docs/deploy.md, "Build and publish the image"):
@@ -18,7 +19,7 @@ IMAGE_CPU := $(IMAGE):$(VERSION)
 IMAGE_CUDA := $(IMAGE):$(VERSION)-cuda
 REGISTRY ?=
 
-.PHONY: serve test lint install image image-cuda image-tools image-names push
+.PHONY: serve test lint install test-tools image image-cuda image-tools image-names push
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +42,19 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+# the console's browser tests (tests/e2e/test_console.py): Debian's chromium (Playwright's own
+# browser download needs its CDN) and axe-core from npm, pinned by tests/support/console's lock
+AXE := tests/support/console/node_modules/axe-core/axe.min.js
+
+test-tools: $(AXE)
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+
+$(AXE): tests/support/console/package-lock.json
+	command -v npm >/dev/null || (apt-get update -q && apt-get install -y -q npm)
+	npm ci --prefix tests/support/console --no-audit --no-fund
+	touch $@
+
+test: lint test-tools
 	$(BIN)/pytest -q
 
 image-tools:
