@@ -30,7 +30,7 @@ class ClassifierSettings(BaseModel):
     @model_validator(mode="after")
     def _overlap(self) -> ClassifierSettings:
         if self.overlap_chars >= self.segment_chars:
-            raise ValueError("overlap_chars must be less than segment_chars")
+            raise ValueError("overlap_chars: must be less than segment_chars")
         return self
 
 

@@ -23,6 +23,7 @@ line that names the file and the field.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +167,7 @@ def parse_guardrails(
     try:
         parsed = GuardrailsFile.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{where}: {_problem(exc)}") from exc
+        raise ConfigError(_problem(f"{where}: ", exc)) from exc
     rails = {name: _rail(name, body, types, where) for name, body in parsed.flows.items()}
     defaults: dict[Stage, tuple[str, ...]] = {
         "input": parsed.rails.input.flows,
@@ -197,11 +198,12 @@ def _rail(
     name: str, body: dict[str, Any], types: Mapping[str, RailType[Any]], where: str
 ) -> RailSpec:
     prefix = f"{where}: flows.{name}"
+    head = prefix + "."
     common_part = {k: v for k, v in body.items() if k in COMMON}
     try:
         common = Common.model_validate(common_part)
     except ValidationError as exc:
-        raise ConfigError(f"{prefix}.{_problem(exc)}") from exc
+        raise ConfigError(_problem(head, exc)) from exc
     kind = types.get(common.type)
     if kind is None:
         known = ", ".join(sorted(types))
@@ -209,7 +211,7 @@ def _rail(
     try:
         settings = kind.settings.model_validate({k: v for k, v in body.items() if k not in COMMON})
     except ValidationError as exc:
-        raise ConfigError(f"{prefix}.{_problem(exc)}") from exc
+        raise ConfigError(_problem(head, exc)) from exc
     allowed = kind.stages(settings)
     stages = common.stages if common.stages is not None else allowed
     outside = [s for s in stages if s not in allowed]
@@ -253,11 +255,17 @@ def _check_flows(
             raise ConfigError(f"{prefix}.{stage}.flows: a rail is listed twice")
 
 
-def _problem(exc: ValidationError) -> str:
-    """The first validation error as `field: message`."""
+def _problem(head: str, exc: ValidationError) -> str:
+    """The first validation error as one line: `head` (`guardrails FILE: ` or `guardrails
+    FILE: flows.NAME.`), the field, the message. A check across fields names its field at
+    the start of its message (`labels: ...`)."""
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
     message = str(err["ctx"]["error"]) if err["type"] == "value_error" else str(err["msg"])
     if err["type"] == "extra_forbidden":
         message = "unknown field"
-    return f"{loc}: {message}" if loc else message
+    loc = ".".join(str(p) for p in err["loc"])
+    if loc:
+        return f"{head}{loc}: {message}"
+    if re.match(r"^\w+: ", message):
+        return f"{head}{message}"
+    return f"{head.rstrip(': .')}: {message}"

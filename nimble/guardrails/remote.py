@@ -59,11 +59,11 @@ class RemoteSettings(BaseModel):
     @model_validator(mode="after")
     def _kind(self) -> RemoteSettings:
         if self.api is None:
-            raise ValueError("set `api` (moderations or classify): the URL does not say")
+            raise ValueError("api: set it (moderations or classify): the URL does not say")
         if self.api == "classify" and not self.labels:
-            raise ValueError("a classify service needs `labels`: those that block")
+            raise ValueError("labels: a classify service needs them (the labels that block)")
         if self.api_key is not None and self.api_key_env is not None:
-            raise ValueError("give api_key or api_key_env, not both")
+            raise ValueError("api_key: give api_key or api_key_env, not both")
         return self
 
 
