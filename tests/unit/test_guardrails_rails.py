@@ -195,7 +195,7 @@ def service() -> Iterator[tuple[Service, str]]:
     state = Service()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             state.seen.append((json.loads(self.rfile.read(length)), self.headers["Authorization"]))
             if state.delay is not None:
@@ -307,7 +307,7 @@ async def test_remote_failures_are_errors(service: tuple[Service, str]) -> None:
 
 async def test_remote_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = RemoteSettings(url="http://127.0.0.1:9/v1/moderations", api_key_env="MOD_KEY")
-    with pytest.raises(ConfigError, match="flows.mod.api_key_env: MOD_KEY is not set"):
+    with pytest.raises(ConfigError, match=r"flows\.mod\.api_key_env: MOD_KEY is not set"):
         REMOTE.build("mod", settings, Models())
     monkeypatch.setenv("MOD_KEY", "from-env")
     rail = REMOTE.build("mod", settings, Models())
