@@ -76,6 +76,8 @@ class RequestSpan:
             )
             if record.finish_reasons:
                 span.set_attribute("gen_ai.response.finish_reasons", record.finish_reasons)
+            if record.dropped_tool_calls:  # the policy gate: names only
+                span.set_attribute("nimble.tool_calls_dropped", record.dropped_tool_calls)
             self._children(record)
         self._rails(record)
         span.end()

@@ -18,12 +18,16 @@ import httpx
 import httpx2
 import openai
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from nimble.api import create_app
 from nimble.config import Settings
 from nimble.engines.fake.engine import FakeEngine
 from nimble.errors import ConfigError
 from nimble.models import resolve_model
+from nimble.observability.tracing import RequestTracing
 from nimble.runtime import Runtime
 from nimble.runtime.assemble import build_runtime, runtime_config
 from nimble.security.keys import hash_key
@@ -96,7 +100,9 @@ class Service:
 
 
 @asynccontextmanager
-async def gated_service(tmp_path: Path) -> AsyncIterator[Service]:
+async def gated_service(
+    tmp_path: Path, tracing: RequestTracing | None = None
+) -> AsyncIterator[Service]:
     keys = write_keys(
         tmp_path / "keys.yaml",
         {
@@ -110,7 +116,7 @@ async def gated_service(tmp_path: Path) -> AsyncIterator[Service]:
     )
     settings = Settings(model=("fake",), api_keys_file=keys, audit_log=tmp_path / "audit.jsonl")
     runtime = Runtime([resolve_model("fake")], runtime_config(settings), engine_factory=Scripted)
-    app = create_app(settings, runtime=runtime, load_on_startup=False)
+    app = create_app(settings, runtime=runtime, load_on_startup=False, tracing=tracing)
     await runtime.start()
     try:
         async with (
@@ -345,3 +351,20 @@ async def test_a_key_bound_to_a_rail_cannot_skip_it_nor_load_without_it(tmp_path
     finally:
         await runtime.stop()
     assert [key["rails"] for key in record["auth"]["keys"]] == [["no-secrets"], []]
+
+
+async def test_the_request_span_names_the_dropped_calls(tmp_path: Path) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        async with gated_service(tmp_path, RequestTracing(provider)) as service:
+            for word in ("both", "lookup"):
+                await service.openai(AGENT).chat.completions.create(
+                    model=FAKE_MODEL, messages=ask(word), tools=TOOLS
+                )
+    finally:
+        provider.shutdown()
+    spans = [s for s in exporter.get_finished_spans() if s.name == "POST /v1/chat/completions"]
+    dropped = [(s.attributes or {}).get("nimble.tool_calls_dropped") for s in spans]
+    assert dropped == [("send_email",), None]
