@@ -14,6 +14,10 @@ ENDPOINT_PATHS: dict[str, tuple[str, ...]] = {
     "embeddings": ("/v1/embeddings",),
     "ranking": ("/v1/ranking",),
     "rerank": ("/v1/rerank", "/v2/rerank"),
+    # sequence classification (vLLM's shape; `/classify` is vLLM's own path) and OpenAI's
+    # moderations (a classifier or a guard model)
+    "classify": ("/v1/classify", "/classify"),
+    "moderations": ("/v1/moderations",),
     # vLLM's paths: one name for both
     "tokenize": ("/tokenize", "/detokenize"),
     # a model id may hold slashes (org/name): `:path` takes the rest of the path

@@ -22,6 +22,8 @@ ALL_ENDPOINTS = (
     "embeddings",
     "ranking",
     "rerank",
+    "classify",
+    "moderations",
     "tokenize",
     "models",
     "metadata",

@@ -33,8 +33,8 @@ def labels_of(config: Mapping[str, Any], where: Path) -> tuple[tuple[str, ...], 
     return tuple(name for _, name in ordered), config.get("problem_type") == MULTI_LABEL
 
 
-def read_labels(folders: Sequence[Path]) -> tuple[tuple[str, ...], bool]:
-    """The labels of the first config.json found in `folders`."""
+def read_config(folders: Sequence[Path]) -> tuple[Path, dict[str, Any]]:
+    """The first config.json found in `folders`, and its content."""
     for folder in folders:
         path = folder / "config.json"
         if path.is_file():
@@ -42,9 +42,19 @@ def read_labels(folders: Sequence[Path]) -> tuple[tuple[str, ...], bool]:
                 config = json.loads(path.read_text())
             except (OSError, ValueError) as exc:
                 raise ModelLoadError(f"{path}: not readable JSON: {exc}") from None
-            return labels_of(config, path)
+            if isinstance(config, dict):
+                return path, config
     where = ", ".join(str(f) for f in folders)
     raise ModelLoadError(f"{where}: no config.json with the classifier's labels (id2label)")
+
+
+def positions(config: Mapping[str, Any]) -> int | None:
+    """Tokens the model's position embeddings allow (None: the config does not say).
+    RoBERTa's positions start after its padding index: two fewer."""
+    count = config.get("max_position_embeddings")
+    if not isinstance(count, int) or count <= 0:
+        return None
+    return count - 2 if config.get("model_type") in ("roberta", "xlm-roberta") else count
 
 
 def probabilities(logits: NDArray[np.float32], multi_label: bool) -> NDArray[np.float64]:

@@ -52,23 +52,32 @@ def guard_of(model: ServedModel) -> GuardFormat | None:
     return guard_format(name) if name is not None else None
 
 
+def only(able: list[str], doing: str, serve: str) -> str:
+    """The one model in `able` (400 naming the choices when there are none or several)."""
+    if len(able) == 1:
+        return able[0]
+    if not able:
+        raise InvalidRequest(f"model: no model served here can {doing} ({serve})", param="model")
+    raise InvalidRequest(
+        f"model: several models can {doing} ({', '.join(able)}); say which", param="model"
+    )
+
+
+def classifier_model(models: dict[str, ServedModel], model_id: str | None) -> str:
+    """`model_id`, or with None the one served classifier."""
+    if model_id is not None:
+        return model_id
+    able = [m.spec.id for m in models.values() if Task.CLASSIFY in m.spec.tasks]
+    return only(able, "classify", "serve a sequence classifier")
+
+
 def moderation_model(models: dict[str, ServedModel], model_id: str | None) -> str:
     """The model to moderate with: `model_id`, or with None the one served model that can
     moderate (400 naming the choices when there are none or several)."""
     able = [m.spec.id for m in models.values() if can_moderate(m)]
     if model_id is None:
-        if len(able) == 1:
-            return able[0]
-        if not able:
-            raise InvalidRequest(
-                "model: no model served here can moderate (serve a classifier, or a guard "
-                "model whose manifest names its guard_format)",
-                param="model",
-            )
-        raise InvalidRequest(
-            f"model: several models can moderate ({', '.join(able)}); say which",
-            param="model",
-        )
+        serve = "serve a classifier, or a guard model whose manifest names its guard_format"
+        return only(able, "moderate", serve)
     model = models.get(model_id)
     if model is not None and not can_moderate(model):
         raise InvalidRequest(

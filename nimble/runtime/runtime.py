@@ -443,6 +443,10 @@ class Runtime:
         record.prompt_tokens += result.prompt_tokens
         return moderation.named(model, result)
 
+    def classifier_model(self, model_id: str | None) -> str:
+        """`model_id`, or with None the one classifier served (400 otherwise)."""
+        return moderation.classifier_model(self.models, model_id)
+
     def moderation_model(self, model_id: str | None) -> str:
         """The model that `moderate(model_id, ...)` uses: `model_id`, or with None the one
         served model that can moderate (a classifier or a guard model); 400 otherwise."""

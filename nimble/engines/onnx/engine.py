@@ -97,11 +97,13 @@ class OnnxEmbeddingEngine:
         self._left = _load_tokenizer(tokenizer_path, self._max_length, direction="left")
         self._counter = _load_tokenizer(tokenizer_path, None)
         self._wrap = _special_wrap(self._counter)
-        if self._classifier:
-            folders = [self.spec.weights.parent, tokenizer_path.parent]
-            self._labels, self._multi_label = labels.read_labels(
-                [*folders, self.spec.weights.parent.parent]
+        if self._classifier:  # its labels and its window from the config.json beside it
+            weights = self.spec.weights
+            path, config = labels.read_config(
+                [weights.parent, tokenizer_path.parent, weights.parent.parent]
             )
+            self._labels, self._multi_label = labels.labels_of(config, path)
+            self._max_length = min(self._max_length, labels.positions(config) or self._max_length)
         self._vocab = self._counter.get_vocab_size()
         lanes = self._config.threads or usable_cpus()
         self._executor = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="nimble-onnx")

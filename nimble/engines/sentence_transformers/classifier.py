@@ -20,7 +20,7 @@ import transformers
 from numpy.typing import NDArray
 
 from nimble.engines import labels
-from nimble.engines.onnx.batching import EmbedBatcher
+from nimble.engines.onnx.batching import EmbedBatcher, LaneStats
 from nimble.errors import ModelLoadError, Unavailable
 from nimble.types import ClassifyRequest, ClassifyResult
 
@@ -58,11 +58,7 @@ class TorchClassifier:
             raise ModelLoadError(
                 f"{folder}: a classifier needs two labels or more; one output is a reranker's"
             )
-        positions = int(getattr(model.config, "max_position_embeddings", 0) or 512)
-        # RoBERTa's positions start after the padding index: two fewer usable
-        usable = (
-            positions - 2 if model.config.model_type in ("roberta", "xlm-roberta") else positions
-        )
+        usable = labels.positions(model.config.to_dict()) or 512
         limit = min(int(tokenizer.model_max_length or usable), usable)
         self.max_length = min(limit, context_length or limit)
         plain = tokenizer("a", add_special_tokens=False)["input_ids"]
@@ -80,6 +76,10 @@ class TorchClassifier:
     @property
     def tokenizer(self) -> Any:
         return self._tokenizer
+
+    @property
+    def stats(self) -> LaneStats | None:
+        return self._batcher.stats if self._batcher else None
 
     async def stop(self) -> None:
         batcher, self._batcher = self._batcher, None

@@ -26,6 +26,7 @@ import torch
 import transformers
 
 from nimble.engines.config import EngineConfig
+from nimble.engines.onnx.batching import LaneStats
 from nimble.engines.sentence_transformers.classifier import TorchClassifier
 from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
 from nimble.models.files import sha256_of
@@ -176,6 +177,11 @@ class SentenceTransformersEngine:
         if self._classifier is None:
             raise Unavailable(f"model {self.spec.id!r} is not a classifier")
         return await self._classifier.classify(request)
+
+    @property
+    def batch_stats(self) -> LaneStats | None:
+        """How the classifier's batches went (None: not a classifier)."""
+        return self._classifier.stats if self._classifier is not None else None
 
     async def rank(self, request: RankRequest) -> RankResult:
         return await self._in_worker(lambda: self._rank_sync(request))
