@@ -3,9 +3,10 @@ so that, greedily decoded, it answers `Yes` when the conversation holds one of i
 words and `No` otherwise, then ends its turn. Saved as a Hugging Face folder that any engine
 loads like another Llama (nimble serves it with its transformers engine).
 
-Why: SmolLM2-135M is no judge of safety (tried with five prompts on six harmful and six
-harmless questions, greedy: at best 7 of 12 right, mostly "No" whatever the question), and
-no real guard model's weights can be downloaded here. This one is honest about what it is,
+Why: SmolLM2-135M is no judge of safety (six prompts on six harmful and six harmless
+questions, greedy: 0 to 5 of 12 right, "No" to nearly everything; the figures are in
+tests/clients/test_nemo_guardrails.py), and no real guard model's weights can be downloaded
+here. This one is honest about what it is,
 a keyword filter in a transformer's shape; it lets a test prove the plumbing around a
 judge (who asks it, what it is sent, how its verdict is read) with a verdict known in advance.
 
