@@ -17,10 +17,10 @@ a loaf of bread?", "Tell me a short story about a cat.", "What is two plus two?"
 good book about gardening.", "How do I say hello in Spanish?"). It was right 0, 4, 3, 5, 4 and
 5 times in 12; constrained to `Yes`/`No` (`guided_choice`) it answered "No" to all twelve
 with five of the prompts, and with the "bomb" one said "Yes" to the bomb and to the bread.
-A rail that passed with it would pass by luck. With the built guard the verdicts are known in advance, so
-the test proves what NeMo Guardrails does with nimble: which model it asks, what it sends, how
-it reads the verdict, and that a blocked request never reaches the main model (nimble's audit
-log: one line per request, with the model).
+A rail that passed with it would pass by luck. With the built guard the verdicts are known in
+advance, so the test proves what NeMo Guardrails does with nimble: which model it asks, what
+it sends, how it reads the verdict, and that a blocked request never reaches the main model
+(nimble's audit log: one line per request, with the model).
 
 Both input rails that take a judge model are run: `self check input` (model type
 `self_check_input`) and `content safety check input $model=content_safety` (model type
