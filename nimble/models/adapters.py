@@ -27,7 +27,7 @@ from nimble.errors import ConfigError
 from nimble.models.files import sha256_of
 
 AdapterFormat = Literal["gguf", "peft"]
-AdapterOrigin = Literal["flag", "dir", "api"]
+AdapterOrigin = Literal["flag", "dir", "api", "manifest"]  # manifest: a model manifest's `lora`
 
 FOLDER_MANIFEST = "nimble-adapter.yaml"
 PEFT_CONFIG = "adapter_config.json"

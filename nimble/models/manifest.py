@@ -26,6 +26,8 @@ TaskName = Literal["chat", "completion", "embedding", "rerank", "classify"]
 GPU_ENGINES: frozenset[str] = frozenset({"vllm"})
 # engines that can use a GPU when there is one and run on CPU otherwise
 ANY_DEVICE_ENGINES: frozenset[str] = frozenset({"transformers", "sentence_transformers"})
+# engines that apply a PEFT LoRA folder over a model (a manifest's `lora`)
+LORA_ENGINES: frozenset[str] = frozenset({"vllm", "transformers"})
 SOURCE_SCHEMES = ("file://", "hf://", "pypi://", "https://", "http://")
 _HF = re.compile(r"^hf://(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<rev>[\w.\-/]+?))?(?:/(?P<path>.+))?$")
 _SHA256 = r"^[0-9a-f]{64}$"
@@ -285,6 +287,13 @@ class ModelManifest(_Frozen):
         "llama-guard-3-1b, nemoguard-content-safety): /v1/moderations asks it with that prompt "
         "and reads its verdict.",
     )
+    lora: str | None = Field(
+        default=None,
+        description="A folder among each profile's files (`lora/adapter_config.json`...) that "
+        "holds a PEFT LoRA adapter over the others: the model is served under its id as that "
+        "adapter over its base, which is served as `<id>-base` (vLLM and transformers "
+        "profiles only).",
+    )
     remote_code: bool = Field(
         default=False,
         description="The model needs Python code from its own repository (transformers' "
@@ -292,6 +301,22 @@ class ModelManifest(_Frozen):
         "none is runnable.",
     )
     profiles: tuple[Profile, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _lora_in_every_profile(self) -> ModelManifest:
+        if self.lora is None:
+            return self
+        for profile in self.profiles:
+            if profile.engine not in LORA_ENGINES:
+                raise ValueError(
+                    f"profile {profile.name}: the {profile.engine} engine takes no PEFT adapter "
+                    f"(`lora` needs {' or '.join(sorted(LORA_ENGINES))})"
+                )
+            if f"{self.lora}/adapter_config.json" not in {f.name for f in profile.files}:
+                raise ValueError(
+                    f"profile {profile.name}: no {self.lora}/adapter_config.json among its files"
+                )
+        return self
 
     @model_validator(mode="after")
     def _unique_profiles(self) -> ModelManifest:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nimble.errors import ConfigError, ModelLoadError
+from nimble.models.adapters import AdapterSpec, identify
+from nimble.models.adapters import resolve as resolve_adapter
 from nimble.models.cache import ModelCache
 from nimble.models.catalog import builtin_catalog, catalog_ids, is_manifest_path
 from nimble.models.hardware import HardwareInfo, detect_hardware
@@ -161,8 +163,16 @@ def _spec(selection: Selection, paths: dict[str, Path], cache: ModelCache) -> Mo
     if selection.selected.context is not None:
         options["context_length"] = str(selection.selected.context)
     weights, tokenizer = _entry_point(profile, paths, cache)
+    served, adapters = manifest.id, tuple[AdapterSpec, ...]()
+    if manifest.lora is not None:  # served as the adapter; the base under its own name
+        served = f"{manifest.id}-base"
+        found = identify(weights / manifest.lora, manifest.id)
+        if found is None or found.format != "peft":
+            raise ConfigError(f"{weights / manifest.lora}: not a PEFT adapter folder")
+        adapters = (resolve_adapter(found, [served], "manifest", served),)
+        options["served_as_adapter"] = manifest.id
     return ModelSpec(
-        id=manifest.id,
+        id=served,
         engine=profile.engine,
         tasks=frozenset(Task(t) for t in manifest.tasks),
         weights=weights,
@@ -174,6 +184,7 @@ def _spec(selection: Selection, paths: dict[str, Path], cache: ModelCache) -> Mo
         profile_name=profile.name,
         embedding=manifest.embedding.traits() if manifest.embedding else None,
         classifier=manifest.classifier.traits() if manifest.classifier else None,
+        adapters=adapters,
     )
 
 

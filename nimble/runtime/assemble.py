@@ -65,7 +65,7 @@ def build_runtime(
             selection.reason,
         )
         model = load_model(selection, cache, progress=LogProgress)
-        where = places.get(model.spec.id)
+        where = places.get(model.manifest.id)  # a manifest's `lora`: its base's spec
         if where is not None:
             if where.note:
                 log.info("model %s: %s", model.spec.id, where.note)
@@ -136,7 +136,9 @@ def with_adapters(specs: list[ModelSpec], settings: Settings) -> list[ModelSpec]
     for adapter in adapters:
         log.info("adapter %s over %s: %s", adapter.name, adapter.base, adapter.path)
     return [
-        dataclasses.replace(spec, adapters=tuple(a for a in adapters if a.base == spec.id))
+        dataclasses.replace(
+            spec, adapters=spec.adapters + tuple(a for a in adapters if a.base == spec.id)
+        )
         if any(a.base == spec.id for a in adapters)
         else spec
         for spec in specs

@@ -43,8 +43,16 @@ log = logging.getLogger("nimble.runtime")
 Answer = Callable[[str, GenerateRequest], Awaitable[str]]  # model id, request -> its text
 
 
-def can_moderate(model: ServedModel) -> bool:
-    return Task.CLASSIFY in model.spec.tasks or "guard_format" in model.spec.options
+def moderators(models: dict[str, ServedModel]) -> dict[str, ServedModel]:
+    """The served models that can moderate, by the name to ask for: a classifier's id, a
+    guard model's (or the adapter it is served as: a manifest's `lora`, NemoGuard)."""
+    found: dict[str, ServedModel] = {}
+    for model in models.values():
+        if Task.CLASSIFY in model.spec.tasks:
+            found[model.spec.id] = model
+        elif "guard_format" in model.spec.options:
+            found[model.spec.options.get("served_as_adapter", model.spec.id)] = model
+    return found
 
 
 def guard_of(model: ServedModel) -> GuardFormat | None:
@@ -74,12 +82,11 @@ def classifier_model(models: dict[str, ServedModel], model_id: str | None) -> st
 def moderation_model(models: dict[str, ServedModel], model_id: str | None) -> str:
     """The model to moderate with: `model_id`, or with None the one served model that can
     moderate (400 naming the choices when there are none or several)."""
-    able = [m.spec.id for m in models.values() if can_moderate(m)]
+    able = list(moderators(models))
     if model_id is None:
         serve = "serve a classifier, or a guard model whose manifest names its guard_format"
         return only(able, "moderate", serve)
-    model = models.get(model_id)
-    if model is not None and not can_moderate(model):
+    if model_id in models and model_id not in able:
         raise InvalidRequest(
             f"model `{model_id}` cannot moderate: it is neither a classifier nor a guard model"
             + (f" (models that can: {', '.join(able)})" if able else ""),
@@ -122,8 +129,9 @@ def named(model: ServedModel, result: ClassifyResult) -> ClassifyResult:
     )
 
 
-def by_classifier(model: ServedModel, result: ClassifyResult) -> list[Moderation]:
-    traits = model.spec.classifier or ClassifierTraits()
+def by_classifier(traits: ClassifierTraits | None, result: ClassifyResult) -> list[Moderation]:
+    """A classifier's verdicts, with the manifest's safe labels and threshold (`traits`)."""
+    traits = traits or ClassifierTraits()
     return [_flagged(c, traits, result.multi_label) for c in result.classifications]
 
 
@@ -140,6 +148,7 @@ def _flagged(found: Classification, traits: ClassifierTraits, multi_label: bool)
 
 async def by_guard(
     model: ServedModel,
+    served_as: str,
     fmt: GuardFormat,
     request_id: str,
     inputs: Sequence[str],
@@ -151,10 +160,10 @@ async def by_guard(
     async def one(i: int, text: str) -> Moderation:
         async with room:
             try:
-                said = await answer(model.spec.id, fmt.request(f"{request_id}-{i}", text))
+                said = await answer(served_as, fmt.request(f"{request_id}-{i}", text))
             except ContextLengthExceeded as exc:
                 raise InvalidRequest(
-                    f"input {i} is too long for guard model `{model.spec.id}` with its prompt: "
+                    f"input {i} is too long for guard model `{served_as}` with its prompt: "
                     f"{exc.message}",
                     param="input",
                 ) from None

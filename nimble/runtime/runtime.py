@@ -450,27 +450,28 @@ class Runtime:
     def moderation_model(self, model_id: str | None) -> str:
         """The model that `moderate(model_id, ...)` uses: `model_id`, or with None the one
         served model that can moderate (a classifier or a guard model); 400 otherwise."""
-        if model_id is not None and model_id not in self.models:
-            self._lookup(model_id)  # 404 for a name not served at all
+        name = moderation.moderation_model(self.models, model_id)
+        if name not in moderation.moderators(self.models):
+            self._lookup(name)  # 404 for a name not served at all
             raise InvalidRequest(
-                f"model `{model_id}` is a LoRA adapter: adapters do not moderate", param="model"
+                f"model `{name}` is a LoRA adapter that is no guard model: it does not moderate",
+                param="model",
             )
-        return moderation.moderation_model(self.models, model_id)
+        return name
 
     async def moderate(self, model_id: str | None, inputs: Sequence[str]) -> list[Moderation]:
         """A verdict per input, from a classifier or a generative guard model
         (`runtime/moderation.py`)."""
-        model = self._lookup(self.moderation_model(model_id))
+        name = self.moderation_model(model_id)
+        model = moderation.moderators(self.models)[name]
         record = _record()
         fmt = moderation.guard_of(model)
         if fmt is None:
-            result = await self.classify(
-                model.spec.id, ClassifyRequest(record.request_id, tuple(inputs))
-            )
-            verdicts = moderation.by_classifier(model, result)
+            result = await self.classify(name, ClassifyRequest(record.request_id, tuple(inputs)))
+            verdicts = moderation.by_classifier(model.spec.classifier, result)
         else:
             verdicts = await moderation.by_guard(
-                model, fmt, record.request_id, inputs, self._answer
+                model, name, fmt, record.request_id, inputs, self._answer
             )
         record.task = "moderation"
         return verdicts

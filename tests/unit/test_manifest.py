@@ -58,9 +58,11 @@ def test_catalog_has_the_popular_models_with_gpu_and_cpu_profiles() -> None:
     assert {"chat", "completion", "embedding", "rerank"} <= tasks
     for manifest in catalog.values():
         engines = {p.engine for p in manifest.profiles}
-        if "chat" in manifest.tasks:
+        if "chat" in manifest.tasks and manifest.lora is None:
             # every chat model runs on a GPU (vLLM) and on a CPU (llama.cpp GGUF)
             assert {"vllm", "llamacpp"} <= engines, manifest.id
+        elif "chat" in manifest.tasks:  # a PEFT LoRA over its base: vLLM, and transformers
+            assert engines == {"vllm", "transformers"}, manifest.id
         for profile in manifest.profiles:
             assert profile.weights_gb is not None, (manifest.id, profile.name)
             if profile.engine == "vllm":
