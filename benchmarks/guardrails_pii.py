@@ -99,6 +99,7 @@ def build() -> dict[str, Callable[[str], object]]:
     """Each set-up's one call on a text."""
     import spacy
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+    from presidio_analyzer.nlp_engine import SpacyNlpEngine
 
     from nimble.guardrails import pii_presidio as pp
 
@@ -117,9 +118,9 @@ def build() -> dict[str, Callable[[str], object]]:
     registry.load_predefined_recognizers(nlp_engine=engine, languages=["en"])
     registry.remove_recognizer("EmailRecognizer")  # Presidio's reaches for the network
     registry.add_recognizer(pp._OfflineEmailRecognizer())
-    defaults_engine = pp.SpacyNlpEngine(
+    defaults_engine = SpacyNlpEngine(
         models=[{"lang_code": "en", "model_name": pp.SPACY_MODEL}],
-        ner_model_configuration=engine.ner_model_configuration,
+        ner_model_configuration=engine.ner_model_configuration,  # type: ignore[union-attr]
     )
     defaults_engine.nlp = {"en": full_nlp}  # type: ignore[assignment]
     defaults = AnalyzerEngine(
@@ -199,7 +200,7 @@ def table(report: dict[str, Any]) -> list[str]:
     rounds = report["rounds"]
 
     def med(key: str, field: str) -> float:
-        return statistics.median(r["results"][key][field] for r in rounds)
+        return float(statistics.median(r["results"][key][field] for r in rounds))
 
     for size in report["sizes"]:
         base = med(f"nimble|{size}", "wall_median")

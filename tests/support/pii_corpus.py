@@ -172,7 +172,7 @@ def card(rng: random.Random) -> str:
     brand = rng.choice(("visa", "mastercard", "amex", "discover"))
     if brand == "amex":
         number = _luhn_complete(rng.choice(("34", "37")), 15, rng)
-        groups = (number[:4], number[4:10], number[10:])
+        groups: tuple[str, ...] = (number[:4], number[4:10], number[10:])
     else:
         prefix = {"visa": "4", "mastercard": str(rng.randint(51, 55)), "discover": "6011"}[brand]
         number = _luhn_complete(prefix, 16, rng)
@@ -317,15 +317,15 @@ def sample(rng: random.Random, kinds: list[str]) -> Sample:
     rng.shuffle(sentences)
     text = ""
     spans: list[Span] = []
-    for template, kind, value in sentences:
+    for template, kind_or_none, value in sentences:
         if text:
             text += " "
-        if kind is None or value is None:
+        if kind_or_none is None or value is None:
             text += template
             continue
         before, after = template.split("{}")
         start = len(text) + len(before)
-        spans.append(Span(kind, start, start + len(value), value))
+        spans.append(Span(kind_or_none, start, start + len(value), value))
         text += before + value + after
     return Sample(text, tuple(spans))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 
 import pytest
 from pydantic import ValidationError
@@ -20,6 +21,7 @@ def test_settings_defaults_and_validation() -> None:
     assert "LOCATION" not in settings.entities  # cities and countries are opt-in
     assert (settings.action, settings.placeholder) == ("redact", "<{entity}>")
     assert PiiSettings(entities=("PERSON", "PERSON", "URL")).entities == ("PERSON", "URL")
+    bad: Mapping[str, object]
     for bad in (
         {"entities": ["EMAIL", "PERSON"]},  # not a Presidio name
         {"entities": []},
