@@ -59,8 +59,11 @@ class Guarded:
         return engine
 
     def engine_saw(self) -> str:
-        """Every text the fake engine was asked to continue (messages, prompts, tools)."""
-        return repr(list(self.engine.requests))
+        """What the fake engine was asked to continue: the messages or the prompt of every
+        request (not the constraints that the tests write the answers with)."""
+        return repr(
+            [r.messages if r.messages is not None else r.prompt for r in self.engine.requests]
+        )
 
     def openai(self, key: str = "unused") -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
