@@ -69,7 +69,7 @@ function operationBody(doc, op) {
       h("h3", {}, "Parameters"),
       h(
         "div",
-        { class: "scroll" },
+        { class: "scroll", tabindex: "0", role: "region", "aria-label": "Parameters" },
         h(
           "table",
           {},

@@ -71,6 +71,8 @@ export async function render(main) {
     field(label, h("input", { id: `pg-${name}`, name, type: "number", step, value, inputmode: "decimal" })),
   );
 
+  const ignoreEos = h("input", { type: "checkbox", id: "pg-ignore_eos" });
+
   const settings = h(
     "form",
     { class: "panel", "aria-labelledby": "pg-settings-h", onsubmit: (e) => e.preventDefault() },
@@ -85,7 +87,13 @@ export async function render(main) {
     ),
     jsonBox,
     toolsBox,
-    h("fieldset", {}, h("legend", {}, "Sampling"), h("div", { class: "params" }, sampling)),
+    h(
+      "fieldset",
+      {},
+      h("legend", {}, "Sampling"),
+      h("div", { class: "params" }, sampling),
+      h("label", { class: "radio", for: "pg-ignore_eos" }, ignoreEos, "Ignore end of text (only max tokens ends it)"),
+    ),
     h("p", { class: "note" }, "Empty fields use the server's defaults."),
   );
 
@@ -139,6 +147,7 @@ export async function render(main) {
       const raw = document.getElementById(`pg-${name}`).value.trim();
       if (raw !== "") body[name] = Number(raw);
     }
+    if (ignoreEos.checked) body.ignore_eos = true;
     if (mode() === "json") {
       body.response_format = { type: "json_schema", json_schema: { name: "answer", schema: parse(schema, "JSON schema"), strict: true } };
     } else if (mode() === "tools") {

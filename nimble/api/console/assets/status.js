@@ -30,7 +30,8 @@ export async function render(main) {
     modelsError,
     h(
       "div",
-      { class: "scroll" },
+      // a scrolled region is reachable by keyboard
+      { class: "scroll", tabindex: "0", role: "region", "aria-label": "Models table" },
       h(
         "table",
         { id: "st-models" },

@@ -20,7 +20,7 @@ export async function render(main) {
   const embedModel = h("select", { id: "emb-model" });
   const texts = h("textarea", { id: "emb-texts", rows: 6 }, TEXTS.join("\n"));
   const embedError = h("div", { id: "emb-error", class: "alert error", role: "alert" });
-  const heat = h("div", { id: "emb-result", class: "scroll", "aria-live": "polite" });
+  const heat = h("div", { id: "emb-result", class: "scroll", "aria-live": "polite", tabindex: "0", role: "region", "aria-label": "Similarity" });
   const embedForm = h(
     "form",
     { class: "panel", "aria-labelledby": "emb-h" },
