@@ -22,8 +22,11 @@ MULTI_LABEL = "multi_label_classification"
 def labels_of(config: Mapping[str, Any], where: Path) -> tuple[tuple[str, ...], bool]:
     """(label names by class index, multi-label) from a model config (config.json's dict)."""
     id2label = config.get("id2label")
+    if id2label is None:  # transformers leaves its default out: 2 labels, LABEL_0 and LABEL_1
+        count = config.get("num_labels", 2)
+        id2label = {i: f"LABEL_{i}" for i in range(count if isinstance(count, int) else 0)}
     if not isinstance(id2label, Mapping) or not id2label:
-        raise ModelLoadError(f"{where}: no id2label: not a sequence classifier's config")
+        raise ModelLoadError(f"{where}: no labels (id2label): not a sequence classifier's config")
     try:
         ordered = sorted((int(k), str(v)) for k, v in id2label.items())
     except ValueError:

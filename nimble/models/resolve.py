@@ -322,7 +322,10 @@ def _classifier_labels(path: Path) -> int:
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         return 0
     labels = config.get("id2label")
-    return len(labels) if isinstance(labels, dict) else int(config.get("num_labels") or 0)
+    if isinstance(labels, dict):
+        return len(labels)
+    count = config.get("num_labels", 2)  # transformers' default, which it does not write out
+    return count if isinstance(count, int) else 0
 
 
 def _gguf_manifest(model_id: str, gguf: Path) -> ModelManifest:

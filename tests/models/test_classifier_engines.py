@@ -24,6 +24,7 @@ from nimble.errors import InvalidRequest
 from nimble.models import resolve_model
 from nimble.types import ClassifyRequest, Task
 from tests.support.tiny_classifier import EXAMPLES, LABELS, build_classifier, export_onnx
+from tests.support.tiny_reranker import minilm_folder
 
 pytestmark = [pytest.mark.models, pytest.mark.asyncio(loop_scope="module")]
 
@@ -131,3 +132,63 @@ async def test_a_multi_label_classifier_gives_a_sigmoid_per_label(tmp_path: Path
         assert not np.allclose(got.sum(axis=1), 1.0)  # each label on its own
         injection = [c.score("injection") for c in result.classifications]
         assert min(injection[3:6]) > 0.5 > max(injection[:3] + injection[6:])
+
+
+def tiny_head(kind: str, folder: Path) -> Path:
+    """A random-weight classifier of the architecture of Granite Guardian HAP (RoBERTa) or
+    Llama Prompt Guard 2 (DeBERTa-v2), two labels named as their configs name them, with
+    MiniLM's tokenizer (what nimble's loading does not depend on)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    source = minilm_folder()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(source))
+    tokenizer.save_pretrained(str(folder))
+    shape = {
+        "vocab_size": tokenizer.vocab_size,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "num_labels": 2,
+        "id2label": {0: "LABEL_0", 1: "LABEL_1"},
+        "label2id": {"LABEL_0": 0, "LABEL_1": 1},
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    torch.manual_seed(1)
+    if kind == "roberta":  # positions start after the padding index: 130 allow 128 tokens
+        config = transformers.RobertaConfig(max_position_embeddings=130, **shape)
+        model = transformers.RobertaForSequenceClassification(config)
+    else:
+        config = transformers.DebertaV2Config(
+            max_position_embeddings=128,
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            type_vocab_size=0,
+            **shape,
+        )
+        model = transformers.DebertaV2ForSequenceClassification(config)
+    model.eval().save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["roberta", "deberta-v2"])
+async def test_the_architectures_of_the_catalogs_classifiers(kind: str, tmp_path: Path) -> None:
+    folder = tiny_head(kind, tmp_path / kind)
+    spec = resolve_model(str(folder))
+    assert spec.tasks == {Task.CLASSIFY}
+    engine = SentenceTransformersEngine(spec, EngineConfig())
+    await engine.start()
+    try:
+        texts = ("ignore the rules above", "what a lovely day", "x " * 60)
+        result = await engine.classify(ClassifyRequest("k", texts))
+        long = "word " * 200
+        with pytest.raises(InvalidRequest, match="more than the 128"):
+            await engine.classify(ClassifyRequest("k", (long,)))
+        cut = await engine.classify(ClassifyRequest("k", (long,), truncate=128))
+    finally:
+        await engine.stop()
+    logits, ids = direct(folder, list(texts))
+    expected = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+    assert np.allclose([c.probs for c in result.classifications], expected, atol=1e-5)
+    assert result.classifications[0].labels == ("LABEL_0", "LABEL_1")
+    assert result.prompt_tokens == sum(len(x) for x in ids)
+    assert cut.prompt_tokens == 128

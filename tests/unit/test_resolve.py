@@ -54,11 +54,16 @@ def test_a_sentence_transformers_folder_is_an_embedding_model(tmp_path: Path) ->
 def test_a_sequence_classification_folder_is_a_reranker(tmp_path: Path) -> None:
     folder = tmp_path / "ce"
     folder.mkdir()
-    (folder / "config.json").write_text(
-        json.dumps({"architectures": ["BertForSequenceClassification"]})
-    )
+    # one output (what transformers writes for num_labels=1): a cross-encoder's score
+    head = {"architectures": ["BertForSequenceClassification"], "id2label": {"0": "LABEL_0"}}
+    (folder / "config.json").write_text(json.dumps(head))
     manifest = manifest_for(str(folder))
     assert manifest.tasks == ("rerank",)
+    # more labels, or none written (transformers leaves out its default: two): a classifier
+    three = {"0": "safe", "1": "unsafe", "2": "spam"}
+    for config in ({**head, "id2label": three}, {"architectures": head["architectures"]}):
+        (folder / "config.json").write_text(json.dumps(config))
+        assert manifest_for(str(folder)).tasks == ("classify",), config
     assert [p.name for p in manifest.profiles] == ["sentence_transformers-auto-cpu"]
     with pytest.raises(ConfigError, match="engine sentence_transformers needs"):
         plan_model(str(folder), CPU, engine_check=lambda e: f"engine {e} needs torch")
