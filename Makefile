@@ -42,8 +42,9 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# the console's browser tests (tests/e2e/test_console.py): Debian's chromium (Playwright's own
-# browser download needs its CDN) and axe-core from npm, pinned by tests/support/console's lock
+# the console's browser tests (tests/e2e/test_console_browser.py): Debian's chromium
+# (Playwright's own browser download needs its CDN) and axe-core from npm, pinned by
+# tests/support/console's lock file
 AXE := tests/support/console/node_modules/axe-core/axe.min.js
 
 test-tools: $(AXE)

@@ -1,7 +1,7 @@
 """The console (/ui): on by default on loopback only, its files served from the package with
 a strict content security policy and no key, 404 like an unknown path when off; the page's
 modules all ship (every import resolves to a served file). The pages themselves run in a
-real browser in tests/e2e/test_console.py."""
+real browser in tests/e2e/test_console_browser.py."""
 
 from __future__ import annotations
 

@@ -134,7 +134,7 @@ export async function render(main) {
         h("td", {}, (m.tasks || []).join(", ")),
         h("td", {}, version ? `${engine} ${version}` : engine),
         h("td", {}, profile ? profile.name : m.profile || "—"),
-        h("td", {}, profile ? profile.reason : "—"),
+        h("td", { class: "why" }, profile ? profile.reason : "—"),
         h("td", {}, m.context_length ? String(m.context_length) : "—"),
       );
     });

@@ -11,7 +11,7 @@ const TEXTS = [
 ];
 const QUERY = "How do plants make food?";
 const PASSAGES = [
-  "Photosynthesis turns light, water and carbon dioxide into sugar in the leaves.",
+  "Plants make their food by photosynthesis, from light, water and carbon dioxide.",
   "The Eiffel Tower is in Paris.",
   "Plants take up water and minerals through their roots.",
 ];
