@@ -27,7 +27,7 @@ from nimble.runtime.assemble import runtime_config
 from nimble.types import ClassifierTraits, ClassifyRequest, Task
 from tests.conftest import FAKE_MODEL, assert_openai_error
 from tests.support.scripted_guard import ENGINE, ScriptedGuard, with_scripted_guard
-from tests.support.tiny_classifier import EXAMPLES, LABELS, build_classifier
+from tests.support.tiny_classifier import EXAMPLES, build_classifier
 
 pytestmark = pytest.mark.models
 

@@ -19,8 +19,10 @@ def test_classify_and_moderate_over_http(nimble_process: type, tmp_path: Path) -
     folder = build_classifier(tmp_path / "tiny-classifier")
     onnx = export_onnx(folder, tmp_path / "tiny-classifier-onnx")
     server = nimble_process(
-        ["--model", str(folder), "--served-model-name", "clf"]
-        + ["--model", str(onnx), "--served-model-name", "clf-onnx"],
+        [
+            *("--model", str(folder), "--served-model-name", "clf"),
+            *("--model", str(onnx), "--served-model-name", "clf-onnx"),
+        ],
         env={"NIMBLE_CACHE_PATH": str(tmp_path / "cache")},
     ).wait_ready()
     texts = [text for text, _ in EXAMPLES]

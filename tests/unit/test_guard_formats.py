@@ -119,7 +119,8 @@ def test_the_nemoguard_prompt_goes_as_one_user_message() -> None:
         ('{"User Safety": "safe"}', "User", Verdict(True)),
         (' {"User Safety": "Safe"} ', "User", Verdict(True)),
         (
-            '{"User Safety": "unsafe", "Safety Categories": "Violence, Criminal Planning/Confessions"}',
+            '{"User Safety": "unsafe", '
+            '"Safety Categories": "Violence, Criminal Planning/Confessions"}',
             "User",
             Verdict(False, ("Violence", "Criminal Planning/Confessions")),
         ),
@@ -130,7 +131,8 @@ def test_the_nemoguard_prompt_goes_as_one_user_message() -> None:
         ),
         ('{"User Safety": "unsafe"}', "User", Verdict(False)),
         (
-            '{"User Safety": "safe", "Response Safety": "unsafe", "Safety Categories": "PII/Privacy"}',
+            '{"User Safety": "safe", "Response Safety": "unsafe", '
+            '"Safety Categories": "PII/Privacy"}',
             "Agent",
             Verdict(False, ("PII/Privacy",)),
         ),
