@@ -152,3 +152,27 @@ def test_a_manifests_lora_serves_the_adapter_under_its_id(tmp_path: Path) -> Non
     (tmp_path / "bad.yaml").write_text(other)
     with pytest.raises(ConfigError, match="the sentence_transformers engine takes no PEFT"):
         resolve_model(str(tmp_path / "bad.yaml"), cache=ModelCache(tmp_path / "cache"))
+
+
+def test_the_catalogs_classifiers_and_guards_are_servable_as_written() -> None:
+    from nimble.guardrails.guard_formats import guard_format
+    from nimble.models.catalog import builtin_catalog
+
+    catalog = builtin_catalog()
+    guards = {m.id: m.guard_format for m in catalog.values() if m.guard_format}
+    assert guards == {
+        "llama-guard-3-1b": "llama-guard-3-1b",
+        "llama-3.1-nemoguard-8b-content-safety": "nemoguard-content-safety",
+    }
+    for name in guards.values():
+        guard_format(name)  # a format nimble knows
+    for manifest in catalog.values():
+        if manifest.guard_format:  # asked through generation
+            assert {"chat", "completion"} <= set(manifest.tasks), manifest.id
+        if "classify" not in manifest.tasks:
+            continue
+        # the engines that classify (the vLLM engine does not)
+        assert {p.engine for p in manifest.profiles} <= {"onnx", "sentence_transformers"}
+        traits = manifest.classifier
+        assert traits is not None and len(traits.labels) >= 2, manifest.id
+        assert set(traits.safe_labels) < set(traits.labels), manifest.id
