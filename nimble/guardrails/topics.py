@@ -62,9 +62,21 @@ def _keyword(word: str) -> str:
     return r"(?<!\w)" + r"\s+".join(parts) + r"(?!\w)"
 
 
-def _matcher(words: tuple[str, ...], patterns: tuple[str, ...]) -> re.Pattern[str] | None:
-    alternatives = [_keyword(w) for w in words] + [f"(?:{p})" for p in patterns]
-    return re.compile("|".join(alternatives), re.IGNORECASE) if alternatives else None
+class _Matcher:
+    """Keywords as one alternation; each pattern compiled on its own (a pattern may carry
+    its own inline flags, which an alternation of several would refuse)."""
+
+    def __init__(self, words: tuple[str, ...], patterns: tuple[str, ...]):
+        compiled = [re.compile(p, re.IGNORECASE) for p in patterns]
+        if words:
+            compiled.insert(0, re.compile("|".join(map(_keyword, words)), re.IGNORECASE))
+        self._compiled = compiled
+
+    def __bool__(self) -> bool:
+        return bool(self._compiled)
+
+    def search(self, text: str) -> bool:
+        return any(pattern.search(text) for pattern in self._compiled)
 
 
 def normalise(text: str) -> str:
@@ -74,17 +86,17 @@ def normalise(text: str) -> str:
 class TopicsRail:
     def __init__(self, name: str, settings: TopicsSettings):
         self.name = name
-        self._deny = _matcher(settings.deny, settings.deny_patterns)
-        self._allow = _matcher(settings.allow, settings.allow_patterns)
+        self._deny = _Matcher(settings.deny, settings.deny_patterns)
+        self._allow = _Matcher(settings.allow, settings.allow_patterns)
 
     async def start(self) -> None:
         pass
 
     async def check(self, text: str, stage: Stage) -> Check:
         text = normalise(text)
-        if self._deny is not None and self._deny.search(text):
+        if self._deny.search(text):
             return Check("block", category="denied_topic")
-        if self._allow is not None and stage == "input" and not self._allow.search(text):
+        if self._allow and stage == "input" and not self._allow.search(text):
             return Check("block", category="off_topic")
         return ALLOW
 

@@ -76,8 +76,12 @@ async def test_topics_see_through_zero_width_and_full_width_letters() -> None:
 async def test_topics_patterns_and_allow_list() -> None:
     rail = TopicsRail(
         "t",
-        TopicsSettings(deny_patterns=(r"\bsk-[a-z0-9]{8,}",), allow=("invoice", "refund")),
+        TopicsSettings(
+            deny_patterns=(r"\bsk-[a-z0-9]{8,}", r"(?i)jail\s*break"),
+            allow=("invoice", "refund"),
+        ),
     )
+    assert (await rail.check("a JAIL break", "input")).category == "denied_topic"
     assert (await rail.check("key sk-abcdef123456", "input")).category == "denied_topic"
     assert (await rail.check("Where is my Invoice?", "input")).decision == "allow"
     off = await rail.check("tell me a joke", "input")
