@@ -406,19 +406,34 @@ class LlamaCppEngine:
     ) -> AsyncGenerator[Json, None]:
         """The streamed payloads of one llama.cpp task (with LoRA `adapter`); closing this
         cancels the task."""
+        stream = self._open(body, chat, adapter)
+        try:
+            while (item := await stream.get()) is not END:
+                yield _payload(item)
+            self._check_stopped(stream)
+        finally:
+            self._close(stream)
+
+    def _open(self, body: Json, chat: bool, adapter: str | None = None) -> Stream:
+        """One llama.cpp task, started; its chunks come through the returned Stream, and
+        `_close` cancels it (at its next token) if it is still running."""
         stream = Stream(asyncio.get_running_loop())
         self._running.add(stream.cancel)
         try:
             self._submit(stream, body, chat, adapter)
-            while (item := await stream.get()) is not END:
-                if isinstance(item, BaseException):
-                    raise item
-                yield cast(Json, item)
-            if stream.cancel.is_set():  # stop() cut it short
-                raise Unavailable(f"model {self.spec.id} was stopped during the generation")
-        finally:
-            stream.cancel.set()  # llama.cpp cancels the task at its next token
-            self._running.discard(stream.cancel)
+        except BaseException:
+            self._close(stream)
+            raise
+        return stream
+
+    def _close(self, stream: Stream) -> None:
+        stream.cancel.set()  # llama.cpp cancels the task at its next token
+        self._running.discard(stream.cancel)
+
+    def _check_stopped(self, stream: Stream) -> None:
+        """At the end of a task's stream: stop() cut it short."""
+        if stream.cancel.is_set():
+            raise Unavailable(f"model {self.spec.id} was stopped during the generation")
 
     async def _text_then_calls(
         self, request: GenerateRequest, prompt: str, calls: ToolCallConstraint
@@ -482,9 +497,12 @@ class LlamaCppEngine:
             body.update(constraint_fields(request.constraint, _to_grammar))
         cutter = Cutter(request.params) if needs_cutter(request.params) else None
         chat = request.messages is not None and prompt is None
-        payloads_of = self._payloads(body, chat, request.adapter)
-        async with contextlib.aclosing(payloads_of) as payloads:
-            async for payload in payloads:
+        # the task's stream is read here, not through `_payloads`: one generator less to
+        # resume per token
+        stream = self._open(body, chat, request.adapter)
+        try:
+            while (item := await stream.get()) is not END:
+                payload = _payload(item)
                 if cutter is not None:
                     rewritten = cutter.rewrite(payload)
                     if rewritten is None:
@@ -493,7 +511,11 @@ class LlamaCppEngine:
                 for chunk in mapper.map(payload):
                     yield chunk
                 if cutter is not None and cutter.done:
-                    break  # closing the payloads cancels what llama.cpp still generates
+                    break  # closing the stream cancels what llama.cpp still generates
+            else:
+                self._check_stopped(stream)
+        finally:
+            self._close(stream)
 
     async def _count_tokens(self, text: str, special: bool) -> int:
         body = {"content": text, "add_special": special, "parse_special": True}
@@ -565,6 +587,13 @@ def _client(server: Any, secret: str) -> httpx.AsyncClient:
         timeout=60.0,
         trust_env=False,  # never send this to a proxy
     )
+
+
+def _payload(item: object) -> Json:
+    """A chunk from the Stream: a payload, or the error that ended the task (raised)."""
+    if isinstance(item, BaseException):
+        raise item
+    return cast(Json, item)
 
 
 def _piece(piece: str | list[int]) -> str:
