@@ -3,12 +3,13 @@
 import { ApiError, call, canDo, events, models } from "./api.js";
 import { field, fmt, h } from "./dom.js";
 
+// bounded, as a schema for a small model should be: an unbounded number may never end
 const EXAMPLE_SCHEMA = {
   type: "object",
   properties: {
-    city: { type: "string" },
-    country: { type: "string" },
-    population: { type: "integer" },
+    city: { type: "string", maxLength: 40 },
+    country: { type: "string", maxLength: 40 },
+    population: { type: "integer", minimum: 0, maximum: 100000000 },
   },
   required: ["city", "country", "population"],
   additionalProperties: false,
