@@ -173,9 +173,11 @@ def test_pages_load_and_pass_axe(page: Page, server: NimbleProcess, name: str, w
     shot(page, name or "playground")
 
 
-def test_narrow_window(page: Page, server: NimbleProcess) -> None:
-    """A phone-sized window: nothing scrolls sideways, and the pages still pass axe."""
+def test_narrow_window_dark(page: Page, server: NimbleProcess) -> None:
+    """A phone-sized window in dark mode: nothing scrolls sideways, and the pages (their dark
+    colours too) still pass axe."""
     page.set_viewport_size({"width": 390, "height": 844})
+    page.emulate_media(color_scheme="dark")
     for name in ("", "status"):
         open_page(page, server, name)
         expect(page.locator("#pg-model option, #st-models tbody tr").first).to_be_attached()
@@ -230,8 +232,9 @@ def test_streamed_chat_answer(page: Page, server: NimbleProcess) -> None:
     open_page(page, server)
     page.fill("#pg-max_tokens", "24")
     page.fill("#pg-temperature", "0")
+    page.fill("#pg-prompt", "Which city is the capital of France?")
     with page.expect_response(lambda r: r.url.endswith("/v1/chat/completions")) as answer:
-        ask(page, "Which city is the capital of France?")
+        page.press("#pg-prompt", "Control+Enter")  # from the keyboard
     assert answer.value.headers["content-type"].startswith("text/event-stream")
     reply = last_answer(page)
     expect(reply).to_have_attribute("data-state", "done")
