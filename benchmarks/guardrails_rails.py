@@ -59,7 +59,14 @@ PROSE = (
     "not understand. Last month we closed most of the open tickets, although a few "
     "escalations are still waiting on the vendor. "
 )
-PROMPT_200 = " ".join((PROSE * 8).split()[:200])
+WORDS = (PROSE * 8).split()
+
+
+def prompt_200(i: int) -> str:
+    """A 200-word prompt, different from the first word on for each `i` (a judge's prefix
+    cache must not answer for it: only the prompt's template is shared between calls)."""
+    start = (7 * i) % 40
+    return f"Request {i}. " + " ".join(WORDS[start : start + 198])
 
 
 def rails_file(path: Path, moderation_url: str) -> Path:
@@ -216,20 +223,23 @@ async def window(runtime: Runtime, pairs: int, tokens: int) -> dict[str, Any]:
 async def input_rails(runtime: Runtime, calls: int) -> dict[str, dict[str, float]]:
     guards = runtime.guardrails
     assert guards is not None
-    request = GenerateRequest(
-        "bench", SamplingParams(max_tokens=1), messages=(ChatMessage("user", PROMPT_200),)
-    )
+
+    def request(i: int) -> GenerateRequest:
+        return GenerateRequest(
+            "bench", SamplingParams(max_tokens=1), messages=(ChatMessage("user", prompt_200(i)),)
+        )
+
     results = {}
     for rail in ("topics", "judge", "remote"):
         plan = guards.plan((MODEL,), (rail,))
         assert plan is not None
         times = []
-        for _ in range(3):  # warm-up, not counted (the judge's first grammar, a connection)
-            await guards.check_input(plan, request, RequestRecord(request_id="warm-up"))
-        for _ in range(calls):
+        for i in range(3):  # warm-up, not counted (the judge's first grammar, a connection)
+            await guards.check_input(plan, request(1000 + i), RequestRecord(request_id="warm"))
+        for i in range(calls):
             record = RequestRecord(request_id="bench")
             started = time.perf_counter()
-            await guards.check_input(plan, request, record)
+            await guards.check_input(plan, request(i), record)
             times.append(time.perf_counter() - started)
             if record.guardrails[-1].category == "error":
                 raise SystemExit(f"{rail}: {record.guardrails[-1]}")
