@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from nimble.errors import ConfigError, ContentFiltered, PermissionDenied
@@ -27,10 +28,11 @@ class Guardrails:
 
     def __init__(self, config: GuardrailsConfig, models: ModelHandle):
         self.config = config
-        self.rails = {
-            name: Bound(spec, spec.kind.build(name, spec.settings, models))
-            for name, spec in config.rails.items()
-        }
+        with self._naming_the_file():
+            self.rails = {
+                name: Bound(spec, spec.kind.build(name, spec.settings, models))
+                for name, spec in config.rails.items()
+            }
 
     def check_models(self, served: Sequence[str]) -> None:
         """Refuse, before any model loads, rails on models that are not served."""
@@ -49,8 +51,21 @@ class Guardrails:
                 )
 
     async def start(self) -> None:
-        for bound in self.rails.values():
-            await bound.rail.start()
+        with self._naming_the_file():
+            for bound in self.rails.values():
+                await bound.rail.start()
+
+    @contextmanager
+    def _naming_the_file(self) -> Iterator[None]:
+        """A rail's refusal (`guardrails: flows.NAME.FIELD: ...`) with the file's name."""
+        try:
+            yield
+        except ConfigError as exc:
+            prefix = "guardrails: "
+            if self.config.path is None or not exc.message.startswith(prefix):
+                raise
+            where = f"guardrails {self.config.path}: "
+            raise ConfigError(where + exc.message.removeprefix(prefix)) from exc
 
     async def stop(self) -> None:
         for bound in self.rails.values():

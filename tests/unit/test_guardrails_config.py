@@ -216,3 +216,20 @@ def test_serve_refuses_rails_on_a_model_it_does_not_serve(tmp_path: Path) -> Non
     path.write_text("models: {gpt-9: {input: {flows: []}}}\n")
     with pytest.raises(ConfigError, match=r"models.gpt-9: not a served model"):
         build_runtime(Settings(model=("fake",), guardrails=path))
+
+
+def test_a_rail_refused_when_it_is_built_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nimble.config import Settings
+    from nimble.runtime.assemble import build_runtime
+
+    monkeypatch.delenv("NOPE_KEY", raising=False)
+    path = write(
+        tmp_path,
+        "flows: {m: {type: remote, url: 'http://127.0.0.1:9/v1/moderations', "
+        "api_key_env: NOPE_KEY}}\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        build_runtime(Settings(model=("fake",), guardrails=path))
+    assert str(caught.value) == f"guardrails {path}: flows.m.api_key_env: NOPE_KEY is not set"
