@@ -7,7 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Sequence,
+)
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,7 +23,7 @@ from nimble.errors import ConfigError, ContentFiltered, PermissionDenied
 from nimble.guardrails.bound import Bound, Plan, note, worst
 from nimble.guardrails.config import GuardrailsConfig
 from nimble.guardrails.inputs import Place, pieces, rebuild
-from nimble.guardrails.rail import STAGES, ModelHandle, Stage, TextRedactor
+from nimble.guardrails.rail import STAGES, Check, ModelHandle, Stage, TextRedactor
 from nimble.guardrails.window import guard_stream
 from nimble.observability.record import RequestRecord
 from nimble.types import GenerateRequest, GenerationChunk
@@ -119,7 +127,7 @@ class Guardrails:
             if not targets:
                 continue
             started = time.monotonic()
-            checks = await asyncio.gather(*(bound.run(p.text, "input") for p in targets))
+            checks = await _bounded([bound.run(p.text, "input") for p in targets])
             verdict = worst(checks)
             note(record, bound, "input", verdict, started)
             if verdict.decision == "block":
@@ -163,3 +171,18 @@ class Guardrails:
                 "unit": "characters",
             },
         }
+
+
+# texts of one request checked at once by one rail: a long conversation must not flood a
+# judge's queue (its 429s would fail the checks)
+_AT_ONCE = 8
+
+
+async def _bounded(checks: list[Coroutine[Any, Any, Check]]) -> list[Check]:
+    gate = asyncio.Semaphore(_AT_ONCE)
+
+    async def one(check: Coroutine[Any, Any, Check]) -> Check:
+        async with gate:
+            return await check
+
+    return list(await asyncio.gather(*(one(c) for c in checks)))

@@ -374,3 +374,64 @@ def test_worst_of_several_checks() -> None:
     assert worst(checks) == Check("redact", 0.9, "EMAIL_ADDRESS")
     assert worst([*checks, Check("block", None, "S1")]) == Check("block", 0.9, "S1")
     assert worst([]) == Check("allow")
+
+
+# ----- the input stage -----
+
+
+class Counting:
+    """Redacts `secret` and notes how many checks ran at once."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.most = 0
+        self.read: list[str] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def check(self, text: str, stage: Stage) -> Check:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        for _ in range(3):  # let the others start, if they may
+            await asyncio.sleep(0)
+        self.running -= 1
+        self.read.append(text)
+        if "secret" in text:
+            return Check("redact", category="SECRET", text=text.replace("secret", "<S>"))
+        return Check("allow")
+
+
+async def test_the_input_stage_reads_every_text_a_few_at_a_time_and_rebuilds() -> None:
+    from nimble.guardrails.stage import Guardrails
+    from nimble.observability.record import RequestRecord
+    from nimble.types import ChatMessage, SamplingParams, ToolCall
+
+    config = parse_guardrails(
+        {"flows": {"c": {"type": "topics", "deny": ["x"]}}, "rails": {"input": {"flows": ["c"]}}}
+    )
+    guards = Guardrails(config, Models())
+    counting = Counting()
+    guards.rails["c"] = Bound(config.rails["c"], counting)
+    messages = [ChatMessage("user", f"message {i}") for i in range(30)]
+    messages += [
+        ChatMessage("system", "a secret rule"),
+        ChatMessage("assistant", "", tool_calls=(ToolCall("c1", "f", '{"q": "secret"}'),)),
+        ChatMessage("tool", "the secret result", tool_call_id="c1"),
+    ]
+    request = GenerateRequest("r", SamplingParams(), messages=tuple(messages))
+    plan = guards.plan(("m",))
+    assert plan is not None
+    record = RequestRecord(request_id="r")
+    out = await guards.check_input(plan, request, record)
+    assert counting.most == 8  # at most 8 at once, not 32
+    assert len(counting.read) == 33  # every text but the empty assistant content
+    assert out.messages is not None
+    assert out.messages[30].content == "a <S> rule"
+    assert out.messages[31].tool_calls[0].arguments == '{"q": "<S>"}'
+    assert out.messages[32].content == "the <S> result"
+    assert out.messages[:30] == request.messages[:30]  # untouched: the same objects
+    (checked,) = record.guardrails
+    assert (checked.rail, checked.stage, checked.decision) == ("c", "input", "redact")
