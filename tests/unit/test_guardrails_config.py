@@ -233,3 +233,26 @@ def test_a_rail_refused_when_it_is_built_names_the_file(
     with pytest.raises(ConfigError) as caught:
         build_runtime(Settings(model=("fake",), guardrails=path))
     assert str(caught.value) == f"guardrails {path}: flows.m.api_key_env: NOPE_KEY is not set"
+
+
+def test_inspect_states_the_rails_in_force(tmp_path: Path) -> None:
+    import json
+
+    path = write(
+        tmp_path,
+        "flows:\n  no-secrets: {type: topics, deny: [password]}\n"
+        "  moderation: {type: remote, url: 'http://u:pw@h/v1/moderations', api_key: sk-123}\n"
+        "rails:\n  input: {flows: [no-secrets, moderation]}\n",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "nimble.cli.main", "inspect", "--model", "fake"],
+        capture_output=True,
+        text=True,
+        env={"NIMBLE_GUARDRAILS": str(path), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sk-123" not in result.stdout and "pw@" not in result.stdout
+    rails = json.loads(result.stdout)["guardrails"]
+    assert rails["models"] == {"fake-model": {"input": ["no-secrets", "moderation"], "output": []}}
+    assert rails["rails"]["moderation"]["settings"]["url"] == "http://h/v1/moderations"
