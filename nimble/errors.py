@@ -44,8 +44,7 @@ class ContentFiltered(InvalidRequest):
 
     def __init__(self, rail: str, *, param: str | None = None):
         super().__init__(
-            f"The request was refused by the content filter: guardrail `{rail}` blocked its "
-            "input.",
+            f"The request was refused by the content filter: guardrail `{rail}` blocked its input.",
             param=param,
         )
         self.rail = rail
