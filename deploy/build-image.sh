@@ -211,6 +211,13 @@ echo "answer: $content"
 "${PODMAN[@]}" run --rm --network host "${LIMITS[@]}" --no-healthcheck \
   --read-only -v "$PWD/$BUILD/helm-test.py:/helm-test.py:ro" --entrypoint python3 \
   "$TAG" /helm-test.py
+# the PII rail's libraries and spaCy's model ship in the image and need no network at all
+pii=$("${PODMAN[@]}" run --rm --network none "${LIMITS[@]}" --no-healthcheck --read-only \
+  --entrypoint python3 "$TAG" -c 'from nimble.guardrails.pii import PiiRedactor as R
+r = R(); r.load(); print(r.redact("Write to jane.doe@example.com or call +1 415 555 0100"))')
+[ "$pii" = "Write to <EMAIL_ADDRESS> or call <PHONE_NUMBER>" ] \
+  || { echo "the PII rail does not redact in the image: $pii" >&2; exit 1; }
+echo "PII rail, offline in the image: $pii"
 "${PODMAN[@]}" stop -t 40 "$name" >/dev/null
 code=$("${PODMAN[@]}" inspect -f '{{.State.ExitCode}}' "$name")
 [ "$code" = 0 ] || { "${PODMAN[@]}" logs "$name" | tail -20; echo "exit code $code after SIGTERM" >&2; exit 1; }
@@ -227,6 +234,7 @@ cat > "$BUILD/image-report.md" <<REPORT
 | image build | ${build_s} s$([ "${NO_CACHE:-}" = 1 ] && echo " (no layer cache)" || echo " (layer cache on)") |
 | cold start, \`podman run\` to ready | ${cold_s} s |
 | answer to "Which city is the capital of France?" | ${content} |
+| PII rail, no network | ${pii} |
 | exit code after SIGTERM | ${code} |
 | whole script | $(since "$t_all") s |
 REPORT
