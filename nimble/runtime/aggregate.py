@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 from nimble.types import GenerationChunk, TokenLogprob, ToolCall, ToolCallDelta, Usage
@@ -52,3 +53,9 @@ async def collect(chunks: AsyncIterator[GenerationChunk], n: int) -> Completion:
         if chunk.finish_reason is not None:
             choice.finish_reason = chunk.finish_reason
     return Completion(choices=choices, usage=usage)
+
+
+async def first_text(chunks: AsyncGenerator[GenerationChunk, None]) -> str:
+    """The whole text of choice 0 (a guard's verdict, a judge's answer); closes `chunks`."""
+    async with contextlib.aclosing(chunks):
+        return "".join([chunk.text async for chunk in chunks if chunk.index == 0])

@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 
 from nimble.observability.record import RequestRecord, current_record
-from nimble.runtime import moderation
+from nimble.runtime import aggregate, moderation
 from nimble.runtime.served import ServedModel
 from nimble.types import ClassifyRequest, GenerateRequest, GenerationChunk, Task
 
@@ -44,15 +44,6 @@ class ServedModels:
     async def generate_text(self, model: str, request: GenerateRequest) -> str:
         context = contextvars.copy_context()
         context.run(current_record.set, RequestRecord(request_id="guardrail"))
-        return await asyncio.create_task(self._text(model, request), context=context)
-
-    async def _text(self, model: str, request: GenerateRequest) -> str:
-        parts: list[str] = []
-        stream = self._generate(model, request)
-        try:
-            async for chunk in stream:
-                if chunk.index == 0:
-                    parts.append(chunk.text)
-        finally:
-            await stream.aclose()
-        return "".join(parts)
+        # the generator's body runs in the task, under the rail's record
+        answer = aggregate.first_text(self._generate(model, request))
+        return await asyncio.create_task(answer, context=context)

@@ -28,7 +28,7 @@ from nimble.guardrails.stage import Guardrails
 from nimble.models import ModelSpec
 from nimble.observability.metrics import ModelGauges
 from nimble.observability.record import RequestRecord, current_record
-from nimble.runtime import encoders, moderation, tokens
+from nimble.runtime import aggregate, encoders, moderation, tokens
 from nimble.runtime.adapter_watch import AdapterWatcher
 from nimble.runtime.adapters import GENERATIVE, Adapters
 from nimble.runtime.admission import Admission
@@ -478,15 +478,8 @@ class Runtime:
 
     async def _answer(self, model_id: str, request: GenerateRequest) -> str:
         """The whole text of the first choice."""
-        parts: list[str] = []
-        stream = self._generate_unguarded(model_id, request)  # a guard is not guarded
-        try:
-            async for chunk in stream:
-                if chunk.index == 0:
-                    parts.append(chunk.text)
-        finally:
-            await stream.aclose()
-        return "".join(parts)
+        # a guard is not guarded
+        return await aggregate.first_text(self._generate_unguarded(model_id, request))
 
     async def rank(
         self,
