@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from tests.support.tiny_reranker import minilm_folder
+from tests.support.tiny_reranker import tiny_bert
 
 LABELS = ("safe", "injection", "toxic")
 EXAMPLES = [  # text, label index
@@ -33,24 +33,13 @@ EXAMPLES = [  # text, label index
 
 
 def build_classifier(folder: Path, *, multi_label: bool = False) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(minilm_folder() / name, folder / name)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
+    tokenizer, model = tiny_bert(
+        folder,
         num_labels=len(LABELS),
         id2label=dict(enumerate(LABELS)),
         label2id={label: i for i, label in enumerate(LABELS)},
         problem_type="multi_label_classification" if multi_label else None,
     )
-    model = transformers.BertForSequenceClassification(config)
     batch = tokenizer([t for t, _ in EXAMPLES], padding=True, return_tensors="pt")
     targets = torch.tensor([label for _, label in EXAMPLES])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -25,7 +26,9 @@ def minilm_folder() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def build_reranker(folder: Path) -> Path:
+def tiny_bert(folder: Path, **head: Any) -> tuple[Any, transformers.BertForSequenceClassification]:
+    """MiniLM's tokenizer copied into `folder`, and a seeded 2-layer BERT with a
+    sequence-classification head (`head`: num_labels, id2label, problem_type, ...) over it."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(minilm_folder() / name, folder / name)
@@ -38,9 +41,13 @@ def build_reranker(folder: Path) -> Path:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
-        num_labels=1,
+        **head,
     )
-    model = transformers.BertForSequenceClassification(config)
+    return tokenizer, transformers.BertForSequenceClassification(config)
+
+
+def build_reranker(folder: Path) -> Path:
+    tokenizer, model = tiny_bert(folder, num_labels=1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     queries = [q for q, _, _ in PAIRS for _ in range(2)]
     passages = [p for _, good, bad in PAIRS for p in (good, bad)]
