@@ -57,6 +57,8 @@ from nimble.types import (
 
 log = logging.getLogger("nimble.runtime")
 
+GAUGE_REFRESH_S = 1.0  # an engine's KV cache use is asked at most this often
+
 
 class ServiceState(StrEnum):
     STARTING = "starting"
@@ -194,9 +196,14 @@ class Runtime:
 
     # ----- metrics -----
     async def refresh_gauges(self) -> None:
-        """Ask each loaded engine for its cache use (read by `gauges()` at scrape time)."""
+        """Ask each loaded engine for its cache use (read by `gauges()` at scrape time), at
+        most once per `GAUGE_REFRESH_S`: asking is a request to the engine (llama.cpp's
+        /slots, vLLM's /metrics), and a benchmark client such as aiperf scrapes three times
+        a second."""
+        now = time.monotonic()
         for model in self.models.values():
-            if model.loaded and model.cache is not None:
+            if model.loaded and model.cache is not None and now >= model.cache_read_at:
+                model.cache_read_at = now + GAUGE_REFRESH_S
                 model.cache_usage = await model.cache.cache_usage()
 
     def gauges(self) -> list[ModelGauges]:

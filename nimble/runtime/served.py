@@ -46,6 +46,7 @@ class ServedModel:
         self.admission = admission
         self.created = int(time.time())
         self.cache_usage: float | None = None  # last reading, for the metrics
+        self.cache_read_at = 0.0  # monotonic time from which it may be read again
         self._info: EngineInfo | None = None
         # resolved once: an isinstance check of a Protocol walks its methods
         self._generator = engine if isinstance(engine, Generator) else None

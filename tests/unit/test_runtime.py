@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -262,4 +263,31 @@ async def test_the_engine_may_answer_with_a_bound_below_what_fits() -> None:
         pass
     # the window less the completion; with no max_tokens, anything under the window
     assert asked == [window - 50, window - 1]
+    await runtime.stop()
+
+
+async def test_the_engine_is_asked_for_its_cache_use_at_most_once_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scrape asks the engine (llama.cpp's /slots: a task in its decode loop); a client
+    that scrapes three times a second (aiperf) gets the last reading in between."""
+    runtime = await _runtime()
+    model = runtime.models["fake-model"]
+    asked: list[float] = []
+
+    async def cache_usage() -> float:
+        asked.append(clock[0])
+        return len(asked) / 10
+
+    clock = [1000.0]
+    monkeypatch.setattr(model.engine, "cache_usage", cache_usage)
+    # the runtime's clock only (asyncio keeps its own)
+    monkeypatch.setattr("nimble.runtime.runtime.time", SimpleNamespace(monotonic=lambda: clock[0]))
+    for now in (1000.0, 1000.3, 1000.6, 1000.99):
+        clock[0] = now
+        await runtime.refresh_gauges()
+    assert asked == [1000.0] and runtime.gauges()[0].cache_usage == 0.1
+    clock[0] = 1001.0
+    await runtime.refresh_gauges()
+    assert asked == [1000.0, 1001.0] and runtime.gauges()[0].cache_usage == 0.2
     await runtime.stop()
