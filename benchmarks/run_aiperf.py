@@ -8,6 +8,8 @@ token, inter-token latency), read from the JSON it exports for each run. The ser
           --threads T --context-length C` (`--nimble-cmd` to change it)
   engine  benchmarks/engine_server.py: xllamacpp.Server alone on the same GGUF file (P slots,
           a whole window each, T threads), the engine nimble drives with nothing in front
+  nimble-base  another build of nimble (`--base-cmd`), to show a change against the code
+          before it in the same run
 
 One server runs at a time; the runs alternate (nimble, engine, nimble, engine, ...; `--rounds`)
 so that drift on a shared machine hits both alike, and every run is in the table. Each run:
@@ -26,6 +28,8 @@ checked against llama.cpp's own /tokenize before the first run.
 
     python benchmarks/run_aiperf.py                     # 2 rounds: nimble, engine, nimble, engine
     python benchmarks/run_aiperf.py --rounds 3 --requests 40 --concurrency 4
+    python benchmarks/run_aiperf.py --order nimble-base,nimble,engine --base-cmd \
+        '/usr/bin/env PYTHONPATH=/tmp/nimble-base {bin}/nimble serve --model {served} ...'
 
 Writes benchmarks/out/aiperf.md (every run, then nimble ÷ engine per round) and aiperf.json;
 aiperf's own exports per run under benchmarks/out/aiperf/<round>-<server>/.
@@ -215,9 +219,10 @@ def runs_table(runs: Sequence[Run]) -> list[str]:
     return lines
 
 
-def pairs_table(runs: Sequence[Run]) -> list[str]:
-    """nimble ÷ engine within each round (the two runs next to each other), then the
-    median over rounds; TTFT also as a difference in ms (the target is absolute)."""
+def pairs_table(runs: Sequence[Run], ours: str = "nimble") -> list[str]:
+    """`ours` (nimble, or nimble-base) ÷ engine within each round (the runs next to each
+    other), then the median over rounds; TTFT also as a difference in ms (the target is
+    absolute)."""
     head = [
         "round", "output tok/s ÷", "TTFT avg ÷", "TTFT avg diff (ms)", "TTFT p50 diff (ms)",
         "ITL avg ÷", "server CPU/token ÷",
@@ -227,7 +232,7 @@ def pairs_table(runs: Sequence[Run]) -> list[str]:
     rounds = sorted({r.round for r in runs})
     for number in rounds:
         pair = {r.server: r for r in runs if r.round == number and not r.failed}
-        nimble, engine = pair.get("nimble"), pair.get("engine")
+        nimble, engine = pair.get(ours), pair.get("engine")
         if nimble is None or engine is None:
             continue
         values = [
@@ -293,10 +298,11 @@ def server_command(name: str, settings: LlmSettings, port: int) -> list[str]:
         "threads": str(settings.threads),
         "ctx": str(settings.ctx),
     }
-    return [part.format(**values) for part in shlex.split(settings.nimble_cmd)]
+    command = settings.base_cmd if name == "nimble-base" else settings.nimble_cmd
+    return [part.format(**values) for part in shlex.split(command)]
 
 
-READY = {"nimble": "/v1/health/ready", "engine": "/health"}
+READY = {"nimble": "/v1/health/ready", "nimble-base": "/v1/health/ready", "engine": "/health"}
 
 
 async def warm_up(url: str) -> None:
@@ -416,6 +422,8 @@ def markdown(runs: Sequence[Run], info: Sequence[tuple[str, str]], plan: Plan) -
     lines = ["# nimble vs llama.cpp's server under aiperf", "", note, ""]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {rel(v)} |" for k, v in info] + [""]
     lines += [*runs_table(runs), "", "nimble ÷ engine, per round:", "", *pairs_table(runs)]
+    if any(r.server == "nimble-base" for r in runs):
+        lines += ["", "nimble-base ÷ engine, per round:", "", *pairs_table(runs, "nimble-base")]
     lines += ["", "Commands (first round):", ""]
     for r in runs:
         if r.round == runs[0].round:
@@ -459,6 +467,12 @@ def main() -> None:
         help="fields {bin} {served} {model} {port} {parallel} {threads} {ctx}",
     )
     parser.add_argument(
+        "--base-cmd",
+        default="",
+        help="nimble-base's command (another build), with --nimble-cmd's fields, e.g. "
+        "'/usr/bin/env PYTHONPATH=/tmp/nimble-base ' + the nimble command",
+    )
+    parser.add_argument(
         "--aiperf-arg",
         action="append",
         default=[],
@@ -477,9 +491,12 @@ def main() -> None:
     order = [n.strip() for n in args.order.split(",") if n.strip()]
     if any(n not in READY for n in order):
         parser.error(f"--order: choose from {sorted(READY)}")
+    if "nimble-base" in order and not args.base_cmd:
+        parser.error("nimble-base needs --base-cmd")
     settings = LlmSettings(
-        args.model.resolve(), args.threads, args.ctx, args.parallel, args.nimble_cmd
-    )
+        args.model.resolve(), args.threads, args.ctx, args.parallel, args.nimble_cmd,
+        args.base_cmd,
+    )  # fmt: skip
     plan = Plan(
         args.concurrency,
         args.requests,

@@ -5,7 +5,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from run_aiperf import Plan, Run, aiperf_args, pairs_table, read_metrics, runs_table
+from run_aiperf import (
+    Plan,
+    Run,
+    aiperf_args,
+    pairs_table,
+    read_metrics,
+    runs_table,
+    server_command,
+)
+from run_llm import Settings as LlmSettings
 
 PLAN = Plan(concurrency=4, requests=40, isl=128, osl=64, seed=0, quiet_below=10, quiet_max_wait=60)
 
@@ -79,3 +88,29 @@ def test_every_run_is_listed_and_nimble_is_divided_by_the_engine_of_its_round() 
 def test_a_run_without_numbers_shows_none() -> None:
     run = Run(1, "nimble", "cmd")
     assert math.isnan(run.output_tokens) and math.isnan(run.per_token_ms(1.0))
+
+
+def test_another_build_is_divided_by_the_engine_of_its_own_round() -> None:
+    runs = [
+        _run(1, "nimble-base", 80.0, 170.0, 30.0, 25.6),
+        _run(1, "nimble", 110.0, 160.0, 30.0, 25.6),
+        _run(1, "engine", 100.0, 150.0, 30.0, 25.6),
+    ]
+    assert (
+        pairs_table(runs, "nimble-base")[2] == "| 1 | 0.80x | 1.13x | +20 | +20 | 1.00x | 1.00x |"
+    )
+    assert pairs_table(runs)[2] == "| 1 | 1.10x | 1.07x | +10 | +10 | 1.00x | 1.00x |"
+
+
+def test_nimble_base_runs_its_own_command() -> None:
+    settings = LlmSettings(
+        Path("/m.gguf"),
+        2,
+        8192,
+        4,
+        "{bin}/nimble serve --port {port}",
+        "/usr/bin/env PYTHONPATH=/base {bin}/nimble serve --port {port}",
+    )
+    base = server_command("nimble-base", settings, 9)
+    assert base[:2] == ["/usr/bin/env", "PYTHONPATH=/base"] and base[-2:] == ["--port", "9"]
+    assert server_command("nimble", settings, 9)[0].endswith("/nimble")
