@@ -1,12 +1,12 @@
 """`nimble gateway`: settings → the gateway app (`nimble.gateway.app`) → uvicorn. On SIGTERM
 uvicorn stops taking connections and lets in-flight requests finish (up to
-`--drain-timeout`)."""
+`--drain-timeout`), then the process exits 0."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -24,6 +24,13 @@ class GatewayServer(uvicorn.Server):
 
     management: ManagementServer | None = None
 
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # uvicorn's own keeps the signal and raises it again once stopped (the process then
+        # dies of SIGTERM); after a graceful stop the gateway exits 0, as `nimble serve` does.
+        # A second signal stops at once.
+        self.force_exit = self.should_exit
+        self.should_exit = True
+
     async def serve(self, sockets: Any = None) -> None:
         side = asyncio.create_task(self.management.serve()) if self.management else None
         try:
@@ -39,7 +46,6 @@ def gateway(values: dict[str, Any]) -> int:
         settings = load_gateway_settings(**values)
         ssl = ssl_options(settings)
         configure_logging(settings.log_level, settings.jsonl_logging)
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per proxied request
         app = create_gateway_app(
             settings,
             tracing=configure_tracing(settings.otel_service_name, settings.otlp_endpoint),

@@ -37,7 +37,10 @@ from nimble.security.keys import KeyStore
 from nimble.version import __version__
 
 # the endpoints whose paths the gateway passes on to a replica
-PROXIED = ("chat", "messages", "completions", "embeddings", "ranking", "rerank", "tokenize")
+PROXIED = (
+    "chat", "messages", "completions", "embeddings", "ranking", "rerank", "classify",
+    "moderations", "tokenize",
+)  # fmt: skip
 
 
 def routing_policy(settings: GatewaySettings) -> RoutingPolicy:

@@ -21,6 +21,9 @@ _TASKS = {
     "/v1/ranking": "ranking",
     "/v1/rerank": "ranking",
     "/v2/rerank": "ranking",
+    "/v1/classify": "classify",
+    "/classify": "classify",
+    "/v1/moderations": "moderation",
 }
 # streams whose usage comes only when asked (`stream_options.include_usage`)
 _USAGE_ON_ASK = ("/v1/chat/completions", "/v1/completions")

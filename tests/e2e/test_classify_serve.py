@@ -1,7 +1,7 @@
 """Classification and moderation through a real `nimble serve`: a tiny classifier the test
 builds (no classifier ships with weights here) served from its Hugging Face folder
 (PyTorch) and from its ONNX export, side by side; the official `openai` client for
-/v1/moderations, httpx for /v1/classify."""
+/v1/moderations, httpx for /v1/classify; then the same through `nimble gateway`."""
 
 from __future__ import annotations
 
@@ -49,4 +49,16 @@ def test_classify_and_moderate_over_http(nimble_process: type, tmp_path: Path) -
     injection = moderation.results[3].categories.to_dict()
     assert injection == {"injection": True, "toxic": False}
     assert moderation.model == "clf-onnx" and moderation.id.startswith("modr-")
+    # through a gateway in front of the replica: the same answers
+    gateway = nimble_process(
+        ["--upstream", server.base_url, "--probe-interval", "0.1"], command="gateway"
+    ).wait_ready()
+    with httpx.Client(base_url=gateway.base_url, timeout=60) as http:
+        for path in ("/v1/classify", "/classify"):
+            response = http.post(path, json={"model": "clf", "input": texts})
+            assert response.status_code == 200, response.text
+            assert [d["label"] for d in response.json()["data"]] == expected
+    proxied = gateway.client().moderations.create(model="clf-onnx", input=texts)
+    assert [r.flagged for r in proxied.results] == [False] * 3 + [True] * 6
+    assert gateway.terminate() == 0
     assert server.terminate() == 0
