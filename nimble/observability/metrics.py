@@ -182,7 +182,7 @@ class Metrics:
         if record.dropped_tool_calls:
             dropped = self.tool_calls_dropped.labels(model, record.key_ref or "none")
             dropped.inc(len(record.dropped_tool_calls))
-        if record.task == "embedding":
+        if not _generated(record):
             return
         self.generation_tokens.labels(model).inc(record.completion_tokens)
         self.request_generation.labels(model).observe(record.completion_tokens)
@@ -202,6 +202,19 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# tasks that generate no tokens (the gateway names a rerank path's task "ranking")
+_NOT_GENERATIVE = frozenset({"embedding", "rerank", "ranking", "classify"})
+
+
+def _generated(record: RequestRecord) -> bool:
+    """Whether the request is one that generates tokens (a moderation does when a guard
+    model answers it, not when a classifier does): only those count in the generation
+    metrics, so that a rerank is not a request that generated 0 tokens."""
+    if record.task == "moderation":
+        return record.first_token_at is not None
+    return record.task not in _NOT_GENERATIVE
 
 
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})

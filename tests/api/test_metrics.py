@@ -47,6 +47,10 @@ async def test_counters_and_histograms_match_the_answers() -> None:
         embedded = (
             await client.post("/v1/embeddings", json={"model": FAKE_MODEL, "input": "a b"})
         ).json()
+        reranked = await client.post(
+            "/v1/rerank", json={"model": FAKE_MODEL, "query": "a", "documents": ["a b", "c"]}
+        )
+        assert reranked.status_code == 200, reranked.text
         assert (await client.get("/v1/nowhere")).status_code == 404
         assert (
             await client.post("/v1/chat/completions", json={"model": FAKE_MODEL})
@@ -54,27 +58,32 @@ async def test_counters_and_histograms_match_the_answers() -> None:
 
         m = await scrape(client)
         prompt = (
-            plain["usage"]["prompt_tokens"] + stream_usage[0] + embedded["usage"]["prompt_tokens"]
+            plain["usage"]["prompt_tokens"]
+            + stream_usage[0]
+            + embedded["usage"]["prompt_tokens"]
+            + reranked.json()["usage"]["total_tokens"]
         )
         generated = plain["usage"]["completion_tokens"] + stream_usage[1]
         assert m[model_sample("prompt_tokens_total")] == prompt
         assert m[model_sample("generation_tokens_total")] == generated
         assert m[model_sample("request_finish_total", finish_reason="length")] == 1  # max_tokens 4
         assert m[model_sample("request_finish_total", finish_reason="stop")] == 1
-        # generation histograms: the two chat requests; latency and queue: all three
+        # generation histograms: the two chat requests (an embedding or a rerank generates
+        # nothing); latency and queue: all four
         assert m[model_sample("time_to_first_token_seconds_count")] == 2
         assert m[model_sample("time_per_output_token_seconds_count")] == 2
         assert m[model_sample("request_generation_tokens_count")] == 2
         assert m[model_sample("request_generation_tokens_sum")] == generated
         assert m[model_sample("request_prompt_tokens_sum")] == prompt
-        assert m[model_sample("e2e_request_latency_seconds_count")] == 3
-        assert m[model_sample("request_queue_time_seconds_count")] == 3
+        assert m[model_sample("e2e_request_latency_seconds_count")] == 4
+        assert m[model_sample("request_queue_time_seconds_count")] == 4
         assert m[model_sample("e2e_request_latency_seconds_sum")] > 0
         # HTTP status counts by endpoint name
         http = 'nimble_http_requests_total{{endpoint="{}",method="{}",status="{}"}}'
         assert m[http.format("chat", "POST", "200")] == 2
         assert m[http.format("chat", "POST", "400")] == 1
         assert m[http.format("embeddings", "POST", "200")] == 1
+        assert m[http.format("rerank", "POST", "200")] == 1
         assert m[http.format("other", "GET", "404")] == 1
         # gauges
         assert m[model_sample("num_request_max")] == 4
