@@ -64,3 +64,8 @@ def configure_logging(level: str, jsonl: bool) -> None:
         logging.getLogger(name).propagate = True
     # our access log replaces uvicorn's (it carries the request id)
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx writes a line per request at INFO: each proxied request (gateway), each call to
+    # an engine's own server (llama.cpp's /slots at every metrics scrape, vLLM's stream);
+    # the access log already has the request; at DEBUG they show
+    quiet = root.level > logging.DEBUG
+    logging.getLogger("httpx").setLevel(logging.WARNING if quiet else logging.NOTSET)

@@ -96,3 +96,21 @@ async def test_log_prompts_setting_logs_them() -> None:
     messages = [str(e["message"]) for e in lines(buffer)]
     assert any(SECRET in m for m in messages)
     assert any(completion in m for m in messages)
+
+
+def test_httpx_lines_only_at_debug() -> None:
+    """httpx writes a line per request at INFO (each call to an engine's own server, each
+    proxied request): nimble's access line already has the request, so they show at DEBUG
+    only."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging("info", jsonl=False)
+        assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+        assert logging.getLogger("httpx").isEnabledFor(logging.WARNING)
+        configure_logging("debug", jsonl=False)
+        assert logging.getLogger("httpx").isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        logging.getLogger("httpx").setLevel(logging.NOTSET)
