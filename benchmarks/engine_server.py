@@ -29,7 +29,7 @@ def build_params(args: argparse.Namespace) -> Any:
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
     params.ui = False
-    params.verbosity = 1  # errors only
+    params.verbosity = 3 if args.verbose else 1  # info (a timing line per request) or errors
     return params
 
 
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--ctx", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--verbose", action="store_true", help="llama.cpp's info log")
     args = parser.parse_args()
 
     server = xllamacpp.Server(build_params(args))

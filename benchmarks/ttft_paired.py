@@ -8,7 +8,19 @@ request i goes to both, with the same prompt, so each pair sees the same machine
 Reported: each server's TTFT p50, and the median of the per-pair differences (nimble minus
 engine) with a bootstrap 95% interval.
 
-    python benchmarks/ttft_paired.py --pairs 200     # writes benchmarks/out/ttft.md
+    python benchmarks/ttft_paired.py --pairs 200     # writes benchmarks/out/ttft.{md,json}
+
+`--split` also starts both servers with llama.cpp's own log on and reads, for every request,
+the time llama.cpp spent reading the prompt (its `prompt eval time` line): each TTFT is then
+split into that prefill and the rest (HTTP, templating, the serving layer, the first decode
+step), and the pairs are compared part by part. The prefill is the same computation in both
+servers; on a small shared machine its speed drifts by more than the 10 ms asked of TTFT
+within minutes, and the rest is the part the serving layer owns. `--prompts-from` takes
+aiperf's `inputs.json` (its synthetic ~128-token prompts) instead of loadgen's short ones, and
+`--pin SERVER:CLIENT` puts both servers on the CPUs SERVER and this client on CLIENT:
+
+    python benchmarks/ttft_paired.py --pairs 100 --threads 1 --pin 0:1 --split \
+        --prompts-from benchmarks/results/2026-12-03/aiperf_ttft_pinned_c1/inputs.json
 """
 
 from __future__ import annotations
@@ -17,11 +29,15 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import json
+import os
 import random
+import re
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -30,6 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from loadgen import chat_body, first_model, prompts, stream_one  # noqa: E402
+from run_aiperf import parse_pin, pinned  # noqa: E402
 from run_llm import (  # noqa: E402
     DEFAULT_MODEL,
     NIMBLE_CMD,
@@ -45,13 +62,67 @@ GAP_S = 0.05  # between requests: llama.cpp's threads stop polling for work befo
 WARMUP = 4  # pairs sent first and not counted
 
 
-def start(name: str, settings: Settings) -> tuple[subprocess.Popen[bytes], str, Path]:
+# llama.cpp's line at the end of each request's prompt (info log), one per request
+PROMPT_EVAL = re.compile(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens")
+LOG_FLAGS = {"nimble": ["--engine-log"], "engine": ["--verbose"]}
+Server = tuple[subprocess.Popen[bytes], str, Path]
+Measured = dict[str, dict[str, list[float]]]  # what -> server -> one value per pair (ms)
+
+
+@dataclass(frozen=True)
+class Options:
+    pairs: int
+    max_tokens: int
+    split: bool = False  # read llama.cpp's prefill time per request from its log
+    server_cpus: str = ""  # taskset CPU list for both servers ("": any)
+    texts: tuple[str, ...] = ()  # prompts to cycle through (empty: loadgen's)
+
+
+def start(name: str, settings: Settings, options: Options) -> Server:
     target, port = TARGETS[name], free_port()
     log = OUT / f"ttft-{name}.log"
-    argv = target.command(settings, port)
+    argv = target.command(settings, port) + (LOG_FLAGS[name] if options.split else [])
     with log.open("wb") as sink:  # the child keeps its own copy of the file
-        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            pinned(options.server_cpus, argv), stdout=sink, stderr=subprocess.STDOUT
+        )
     return proc, f"http://127.0.0.1:{port}", log
+
+
+def prompt_texts(options: Options, count: int) -> list[str]:
+    """`count` distinct prompts: loadgen's, or the given ones cycled, each with its number
+    first (no two share more than the chat template's prefix)."""
+    if not options.texts:
+        return prompts(count)
+    return [f"(request {i + 1}) {options.texts[i % len(options.texts)]}" for i in range(count)]
+
+
+def aiperf_texts(path: Path) -> tuple[str, ...]:
+    """The user messages of aiperf's `inputs.json` (its export of the payloads it sent)."""
+    data = json.loads(path.read_text())
+    return tuple(
+        str(payload["messages"][0]["content"])
+        for session in data["data"]
+        for payload in session["payloads"]
+    )
+
+
+def prefill_times(log_text: str, count: int) -> list[float]:
+    """llama.cpp's prompt time (ms) of the last `count` requests in a server's log, in order.
+    Anything the server ran before them (nimble's warm-up at load) comes first and is left."""
+    times = [float(m.group(1)) for m in PROMPT_EVAL.finditer(log_text)]
+    if len(times) < count:
+        raise RuntimeError(f"{len(times)} prompt timings in the log, {count} requests sent")
+    return times[-count:]
+
+
+def cpu_list(value: str) -> set[int]:
+    """taskset's CPU list (`0`, `0-1`, `0,2`) as a set, for sched_setaffinity."""
+    cpus: set[int] = set()
+    for part in value.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
 
 
 def bootstrap(diffs: list[float], rounds: int = 2000) -> tuple[float, float]:
@@ -61,29 +132,31 @@ def bootstrap(diffs: list[float], rounds: int = 2000) -> tuple[float, float]:
 
 
 async def alternate(
-    clients: dict[str, httpx.AsyncClient], pairs: int, max_tokens: int
+    clients: dict[str, httpx.AsyncClient], options: Options
 ) -> dict[str, list[float]]:
-    """Each prompt to every server, one request at a time, in a shuffled order: TTFTs (ms)."""
+    """Each prompt to every server, one request at a time, in a shuffled order: TTFTs (ms),
+    warm-up pairs included (the first WARMUP)."""
     models = {name: await first_model(client) for name, client in clients.items()}
     ttft: dict[str, list[float]] = {name: [] for name in clients}
     order = list(clients)
-    for i, text in enumerate(prompts(pairs + WARMUP)):
+    for i, text in enumerate(prompt_texts(options, options.pairs + WARMUP)):
         random.Random(i).shuffle(order)
         for name in order:
-            result = await stream_one(clients[name], chat_body(models[name], text, max_tokens))
+            body = chat_body(models[name], text, options.max_tokens)
+            result = await stream_one(clients[name], body)
             if not result.ok or result.ttft is None:
                 raise RuntimeError(f"{name}: {result.error}")
-            if i >= WARMUP:
-                ttft[name].append(result.ttft * 1000)
+            ttft[name].append(result.ttft * 1000)
             time.sleep(GAP_S)  # nothing else runs here; the loop may as well block
     return ttft
 
 
-async def run(settings: Settings, pairs: int, max_tokens: int) -> str:
-    servers: dict[str, tuple[subprocess.Popen[bytes], str, Path]] = {}
+async def run(settings: Settings, options: Options) -> Measured:
+    """Both servers up, the pairs sent; the measurements, per request (warm-up left out)."""
+    servers: dict[str, Server] = {}
     try:
         for name in ("nimble", "engine"):
-            servers[name] = start(name, settings)  # stopped below even if the next fails
+            servers[name] = start(name, settings, options)  # stopped below if the next fails
         for name, (proc, url, log) in servers.items():
             await wait_ready(proc, url + TARGETS[name].ready_path, log)
         async with contextlib.AsyncExitStack() as stack:
@@ -93,48 +166,96 @@ async def run(settings: Settings, pairs: int, max_tokens: int) -> str:
                 )
                 for name, (_, url, _) in servers.items()
             }
-            ttft = await alternate(clients, pairs, max_tokens)
+            ttft = await alternate(clients, options)
     finally:
         for proc, _, _ in servers.values():
             stop(proc)
-    diffs = [a - b for a, b in zip(ttft["nimble"], ttft["engine"], strict=True)]
+    sent = options.pairs + WARMUP
+    result: Measured = {
+        "ttft_ms": {name: v[WARMUP:] for name, v in ttft.items()},
+    }
+    if options.split:
+        result["prefill_ms"] = {
+            name: prefill_times(log.read_text(errors="replace"), sent)[WARMUP:]
+            for name, (_, _, log) in servers.items()
+        }
+    return result
+
+
+def compare(label: str, values: dict[str, list[float]]) -> list[str]:
+    """A table row per server (p50, p95) and the paired difference, nimble minus engine."""
+    diffs = [a - b for a, b in zip(values["nimble"], values["engine"], strict=True)]
     low, high = bootstrap(diffs)
+    return [
+        f"| {label} | {name} | {statistics.median(v):.1f} | "
+        f"{sorted(v)[int(0.95 * (len(v) - 1))]:.1f} |"
+        for name, v in values.items()
+    ] + [
+        f"| {label} | nimble - engine, median of the pairs | {statistics.median(diffs):+.1f} "
+        f"(95% interval {low:+.1f} .. {high:+.1f}) | |"
+    ]
+
+
+def report(settings: Settings, options: Options, result: Measured) -> str:
+    ttft = result["ttft_ms"]
+    parts = [("TTFT", ttft)]
+    if "prefill_ms" in result:
+        prefill = result["prefill_ms"]
+        rest = {
+            name: [t - p for t, p in zip(ttft[name], prefill[name], strict=True)] for name in ttft
+        }
+        parts += [("llama.cpp's prefill", prefill), ("TTFT - prefill", rest)]
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    prompts_from = f"{len(options.texts)} given prompts" if options.texts else "loadgen's prompts"
+    pin = f", servers on CPUs {options.server_cpus}" if options.server_cpus else ""
     return "\n".join(
         [
             f"# TTFT at one stream, paired ({when})",
             "",
-            f"{pairs} pairs, max_tokens {max_tokens}, {settings.threads} threads, "
-            f"model {settings.model.name}",
+            f"{options.pairs} pairs, max_tokens {options.max_tokens}, {settings.threads} "
+            f"threads, model {settings.model.name}, {prompts_from}{pin}",
             "",
-            "| server | TTFT p50 ms | TTFT p95 ms |",
-            "|---|---|---|",
-            *(
-                f"| {name} | {statistics.median(v):.1f} | "
-                f"{sorted(v)[int(0.95 * (len(v) - 1))]:.1f} |"
-                for name, v in ttft.items()
-            ),
-            "",
-            f"nimble - engine, median of the pairs: {statistics.median(diffs):+.1f} ms "
-            f"(95% interval {low:+.1f} .. {high:+.1f} ms)",
+            "| what | server | p50 ms | p95 ms |",
+            "|---|---|---|---|",
+            *(row for label, values in parts for row in compare(label, values)),
             "",
         ]
     )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--nimble-cmd", default=NIMBLE_CMD, help="as in run_llm.py")
+    parser.add_argument(
+        "--split", action="store_true", help="split each TTFT into llama.cpp's prefill and rest"
+    )
+    parser.add_argument("--prompts-from", type=Path, help="aiperf's inputs.json")
+    parser.add_argument("--pin", type=parse_pin, help="SERVER:CLIENT CPU lists, e.g. 0:1")
+    parser.add_argument("--out", default="ttft", help="name of the report in benchmarks/out/")
     args = parser.parse_args()
     settings = Settings(args.model.resolve(), args.threads, 8192, 8, args.nimble_cmd)
+    server_cpus, client_cpus = args.pin or ("", "")
+    if client_cpus:
+        os.sched_setaffinity(0, cpu_list(client_cpus))
+    options = Options(
+        pairs=args.pairs,
+        max_tokens=args.max_tokens,
+        split=args.split,
+        server_cpus=server_cpus,
+        texts=aiperf_texts(args.prompts_from) if args.prompts_from else (),
+    )
     OUT.mkdir(exist_ok=True)
-    report = asyncio.run(run(settings, args.pairs, args.max_tokens))
-    (OUT / "ttft.md").write_text(report)
-    print(report)
+    result = asyncio.run(run(settings, options))
+    text = report(settings, options, result)
+    (OUT / f"{args.out}.md").write_text(text)
+    (OUT / f"{args.out}.json").write_text(json.dumps(result, indent=1))
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,82 @@
+"""Unit tests of ttft_paired's pure parts: `pytest benchmarks` (no server needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from run_llm import Settings
+from ttft_paired import (
+    Options,
+    aiperf_texts,
+    cpu_list,
+    prefill_times,
+    prompt_texts,
+    report,
+)
+
+# llama.cpp's info log as nimble --engine-log prints it: its warm-up at load, then requests
+LOG = """\
+0.04.514.368 I slot launch_slot_: id  3 | task 0 | processing task, is_child = 0
+0.04.531.869 I slot print_timing: id  3 | task 0 | prompt eval time =      16.93 ms /     1 \
+tokens (   16.93 ms per token,    59.08 tokens per second)
+0.04.531.900 I        eval time =       0.00 ms /     1 tokens
+0.08.037.313 I slot print_timing: id  2 | task 2 | prompt eval time =    1304.19 ms /   165 \
+tokens (    7.90 ms per token,   126.52 tokens per second)
+0.09.197.442 I slot print_timing: id  2 | task 4 | prompt eval time =    1084.79 ms /   134 \
+tokens (    8.10 ms per token,   123.53 tokens per second)
+"""
+
+
+def test_prefill_times_are_the_last_requests_in_order() -> None:
+    assert prefill_times(LOG, 2) == [1304.19, 1084.79]
+    assert prefill_times(LOG, 3) == [16.93, 1304.19, 1084.79]
+
+
+def test_too_few_timings_in_the_log_is_an_error_not_a_shifted_pairing() -> None:
+    with pytest.raises(RuntimeError, match="3 prompt timings in the log, 4 requests sent"):
+        prefill_times(LOG, 4)
+
+
+def test_given_prompts_are_cycled_and_made_distinct() -> None:
+    texts = prompt_texts(Options(pairs=3, max_tokens=1, texts=("a b", "c d")), 3)
+    assert texts == ["(request 1) a b", "(request 2) c d", "(request 3) a b"]
+    own = prompt_texts(Options(pairs=3, max_tokens=1), 3)
+    assert len(set(own)) == 3 and not own[0].startswith("(request")
+
+
+def test_aiperf_inputs_give_their_user_messages(tmp_path: Path) -> None:
+    inputs = {
+        "data": [
+            {"session_id": "s1", "payloads": [{"messages": [{"role": "user", "content": "x y"}]}]},
+            {"session_id": "s2", "payloads": [{"messages": [{"role": "user", "content": "z"}]}]},
+        ]
+    }
+    path = tmp_path / "inputs.json"
+    path.write_text(json.dumps(inputs))
+    assert aiperf_texts(path) == ("x y", "z")
+
+
+def test_cpu_lists_as_taskset_writes_them() -> None:
+    assert cpu_list("0") == {0}
+    assert cpu_list("0-2,5") == {0, 1, 2, 5}
+
+
+def test_the_report_splits_ttft_into_prefill_and_the_rest() -> None:
+    result = {
+        "ttft_ms": {"nimble": [110.0, 130.0, 120.0], "engine": [100.0, 125.0, 118.0]},
+        "prefill_ms": {"nimble": [100.0, 120.0, 110.0], "engine": [92.0, 117.0, 110.0]},
+    }
+    settings = Settings(Path("/m.gguf"), 1, 8192, 8, "")
+    text = report(settings, Options(pairs=3, max_tokens=1, split=True, server_cpus="0"), result)
+    lines = text.splitlines()
+    assert "servers on CPUs 0" in lines[2]
+    diffs = [line for line in lines if "median of the pairs" in line]
+    # TTFT 10, 5, 2 -> +5; prefill 8, 3, 0 -> +3; the rest 2, 2, 2 -> +2
+    assert [d.split("|")[1].strip() for d in diffs] == [
+        "TTFT",
+        "llama.cpp's prefill",
+        "TTFT - prefill",
+    ]
+    assert [d.split("|")[3].split()[0] for d in diffs] == ["+5.0", "+3.0", "+2.0"]
