@@ -80,3 +80,12 @@ def test_the_report_splits_ttft_into_prefill_and_the_rest() -> None:
         "TTFT - prefill",
     ]
     assert [d.split("|")[3].split()[0] for d in diffs] == ["+5.0", "+3.0", "+2.0"]
+
+
+def test_without_split_the_report_has_ttft_only() -> None:
+    result = {"ttft_ms": {"nimble": [110.0, 130.0], "engine": [100.0, 126.0]}}
+    settings = Settings(Path("/m.gguf"), 2, 8192, 8, "")
+    text = report(settings, Options(pairs=2, max_tokens=8), result)
+    assert "loadgen's prompts" in text and "servers on CPUs" not in text
+    diffs = [line for line in text.splitlines() if "median of the pairs" in line]
+    assert len(diffs) == 1 and diffs[0].startswith("| TTFT |")
