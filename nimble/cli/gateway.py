@@ -63,6 +63,7 @@ def gateway(values: dict[str, Any]) -> int:
             lifespan="on",
             http="httptools",
             timeout_graceful_shutdown=int(settings.drain_timeout) or None,
+            timeout_keep_alive=settings.keep_alive,
             **ssl,
         )
     )
@@ -78,6 +79,7 @@ def gateway(values: dict[str, Any]) -> int:
                 log_config=None,
                 access_log=False,
                 lifespan="off",
+                timeout_keep_alive=settings.keep_alive,
             ),
             sock,
         )

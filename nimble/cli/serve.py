@@ -151,6 +151,7 @@ def serve(values: dict[str, Any]) -> int:
         lifespan="on",
         http="httptools",  # C parser: less Python per request than h11 (a dependency)
         timeout_graceful_shutdown=1,
+        timeout_keep_alive=settings.keep_alive,  # longer than clients keep theirs (the setting)
         **ssl,
     )
     server = NimbleServer(config, runtime, settings.drain_timeout)
@@ -186,6 +187,7 @@ def serve(values: dict[str, Any]) -> int:
                 log_config=None,
                 access_log=False,
                 lifespan="off",
+                timeout_keep_alive=settings.keep_alive,
             ),
             sock,
         )

@@ -57,6 +57,13 @@ class ServiceSettings(BaseSettings):
         ge=0,
         description="Seconds that in-flight requests may take to finish after SIGTERM.",
     )
+    keep_alive: int = Field(
+        default=75,
+        ge=1,
+        description="Seconds an idle client connection is kept open. Longer than clients and "
+        "load balancers keep theirs (openai/httpx 5, AWS ALB 60), so a client never reuses "
+        "a connection just as the server closes it (a reset request).",
+    )
 
     # --- logging ---
     log_level: Literal["debug", "info", "warning", "error"] = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -11,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -119,3 +120,15 @@ def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NimbleP
         yield process.wait_ready()
     finally:
         process.terminate()
+
+
+def idle_connection(url: str) -> socket.socket:
+    """A connection that has had one answered request (GET /v1/health/live) and is idle."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request("GET", "/v1/health/live")
+    response = connection.getresponse()
+    assert response.status == 200 and response.read()
+    assert response.getheader("connection", "keep-alive").lower() != "close"
+    assert connection.sock is not None
+    return cast(socket.socket, connection.sock)

@@ -4,6 +4,7 @@ trustme), the management port, and API key reload on SIGHUP. Fake engine: no wei
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import ssl
@@ -19,7 +20,7 @@ import trustme
 import yaml
 
 from nimble.security.keys import hash_key
-from tests.e2e.conftest import NimbleProcess, free_port
+from tests.e2e.conftest import NimbleProcess, free_port, idle_connection
 
 pytestmark = [pytest.mark.e2e]
 
@@ -169,6 +170,41 @@ def test_management_port_follows_the_drain(
     assert server.proc.wait(timeout=60) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(ready, timeout=5)
+
+
+def test_an_idle_connection_outlives_the_clients_pool(
+    nimble_process: type[NimbleProcess],
+) -> None:
+    """The openai client (httpx) keeps an idle connection for 5 s and then drops it; a
+    server that closes at 5 s too (uvicorn's default) closes some just as the client sends
+    its next request on them: that request fails with a connection reset (seen in CI). The
+    server keeps an idle connection past the client's 5 s, and reuses it after."""
+    expiry = openai._constants.DEFAULT_CONNECTION_LIMITS.keepalive_expiry
+    assert expiry is not None
+    server = nimble_process(["--model", "fake"]).wait_ready()
+    sock = idle_connection(server.base_url)
+    readable, _, _ = select.select([sock], [], [], expiry + 1.0)
+    assert readable == []  # not closed (nor anything sent)
+    sock.sendall(b"GET /v1/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    sock.close()
+
+
+def test_keep_alive_closes_idle_connections_on_both_ports(
+    nimble_process: type[NimbleProcess],
+) -> None:
+    """--keep-alive N: an idle connection is closed by the server after N seconds, on the
+    API port and on the management port."""
+    management = free_port()
+    args = ["--model", "fake", "--keep-alive", "1", "--management-port", str(management)]
+    server = nimble_process(args).wait_ready()
+    for url in (server.base_url, f"http://127.0.0.1:{management}"):
+        sock = idle_connection(url)
+        idle = time.monotonic()
+        readable, _, _ = select.select([sock], [], [], 30)
+        assert readable == [sock] and sock.recv(1) == b""  # closed by the server
+        assert time.monotonic() - idle >= 0.9  # uvicorn's timer, not at once
+        sock.close()
 
 
 def test_sighup_reloads_api_keys(tmp_path: Path, nimble_process: type[NimbleProcess]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from nimble.security.keys import hash_key
-from tests.e2e.conftest import NimbleProcess, free_port
+from tests.e2e.conftest import NimbleProcess, free_port, idle_connection
 
 pytestmark = pytest.mark.e2e
 
@@ -391,3 +392,17 @@ def test_a_stored_response_is_found_on_the_replica_that_holds_it(
     created = next(event for event in events if event.type == "response.created")
     for _ in range(2):
         assert client.responses.retrieve(created.response.id).id == created.response.id
+
+
+def test_keep_alive_closes_idle_connections(
+    pair: tuple[NimbleProcess, ...], nimble_process: type[NimbleProcess]
+) -> None:
+    """The gateway's --keep-alive reaches its server: an idle connection closes after 1 s
+    (its default outlives the clients' pools, as `nimble serve`'s: tests/e2e/test_transport)."""
+    gateway = gateway_of(nimble_process, pair[0], args=("--keep-alive", "1"))
+    sock = idle_connection(gateway.base_url)
+    idle = time.monotonic()
+    readable, _, _ = select.select([sock], [], [], 30)
+    assert readable == [sock] and sock.recv(1) == b""  # closed by the gateway
+    assert time.monotonic() - idle >= 0.9
+    sock.close()

@@ -588,7 +588,14 @@ def main() -> None:
         worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
         note({"worker": worker.pid})
     time.sleep(float(os.environ.get("STANDIN_STARTUP_DELAY", "0")))  # a slow model load
-    uvicorn.run(build(args), host=args.host, port=args.port, log_level="warning")
+    keep_alive = int(os.environ.get("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "5"))  # as vLLM reads it
+    uvicorn.run(
+        build(args),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_keep_alive=keep_alive,
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import pytest
 from nimble.engines.config import EngineConfig
 from nimble.engines.vllm import engine as vllm_server
 from nimble.engines.vllm import supervisor
-from nimble.engines.vllm.engine import VllmEngine
+from nimble.engines.vllm.engine import POOL_IDLE, VllmEngine
 from nimble.engines.vllm.supervisor import RestartPolicy
 from nimble.engines.vllm.wire import (
     chat_logprobs,
@@ -218,7 +218,14 @@ def test_the_process_sees_only_the_gpus_nimble_placed_it_on(tmp_path: Path) -> N
     assert launch.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # NVML's numbering
     assert flag_values(list(launch.argv))["--max-num-seqs"] == "32"  # the operator's wins
     alone = VllmEngine(spec(tmp_path), EngineConfig(engine_command=COMMAND))._launch()
-    assert set(alone.env) == {"VLLM_API_KEY"}  # not placed: every visible GPU
+    assert "CUDA_VISIBLE_DEVICES" not in alone.env  # not placed: every visible GPU
+
+
+def test_vllm_keeps_idle_connections_longer_than_nimbles_pool(tmp_path: Path) -> None:
+    """vLLM's keep-alive (5 s by default) against httpx's pool (5 s): a connection vLLM
+    closes just as nimble reuses it fails that request. nimble's pool lets go first."""
+    launch = VllmEngine(spec(tmp_path), EngineConfig(engine_command=COMMAND))._launch()
+    assert float(launch.env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"]) >= 10 * POOL_IDLE
 
 
 # requests

@@ -585,6 +585,9 @@ def _client(server: Any, secret: str) -> httpx.AsyncClient:
         base_url=server.listening_address,
         headers={"Authorization": f"Bearer {secret}"},
         timeout=60.0,
+        # llama.cpp (cpp-httplib) closes an idle connection after 5 s: the pool lets go of
+        # it first, never reusing one the server is closing
+        limits=httpx.Limits(keepalive_expiry=2.0),
         trust_env=False,  # never send this to a proxy
     )
 

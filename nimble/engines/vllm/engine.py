@@ -4,9 +4,12 @@ How it works
 - `start()` launches `engine_command` (default `vllm serve`) with the model folder, a free
   loopback port, the served name and the profile's settings as vLLM flags (`vllm_wire`).
   A random API key reaches it through `VLLM_API_KEY` (never argv, so `ps` does not show
-  it). Its output goes to nimble's log (every line with `engine_log`; the last lines are
-  kept for error messages). `/health` is polled, with a progress line every 10 s: loading a
-  large model takes minutes. A process that exits while starting, or a start beyond
+  it), and `VLLM_HTTP_TIMEOUT_KEEP_ALIVE` keeps its idle connections open well past the
+  POOL_IDLE seconds nimble's pool keeps them: with vLLM's 5 s against httpx's 5 s, a
+  connection vLLM closes as nimble reuses it fails that request. Its output goes to
+  nimble's log (every line with `engine_log`; the last lines are kept for error messages).
+  `/health` is polled, with a progress line every 10 s: loading a large model takes
+  minutes. A process that exits while starting, or a start beyond
   `engine_start_timeout`, is a ModelLoadError with the exit code and the last lines. The
   weight files are hashed in a thread meanwhile.
 - Requests go to vLLM's OpenAI API, always streamed (`llamacpp_wire` builds the same body
@@ -86,6 +89,8 @@ from nimble.types import (
 
 RESTARTS = RestartPolicy()  # backoff 1, 2, 4 ... 30 s; 5 restarts in 10 minutes
 _CACHE_GAUGES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+POOL_IDLE = 5.0  # seconds nimble keeps an idle connection to vLLM (httpx's default)
+SERVER_IDLE = {"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "60"}  # vLLM's side: far longer (its default: 5)
 _TEMPLATE_SLACK, _MESSAGE_SLACK = 256, 16  # tokens a chat template may add (prompt_tokens_bound)
 _HINT = "pip install 'nimble[gpu]' (vLLM, on a machine with an NVIDIA GPU)"
 
@@ -133,7 +138,9 @@ class VllmEngine:
         # no proxies from the environment: every request goes to 127.0.0.1
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, read=None),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            limits=httpx.Limits(
+                max_connections=None, max_keepalive_connections=64, keepalive_expiry=POOL_IDLE
+            ),
             trust_env=False,
         )
         hashing = asyncio.create_task(asyncio.to_thread(weight_files, self.spec.weights))
@@ -452,7 +459,7 @@ class VllmEngine:
         if config.chat_template:  # vLLM takes the template text itself, too
             args += ["--chat-template", config.chat_template]
         args += self._lora.args()
-        env = {"VLLM_API_KEY": self._key, **gpu_env(spec), **self._lora.env()}
+        env = {"VLLM_API_KEY": self._key, **gpu_env(spec), **self._lora.env(), **SERVER_IDLE}
         return Launch([*self._command, *args], env)
 
     async def _probe(self) -> bool:
