@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address=args.address, log_to_driver=False)
     serve.start(
         proxy_location=args.proxy_location,
-        http_options={"host": settings.host, "port": settings.port},
+        http_options={
+            "host": settings.host,
+            "port": settings.port,
+            "keep_alive_timeout_s": settings.keep_alive,
+        },
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import openai
 import pytest
 
 from tests.conftest import chat_body, fake_service
-from tests.e2e.conftest import CHAT_MODEL, EMBED_MODEL, free_port
+from tests.e2e.conftest import CHAT_MODEL, EMBED_MODEL, free_port, idle_connection
 
 with warnings.catch_warnings():  # Ray's modules warn at import (pydantic v1-style fields)
     warnings.simplefilter("ignore")
@@ -139,6 +140,7 @@ def deployed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     args = [
         "--address", cluster.address, "--proxy-location", "HeadOnly",
         "--model", "fake", "--set", f"port={port}", "--set", f"fake_token_delay={TOKEN_DELAY}",
+        "--set", "keep_alive=2",
         "--min-replicas", "1", "--max-replicas", "2", "--target-ongoing-requests", "2",
         "--upscale-delay-s", "0.5", "--downscale-delay-s", "2",
         "--metrics-interval-s", "0.5", "--look-back-period-s", "2",
@@ -287,3 +289,14 @@ def test_real_weights_through_ray(deployed: RayNimble) -> None:
         assert len(vectors.data[0].embedding) == 384
     finally:
         serve.delete("real")
+
+
+def test_keep_alive_reaches_rays_proxy(deployed: RayNimble) -> None:
+    """`keep_alive` is the idle timeout of Ray's HTTP proxy too: an idle connection is closed
+    after 2 s (the fixture's), not Ray's own 90."""
+    sock = idle_connection(deployed.base_url)
+    idle = time.monotonic()
+    readable, _, _ = select.select([sock], [], [], 30)
+    assert readable == [sock] and sock.recv(1) == b""  # closed by the proxy
+    assert time.monotonic() - idle >= 1.9
+    sock.close()
