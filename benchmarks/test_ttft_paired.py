@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from ttft_paired import (
     Options,
     aiperf_texts,
     cpu_list,
+    parse_env,
     prefill_times,
     prompt_texts,
     report,
@@ -89,3 +91,18 @@ def test_without_split_the_report_has_ttft_only() -> None:
     assert "loadgen's prompts" in text and "servers on CPUs" not in text
     diffs = [line for line in text.splitlines() if "median of the pairs" in line]
     assert len(diffs) == 1 and diffs[0].startswith("| TTFT |")
+
+
+def test_nimble_env_is_parsed_and_named_in_the_report() -> None:
+    assert parse_env("LD_PRELOAD=/usr/lib/libjemalloc.so.2") == (
+        "LD_PRELOAD",
+        "/usr/lib/libjemalloc.so.2",
+    )
+    assert parse_env("EMPTY=") == ("EMPTY", "")
+    for bad in ("NOVALUE", "=x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_env(bad)
+    result = {"ttft_ms": {"nimble": [110.0], "engine": [100.0]}}
+    options = Options(pairs=1, max_tokens=8, nimble_env=(("LD_PRELOAD", "libjemalloc.so.2"),))
+    text = report(Settings(Path("/m.gguf"), 1, 8192, 8, ""), options, result)
+    assert "nimble with LD_PRELOAD=libjemalloc.so.2" in text.splitlines()[2]

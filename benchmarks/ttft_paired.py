@@ -76,15 +76,17 @@ class Options:
     split: bool = False  # read llama.cpp's prefill time per request from its log
     server_cpus: str = ""  # taskset CPU list for both servers ("": any)
     texts: tuple[str, ...] = ()  # prompts to cycle through (empty: loadgen's)
+    nimble_env: tuple[tuple[str, str], ...] = ()  # set for nimble's server only
 
 
 def start(name: str, settings: Settings, options: Options) -> Server:
     target, port = TARGETS[name], free_port()
     log = OUT / f"ttft-{name}.log"
     argv = target.command(settings, port) + (LOG_FLAGS[name] if options.split else [])
+    env = {**os.environ, **dict(options.nimble_env)} if name == "nimble" else None
     with log.open("wb") as sink:  # the child keeps its own copy of the file
         proc = subprocess.Popen(
-            pinned(options.server_cpus, argv), stdout=sink, stderr=subprocess.STDOUT
+            pinned(options.server_cpus, argv), stdout=sink, stderr=subprocess.STDOUT, env=env
         )
     return proc, f"http://127.0.0.1:{port}", log
 
@@ -208,6 +210,7 @@ def report(settings: Settings, options: Options, result: Measured) -> str:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     prompts_from = f"{len(options.texts)} given prompts" if options.texts else "loadgen's prompts"
     pin = f", servers on CPUs {options.server_cpus}" if options.server_cpus else ""
+    pin += "".join(f", nimble with {key}={value}" for key, value in options.nimble_env)
     return "\n".join(
         [
             f"# TTFT at one stream, paired ({when})",
@@ -221,6 +224,13 @@ def report(settings: Settings, options: Options, result: Measured) -> str:
             "",
         ]
     )
+
+
+def parse_env(value: str) -> tuple[str, str]:
+    key, sep, setting = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError("write KEY=VALUE")
+    return key, setting
 
 
 def main() -> None:
@@ -238,6 +248,14 @@ def main() -> None:
     parser.add_argument("--prompts-from", type=Path, help="aiperf's inputs.json")
     parser.add_argument("--pin", type=parse_pin, help="SERVER:CLIENT CPU lists, e.g. 0:1")
     parser.add_argument("--out", default="ttft", help="name of the report in benchmarks/out/")
+    parser.add_argument(
+        "--nimble-env",
+        action="append",
+        type=parse_env,
+        default=[],
+        metavar="KEY=VALUE",
+        help="set in nimble's environment only (repeat), e.g. LD_PRELOAD=libjemalloc.so.2",
+    )
     args = parser.parse_args()
     settings = Settings(args.model.resolve(), args.threads, 8192, 8, args.nimble_cmd)
     server_cpus, client_cpus = args.pin or ("", "")
@@ -249,6 +267,7 @@ def main() -> None:
         split=args.split,
         server_cpus=server_cpus,
         texts=aiperf_texts(args.prompts_from) if args.prompts_from else (),
+        nimble_env=tuple(args.nimble_env),
     )
     OUT.mkdir(exist_ok=True)
     result = asyncio.run(run(settings, options))
