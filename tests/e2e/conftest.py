@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import select
 import signal
 import socket
 import ssl
@@ -132,3 +133,17 @@ def idle_connection(url: str) -> socket.socket:
     assert response.getheader("connection", "keep-alive").lower() != "close"
     assert connection.sock is not None
     return cast(socket.socket, connection.sock)
+
+
+def seconds_until_closed(sock: socket.socket, timeout: float = 30.0) -> float:
+    """Seconds until the server closes an idle connection (it sends nothing else first);
+    closes our end too."""
+    idle = time.monotonic()
+    readable, _, _ = select.select([sock], [], [], timeout)
+    waited = time.monotonic() - idle
+    try:
+        assert readable == [sock], f"still open after {timeout:.0f} s"
+        assert sock.recv(1) == b"", "the server sent something on an idle connection"
+    finally:
+        sock.close()
+    return waited
