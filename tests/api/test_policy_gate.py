@@ -172,6 +172,20 @@ async def test_a_declared_tool_outside_the_scope_is_403_naming_it(tmp_path: Path
         assert isinstance(body, dict) and body["type"] == "error"  # Anthropic's shape
         assert body["error"]["type"] == "permission_error"
         assert (body["error"]["code"], body["error"]["param"]) == ("tool_denied", "tools")
+        # /tokenize writes the tools in as a chat completion would: the same scope holds
+        tokenized = await service.oai.post(
+            "/tokenize",
+            headers={"Authorization": f"Bearer {AGENT}"},
+            json={"model": FAKE_MODEL, "messages": ask("lookup"), "tools": [tool("delete_claim")]},
+        )
+        assert tokenized.status_code == 403, tokenized.text
+        assert tokenized.json()["error"]["code"] == "tool_denied"
+        in_scope = await service.oai.post(
+            "/tokenize",
+            headers={"Authorization": f"Bearer {AGENT}"},
+            json={"model": FAKE_MODEL, "messages": ask("lookup"), "tools": TOOLS},
+        )
+        assert in_scope.status_code == 200 and in_scope.json()["count"] > 0
         # the tools in scope are let in, and another key may declare any
         allowed = await agent.chat.completions.create(
             model=FAKE_MODEL, messages=ask("lookup"), tools=TOOLS
@@ -182,7 +196,7 @@ async def test_a_declared_tool_outside_the_scope_is_403_naming_it(tmp_path: Path
         )
         assert other.choices[0].message.tool_calls is not None
     refused = [line for line in service.audit_lines() if line["status"] == 403]
-    assert len(refused) == 3
+    assert len(refused) == 4
     assert all(line["key_purpose"] == PURPOSE for line in refused)
     assert all(line["model"] is None for line in refused)  # refused before any model ran
 

@@ -25,6 +25,8 @@ router = APIRouter(route_class=Route)
 )
 async def tokenize(request: Request, body: TokenizeBody) -> Response:
     call = Call.for_model(request, body.model)
+    if body.tools:  # declared as a chat completion declares them: the key's scope holds
+        call.grant.require_tools(tool.function.name for tool in body.tools)
     work = body.tokenize_request(call.request_id)
     tokens, window = await call.runtime.tokenize(body.model, work)
     return json_response(
