@@ -11,16 +11,16 @@ from typing import Any
 
 import orjson
 
-# the path's task (metrics: embeddings have no generated tokens)
+# the path's task, named as the replicas name it (Task; metrics: what generates no tokens)
 _TASKS = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completion",
     "/v1/responses": "responses",
     "/v1/messages": "chat",
     "/v1/embeddings": "embedding",
-    "/v1/ranking": "ranking",
-    "/v1/rerank": "ranking",
-    "/v2/rerank": "ranking",
+    "/v1/ranking": "rerank",
+    "/v1/rerank": "rerank",
+    "/v2/rerank": "rerank",
     "/v1/classify": "classify",
     "/classify": "classify",
     "/v1/moderations": "moderation",

@@ -204,8 +204,8 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-# tasks that generate no tokens (the gateway names a rerank path's task "ranking")
-_NOT_GENERATIVE = frozenset({"embedding", "rerank", "ranking", "classify"})
+# tasks that generate no tokens (a replica's and the gateway's records name them alike)
+_NOT_GENERATIVE = frozenset({"embedding", "rerank", "classify"})
 
 
 def _generated(record: RequestRecord) -> bool:

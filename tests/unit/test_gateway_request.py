@@ -27,6 +27,26 @@ def test_model_and_prompt_of_a_chat_request() -> None:
     assert not target.drop_usage_event
 
 
+def test_the_gateway_names_each_task_as_the_replicas_do() -> None:
+    """The gateway's request record and trace name a path's task with the replica's Task
+    value: one name per task in metrics and traces (a rerank was `ranking` at the gateway)."""
+    from nimble.types import Task
+
+    body = json.dumps({"model": "m"}).encode()
+    for path, task in (
+        ("/v1/chat/completions", Task.CHAT),
+        ("/v1/messages", Task.CHAT),
+        ("/v1/completions", Task.COMPLETION),
+        ("/v1/embeddings", Task.EMBEDDING),
+        ("/v1/ranking", Task.RERANK),
+        ("/v1/rerank", Task.RERANK),
+        ("/v2/rerank", Task.RERANK),
+        ("/v1/classify", Task.CLASSIFY),
+        ("/classify", Task.CLASSIFY),
+    ):
+        assert read_target(path, body).task == task.value, path
+
+
 def test_requests_that_share_a_system_prompt_share_a_prompt_prefix() -> None:
     def text(question: str) -> str:
         return prompt_text(
