@@ -172,10 +172,13 @@ def _own_routes(app: FastAPI, pool: UpstreamPool, metrics: Metrics) -> None:
 
     @app.get("/v1/models", include_in_schema=False)
     async def models() -> dict[str, Any]:
+        await pool.refresh_models()  # adapters come and go on the replicas
         return {"object": "list", "data": [model_object(m) for m in pool.models()]}
 
     @app.get("/v1/models/{model_id:path}", include_in_schema=False)
     async def model(model_id: str) -> dict[str, Any]:
+        if model_id not in pool.models():
+            await pool.refresh_models()
         if model_id not in pool.models():
             raise ModelNotFound(f"The model `{model_id}` does not exist.", param="model")
         return model_object(model_id)

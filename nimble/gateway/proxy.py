@@ -121,7 +121,7 @@ class Proxy:
         record.model = target.model
         record.task = target.task
         record.queued_at = record.started
-        candidates = self._candidates(target)
+        candidates = await self._candidates(target)
         tried: set[str] = set()
         last: aiohttp.ClientResponse | None = None
         for attempt in range(self.config.retries + 1):
@@ -156,13 +156,16 @@ class Proxy:
 
     # --- choosing ---
 
-    def _candidates(self, target: Target) -> list[Upstream]:
+    async def _candidates(self, target: Target) -> list[Upstream]:
         if target.model is None:
             upstreams = self.pool.ready()
             if not upstreams:
                 raise Unavailable("no replica is ready")
         else:
             upstreams = self.pool.serving(target.model)
+            if not upstreams and not self.pool.known(target.model):
+                await self.pool.refresh_models()  # new on the replicas since the last reading?
+                upstreams = self.pool.serving(target.model)
         if upstreams:
             sticky = self._responses.get(target.previous_response or "")
             held = [u for u in upstreams if u.url == sticky]

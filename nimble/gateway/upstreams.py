@@ -4,7 +4,10 @@ and how loaded they are.
 Each upstream is a `nimble serve`. Every `probe_interval` the pool asks each one for its
 readiness (`/v1/health/ready`) and its load (`/v1/metrics`: running and waiting requests and
 KV cache use, per model); it learns the models an upstream serves from `/v1/models` when the
-upstream becomes ready (and every `models_interval` after). An upstream that fails a probe,
+upstream becomes ready, every `models_interval` after, and at once (`refresh_models`) when a
+request names a model that no ready upstream is known to serve, or asks for the list: an
+adapter loaded on the replicas, or found in their watched folder, is routable without
+waiting for the next reading. An upstream that fails a probe,
 or that a request could not connect to (`eject`), is out of the rotation at once and back
 when a probe finds it ready again. Upstreams come from fixed URLs and from DNS names (a
 Kubernetes headless Service: one replica per address), re-resolved every `dns_interval`.
@@ -101,6 +104,8 @@ class UpstreamPool:
             verify=config.verify,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._refreshing = asyncio.Lock()
+        self._refresh_started: float | None = None
 
     # --- lifecycle ---
 
@@ -157,6 +162,25 @@ class UpstreamPool:
             log.warning("gateway: upstream %s ejected: %s", url, reason)
             upstream.ready = False
             upstream.reason = reason
+
+    async def refresh_models(self) -> None:
+        """Read every ready upstream's models again, unless a reading that started after
+        this call was made has ended meanwhile: one reading at a time, and callers that
+        arrive during one share the next. An upstream that does not answer keeps what it
+        had (its probe decides its readiness)."""
+        asked = self._clock()
+        async with self._refreshing:
+            started = self._refresh_started
+            if started is not None and started >= asked:
+                return
+            self._refresh_started = self._clock()
+            await asyncio.gather(*(self._reread_models(u) for u in self.ready()))
+
+    async def _reread_models(self, upstream: Upstream) -> None:
+        try:
+            await self._read_models(upstream)
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            log.warning("gateway: cannot read the models of %s: %s", upstream.url, exc)
 
     # --- probes ---
 

@@ -3,8 +3,10 @@ from /v1/metrics, its addresses from DNS)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import httpx
 import pytest
 
 from nimble.gateway import upstreams
@@ -183,5 +185,41 @@ async def test_dns_names_add_and_drop_replicas(monkeypatch: pytest.MonkeyPatch) 
         del answers["replicas.ns.svc"]  # a failed lookup keeps what the name had
         await pool.resolve()
         assert "http://10.0.0.3:8000" in pool.upstreams
+    finally:
+        await pool.stop()
+
+
+async def test_model_readings_are_one_at_a_time_and_fresh_for_who_waits() -> None:
+    """`refresh_models`: callers that arrive while a reading runs share the next one (it
+    started after they asked, so it sees what they came for); one reading at a time."""
+    served = ["shared"]
+    readings: list[str] = []
+    hold = asyncio.Event()
+
+    async def replica(request: httpx.Request) -> httpx.Response:
+        readings.append(request.url.host)
+        data = [{"id": model} for model in served]  # what the replica serves when asked
+        if len(readings) <= 2:  # the first reading (both replicas) waits
+            await hold.wait()
+        return httpx.Response(200, json={"object": "list", "data": data})
+
+    pool = UpstreamPool(PoolConfig(urls=("http://a:1", "http://b:1")))
+    await pool._client.aclose()
+    pool._client = httpx.AsyncClient(transport=httpx.MockTransport(replica))
+    for upstream in pool.upstreams.values():
+        upstream.ready = True
+    try:
+        first = asyncio.create_task(pool.refresh_models())
+        while len(readings) < 2:
+            await asyncio.sleep(0)  # until the first reading has asked both replicas
+        served.append("pirate")  # loaded on the replicas after the first reading asked
+        waiting = [asyncio.create_task(pool.refresh_models()) for _ in range(3)]
+        await asyncio.sleep(0)
+        hold.set()
+        await asyncio.gather(first, *waiting)
+        assert sorted(readings) == ["a", "a", "b", "b"]  # the three shared one more reading
+        assert pool.serving("pirate") and len(pool.serving("shared")) == 2
+        await pool.refresh_models()  # nothing started since it asked: it reads again
+        assert len(readings) == 6
     finally:
         await pool.stop()
