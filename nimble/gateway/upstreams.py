@@ -7,10 +7,10 @@ KV cache use, per model); it learns the models an upstream serves from `/v1/mode
 upstream becomes ready, every `models_interval` after, and at once (`refresh_models`) when a
 request names a model that no ready upstream is known to serve, or asks for the list: an
 adapter loaded on the replicas, or found in their watched folder, is routable without
-waiting for the next reading. An upstream that fails a probe,
-or that a request could not connect to (`eject`), is out of the rotation at once and back
-when a probe finds it ready again. Upstreams come from fixed URLs and from DNS names (a
-Kubernetes headless Service: one replica per address), re-resolved every `dns_interval`.
+waiting for the next reading. An upstream that fails a probe, or that a request could not
+connect to (`eject`), is out of the rotation at once and back when a probe finds it ready
+again. Upstreams come from fixed URLs and from DNS names (a Kubernetes headless Service: one
+replica per address), re-resolved every `dns_interval`.
 """
 
 from __future__ import annotations
