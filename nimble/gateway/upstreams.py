@@ -45,6 +45,10 @@ _LOAD_LINES = tuple(
 )
 
 
+# what reading a replica's answers can raise: unreachable, an error status, a body not as expected
+_READ_ERRORS = (httpx.HTTPError, ValueError, KeyError, TypeError)
+
+
 @dataclass
 class ModelLoad:
     running: float = 0.0
@@ -179,7 +183,7 @@ class UpstreamPool:
     async def _reread_models(self, upstream: Upstream) -> None:
         try:
             await self._read_models(upstream)
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        except _READ_ERRORS as exc:
             log.warning("gateway: cannot read the models of %s: %s", upstream.url, exc)
 
     # --- probes ---
@@ -198,7 +202,7 @@ class UpstreamPool:
                 stale = self._clock() - upstream.models_read_at > self.config.models_interval
                 if not was_ready or stale:
                     await self._read_models(upstream)
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        except _READ_ERRORS as exc:
             ready, reason = False, f"{type(exc).__name__}: {exc}".rstrip(": ")
         upstream.ready, upstream.reason = ready, reason
         if ready and not was_ready:
