@@ -55,6 +55,9 @@ Environment:
   OUT                  where the report goes (default benchmarks/out)
   NIMBLE_GPU_WORK      scratch: venv, models, uv cache (default /tmp/nimble-gpu)
   NIMBLE_GPU_WHEELS    a folder of wheels: install from it alone (no index needed)
+  NIMBLE_GPU_PYTHON    an interpreter that already has nimble's dependencies, with `vllm`
+                       (the CLI, any environment) on PATH: no install phase (a machine with
+                       vLLM already installed, or no package index)
   NIMBLE_GPU_BUDGET_S  the whole run (default 480)
   UV_INDEX_URL / PIP_INDEX_URL   the package index (default https://pypi.org/simple)
 USAGE
@@ -130,7 +133,7 @@ write_shim() {
   cat >"$WORK/shim/vllm" <<SHIM
 #!/bin/sh
 echo \$\$ >> "$WORK/pids"
-exec "$VENV/bin/vllm" "\$@"
+exec "$1" "\$@"
 SHIM
   chmod +x "$WORK/shim/vllm"
 }
@@ -290,6 +293,18 @@ if [ "$DRY_RUN" = 1 ]; then
   python_ok "$PY" || { log "no Python >= 3.11 at $PY"; record preflight "no Python >= 3.11" 0; finish 3; }
   log "dry run: no install; would run: uv pip install -r requirements/gpu.txt -e '.[gpu]' pytest pytest-asyncio openai"
   record install "skipped (dry run)" 0
+elif [ -n "${NIMBLE_GPU_PYTHON:-}" ]; then
+  PY=$NIMBLE_GPU_PYTHON
+  VLLM_BIN=$(command -v vllm || true)
+  if ! python_ok "$PY" || [ -z "$VLLM_BIN" ]; then
+    log "NIMBLE_GPU_PYTHON=$PY needs Python >= 3.11 and \`vllm\` on PATH"
+    record install "impossible: NIMBLE_GPU_PYTHON without Python >= 3.11 or vllm" 0
+    finish 3
+  fi
+  log "no install: $PY ($("$PY" --version 2>&1)), vllm at $VLLM_BIN"
+  record install "skipped (NIMBLE_GPU_PYTHON: what is installed there)" 0
+  write_shim "$VLLM_BIN"
+  export PATH="$WORK/shim:$PATH"
 else
   if [ -z "${NIMBLE_GPU_WHEELS:-}" ] && ! timeout 15 python3 - "$INDEX" <<'PROBE' >/dev/null 2>&1; then
 import sys, urllib.request
@@ -309,7 +324,7 @@ PROBE
     run_phase install 240 "$OUT_DIR/install.log" || { log "install failed: nothing else can run"; finish 1; }
   fi
   PY=$VENV/bin/python
-  write_shim
+  write_shim "$VENV/bin/vllm"
   export PATH="$WORK/shim:$VENV/bin:$PATH"
 fi
 export PY

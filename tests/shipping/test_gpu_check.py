@@ -89,6 +89,36 @@ def test_without_a_gpu_it_stops_and_says_so(tmp_path: Path) -> None:
     assert "| preflight | no NVIDIA GPU (nvidia-smi not found) |" in report
 
 
+def test_with_vllm_already_installed_it_installs_nothing(tmp_path: Path) -> None:
+    """NIMBLE_GPU_PYTHON: a machine with vLLM already there (or no package index) runs the
+    check with what it has; without `vllm` on PATH it refuses in one line."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H200, 143771 MiB, 580.159.04'\n")
+    smi.chmod(0o755)
+    env = {
+        **environment(tmp_path),
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "NIMBLE_GPU_PYTHON": sys.executable,
+    }
+    args = ("--skip-tests", "--skip-bench")
+    refused = run_sh(tmp_path, *args, env=env, timeout=60)
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "needs Python >= 3.11 and `vllm` on PATH" in refused.stdout
+    vllm = bin_dir / "vllm"
+    vllm.write_text("#!/bin/sh\nexit 0\n")
+    vllm.chmod(0o755)
+    done = run_sh(tmp_path, *args, env=env, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| install | skipped (NIMBLE_GPU_PYTHON: what is installed there) |" in report
+    assert "GPU: NVIDIA H200, 143771 MiB" in report
+    # the shim nimble and the tests run as `vllm` leads to the one found on PATH
+    shim = (tmp_path / "work" / "shim" / "vllm").read_text()
+    assert f'exec "{vllm}"' in shim
+
+
 def test_dry_run_writes_the_report_and_leaves_nothing_running(tmp_path: Path) -> None:
     done = run_sh(tmp_path, "--dry-run")
     out = tmp_path / "out"
