@@ -568,6 +568,25 @@ def build(args: argparse.Namespace) -> FastAPI:
     return app
 
 
+def fail_as_vllm_does() -> None:
+    """What vLLM 0.26 printed when its engine core failed to start (seen on an H200): the
+    cause in the engine core's traceback, then 60 lines of the API server's own traceback
+    that ends in "see root cause above"."""
+    core, api = "(EngineCore pid=837) ERROR 12-04 18:19:41 [core.py:1330]", "(APIServer pid=588)"
+    print(f"{core} EngineCore failed to start.")
+    print(f"{core} Traceback (most recent call last):")
+    print(f'{core}   File "/vllm/v1/worker/gpu_worker.py", line 431, in load_model')
+    print(f"{core} torch.OutOfMemoryError: CUDA out of memory (simulated). Tried to allocate 2 GiB")
+    print(f"{api} Traceback (most recent call last):")
+    for frame in range(30):
+        print(f'{api}   File "/vllm/entrypoints/frame_{frame}.py", line {frame + 1}, in step')
+        print(f"{api}     step_{frame}()")
+    print(f"{api}     raise RuntimeError(")
+    print(
+        f"{api} RuntimeError: Engine core initialization failed. See root cause above.", flush=True
+    )
+
+
 def main() -> None:
     args = parse(sys.argv[1:])
     devices = os.environ.get("CUDA_VISIBLE_DEVICES")  # the GPUs nimble placed it on
@@ -582,7 +601,7 @@ def main() -> None:
     print(f"INFO standin vllm {VERSION} serving {args.model}", flush=True)
     exit_code = int(os.environ.get("STANDIN_EXIT_AT_START", "0"))
     if exit_code:
-        print("ERROR standin: CUDA out of memory (simulated)", flush=True)
+        fail_as_vllm_does()
         sys.exit(exit_code)
     if os.environ.get("STANDIN_WORKER") == "1":  # a worker in the same process group
         worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import time
@@ -31,6 +32,10 @@ POLL_INTERVAL = 0.25  # seconds between health probes while the server starts
 PROGRESS_EVERY = 10.0  # seconds between "still loading" lines
 STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL
 _LINE_LIMIT = 1 << 20  # longest output line read whole (longer ones are cut)
+# the last line of a Python traceback, wherever the server's log prefix ends: "(EngineCore
+# pid=9) ERROR 12-04 18:19:41 [core.py:1330] ModuleNotFoundError: No module named 'x'"
+_ERROR_LINE = re.compile(r"(?:^|[\s\]])((?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception): .+)")
+_NOTE_WIDTH = 160  # characters of an output line in a progress or error note
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,9 @@ class Supervisor:
         self._pipe: asyncio.ReadTransport | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._lines: deque[str] = deque(maxlen=50)
+        # the first exception line since the launch (or since it came up): vLLM's servers
+        # report the cause first and a generic "see root cause above" after many more lines
+        self._first_error: str | None = None
         self._restarts: deque[float] = deque()
 
     @property
@@ -112,6 +120,11 @@ class Supervisor:
         """The process's last output lines, for error messages."""
         kept = list(self._lines)[-lines:]
         return "\n".join(kept) if kept else "(no output)"
+
+    def _output_note(self) -> str:
+        """For a message on a failure: the first error in the output, then its last lines."""
+        first = f"; first error in its output: {self._first_error}" if self._first_error else ""
+        return f"{first}; last output:\n{self.tail()}"
 
     async def start(self) -> None:
         """Start the process and wait until the probe passes. Raises ModelLoadError."""
@@ -156,6 +169,7 @@ class Supervisor:
             os.close(write_end)
         self._proc = proc
         self._lines.clear()
+        self._first_error = None
         self._close_output()  # a dead predecessor's, if its reader is still open
         stream, self._pipe = await _reader_of(read_end)
         self._reader = asyncio.create_task(self._read(stream), name=f"output of {self.name}")
@@ -166,6 +180,7 @@ class Supervisor:
             await self._terminate()
             raise
         self.state = State.UP
+        self._first_error = None  # a crash later names its own
 
     async def _wait_up(self, proc: asyncio.subprocess.Process) -> None:
         exited = asyncio.ensure_future(proc.wait())
@@ -183,7 +198,7 @@ class Supervisor:
                 await self._drain()
                 raise ModelLoadError(
                     f"{self._subject}: {self.name} {exit_reason(proc.returncode)} while "
-                    f"starting; last output:\n{self.tail()}"
+                    f"starting{self._output_note()}"
                 )
             with contextlib.suppress(Exception):  # not listening yet, or not answering
                 if await self._probe():
@@ -192,11 +207,11 @@ class Supervisor:
             if now - started > self._start_timeout:
                 raise ModelLoadError(
                     f"{self._subject}: {self.name} not healthy after "
-                    f"{self._start_timeout:.0f} s (engine_start_timeout); last output:\n"
-                    f"{self.tail()}"
+                    f"{self._start_timeout:.0f} s (engine_start_timeout){self._output_note()}"
                 )
-            if now >= next_note:
-                self._log.info("%s: still loading (%.0f s)", self.name, now - started)
+            if now >= next_note:  # with the server's own latest line: what it is doing
+                latest = f": {self._lines[-1][:_NOTE_WIDTH]}" if self._lines else ""
+                self._log.info("%s: still loading (%.0f s)%s", self.name, now - started, latest)
                 next_note = now + PROGRESS_EVERY
             await asyncio.wait({exited}, timeout=POLL_INTERVAL)  # a poll interval, or the exit
 
@@ -211,6 +226,8 @@ class Supervisor:
                 return
             line = raw.decode(errors="replace").rstrip()
             self._lines.append(line)
+            if self._first_error is None and (found := _ERROR_LINE.search(line)):
+                self._first_error = found.group(1)[:_NOTE_WIDTH]
             self._log.log(level, "%s: %s", self.name, line)
 
     async def _drain(self) -> None:
@@ -237,7 +254,7 @@ class Supervisor:
                 return
             _kill_group(proc.pid)  # workers it left behind would hold the GPU
             await self._drain()
-            message = f"{self.name} {exit_reason(code)}; last output:\n{self.tail()}"
+            message = f"{self.name} {exit_reason(code)}{self._output_note()}"
             while True:
                 if not self._may_restart():
                     self._fail(message)
