@@ -649,6 +649,7 @@ async def run(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
         "--engine", "vllm", "--engine-command", str(wrapper), "--host", "127.0.0.1",
         "--port", str(port), "--max-running", str(max(plan.levels)),
         "--engine-start-timeout", str(int(args.start_timeout_s)), "--log-level", "info",
+        "--engine-log",  # vLLM's own output in nimble.log: what a failed or slow start did
         *shlex.split(args.nimble_args),
     ]  # fmt: skip
     meta: dict[str, Any] = {
@@ -780,7 +781,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ttft-max-tokens", type=int, default=16)
     p.add_argument("--budget-s", type=float, default=240.0, help="the whole run, starts included")
     p.add_argument("--reserve-s", type=float, default=30.0, help="kept for TTFT pairs and stops")
-    p.add_argument("--start-timeout-s", type=float, default=180.0)
+    # vLLM 0.26 on a fresh H200 was not up within 152 s (compile, CUDA graphs; 2026-12-04)
+    p.add_argument("--start-timeout-s", type=float, default=300.0)
     p.add_argument("--standalone", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--standalone-min-s", type=float, default=75.0)
     p.add_argument("--engine-command", default="vllm serve")
