@@ -6,11 +6,15 @@
 #   bash tests/gpu/run.sh              # install, real-vLLM tests, benchmark, report
 #   bash tests/gpu/run.sh --dry-run    # CPU self-check: no GPU, no installs (vLLM stand-in)
 #
-# Phases, each under its own time budget (the whole run aims at 8 minutes):
+# Phases, each under its own time budget (the whole run: 12 minutes by default; the issue's
+# aim of 8 is not reachable with vLLM 0.26 on an H200 (2026-12-04): each cold vLLM start
+# there took 47-56 s for a tiny model in eager mode and over 150 s with torch.compile and
+# CUDA graphs; benchmarks/results/2026-12-04/gpu-h200/):
 #   preflight  nvidia-smi, Python, the package index                           15 s
 #   install    uv, then a venv: nimble[gpu] at the pins of requirements/gpu.txt
 #              (vLLM, torch), pytest, pytest-asyncio, openai                  240 s
-#   tests      pytest tests/gpu/test_vllm_real.py (real vLLM, tiny model, LoRA) 200 s
+#   tests      pytest tests/gpu/test_vllm_real.py (real vLLM, tiny model, LoRA;
+#              four vLLM starts)                                              300 s
 #   model      random weights in Qwen2.5-0.5B's shape (no hub needed)           60 s
 #   bench      benchmarks/gpu_vllm.py: nimble vs `vllm serve` at 1, 16, 64
 #              streams, TTFT in pairs at 1 stream                 the rest, >= 120 s
@@ -58,7 +62,7 @@ Environment:
   NIMBLE_GPU_PYTHON    an interpreter that already has nimble's dependencies, with `vllm`
                        (the CLI, any environment) on PATH: no install phase (a machine with
                        vLLM already installed, or no package index)
-  NIMBLE_GPU_BUDGET_S  the whole run (default 480)
+  NIMBLE_GPU_BUDGET_S  the whole run (default 720)
   UV_INDEX_URL / PIP_INDEX_URL   the package index (default https://pypi.org/simple)
 USAGE
 }
@@ -81,7 +85,7 @@ OUT_DIR=${OUT:-$ROOT/benchmarks/out}
 WORK=${NIMBLE_GPU_WORK:-/tmp/nimble-gpu}
 VENV=$WORK/venv
 INDEX=${UV_INDEX_URL:-${PIP_INDEX_URL:-https://pypi.org/simple}}
-BUDGET=${NIMBLE_GPU_BUDGET_S:-480}
+BUDGET=${NIMBLE_GPU_BUDGET_S:-720}
 export OUT_DIR WORK VENV INDEX
 mkdir -p "$OUT_DIR" "$WORK"
 
@@ -139,7 +143,8 @@ SHIM
 }
 
 phase_tests() {
-  "$PY" -m pytest -p no:cacheprovider tests/gpu/test_vllm_real.py
+  # INFO: a failed test's captured log holds vLLM's whole output (the tests turn engine_log on)
+  "$PY" -m pytest -p no:cacheprovider --log-level=INFO tests/gpu/test_vllm_real.py
 }
 
 phase_model() {
@@ -330,7 +335,7 @@ fi
 export PY
 
 if [ "$SKIP_TESTS" = 0 ]; then
-  run_phase tests 200 "$OUT_DIR/tests.log" || true
+  run_phase tests 300 "$OUT_DIR/tests.log" || true
 else
   record tests "skipped (--skip-tests)" 0
 fi
