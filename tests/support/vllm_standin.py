@@ -9,7 +9,8 @@ STANDIN_LOG (append JSON lines: the argv and CUDA_VISIBLE_DEVICES, each request 
 disconnects),
 STANDIN_STARTUP_DELAY (seconds before the port opens), STANDIN_EXIT_AT_START (exit code,
 before listening), STANDIN_CRASH_AFTER_TOKENS (the process dies mid-stream),
-STANDIN_TOKEN_DELAY (seconds between streamed tokens), STANDIN_ERROR_SHAPE ("new": errors
+STANDIN_TOKEN_DELAY (seconds between streamed tokens), STANDIN_POOLING ("new": the score
+API's activation switch as vLLM 0.26 names it), STANDIN_ERROR_SHAPE ("new": errors
 as `{"error": {...}}` like recent vLLM; otherwise the older flat `{"object": "error", ...}`),
 STANDIN_WORKER (1: start a worker child in the process group, as tensor-parallel vLLM does;
 its pid is logged).
@@ -319,7 +320,9 @@ def build(args: argparse.Namespace) -> FastAPI:
     @app.post("/v1/score")
     async def score(request: Request) -> Any:
         """A cross-encoder's logits: words the pair shares, minus a little per word; with
-        `activation` left on, their sigmoid (as vLLM does for a one-label classifier)."""
+        the activation left on, their sigmoid (as vLLM does for a one-label classifier). The
+        switch is `activation` (vLLM 0.10-0.11), or with STANDIN_POOLING=new `use_activation`
+        (vLLM 0.26, which ignores `activation` as an unknown field)."""
         body = await request.json()
         note({"path": "/v1/score", "body": body})
         query = body["text_1"]
@@ -333,9 +336,10 @@ def build(args: argparse.Namespace) -> FastAPI:
                 "Please reduce the length of the input.",
             )
         data = []
+        switch = "use_activation" if os.environ.get("STANDIN_POOLING") == "new" else "activation"
         for i, doc in enumerate(documents):
             logit = len(set(query.split()) & set(doc.split())) - 0.01 * len(doc.split())
-            value = logit if body.get("activation") is False else 1 / (1 + 2.718281828**-logit)
+            value = logit if body.get(switch) is False else 1 / (1 + 2.718281828**-logit)
             data.append({"index": i, "object": "score", "score": value})
         used = sum(min(n, args.max_model_len) for n in lengths)
         return {

@@ -452,7 +452,11 @@ def test_the_vocabulary_size_comes_from_the_model_folder(tmp_path: Path) -> None
     assert vocab_size(tmp_path) is None  # not said at the top: unknown, vLLM checks
 
 
-async def test_a_reranker_scores_pairs_through_the_score_api(tmp_path: Path, log: Path) -> None:
+@pytest.mark.parametrize("pooling", ["old", "new"])
+async def test_a_reranker_scores_pairs_through_the_score_api(
+    tmp_path: Path, log: Path, pooling: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STANDIN_POOLING", pooling)  # vLLM 0.11's switch for raw logits, or 0.26's
     reranker = dataclasses.replace(
         spec(tmp_path, context_length="16"), id="rerank-test", tasks=frozenset({Task.RERANK})
     )
@@ -469,6 +473,7 @@ async def test_a_reranker_scores_pairs_through_the_score_api(tmp_path: Path, log
             "text_1": "cats sleep",
             "text_2": ["dogs bark", "cats sleep"],
             "activation": False,
+            "use_activation": False,
             "truncate_prompt_tokens": -1,
         }
         long = RankRequest("r", "q", ("w " * 20,), truncate="NONE")

@@ -334,12 +334,15 @@ class VllmEngine:
 
     async def rank(self, request: RankRequest) -> RankResult:
         """A cross-encoder served by vLLM (a `…ForSequenceClassification` model with one
-        label): its score API, asked for raw logits (`activation: false`, vLLM 0.10 on)."""
+        label): its score API, asked for raw logits. The switch was `activation` (vLLM
+        0.10-0.11) and is `use_activation` now (0.26); each version ignores the other's name
+        as an unknown field, so both are sent."""
         body: Json = {
             "model": self.spec.id,
             "text_1": request.query,
             "text_2": list(request.documents),
             "activation": False,
+            "use_activation": False,
         }
         if request.truncate == "END":
             body["truncate_prompt_tokens"] = -1  # cut at the model's window
