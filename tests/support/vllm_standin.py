@@ -610,7 +610,11 @@ def main() -> None:
     if os.environ.get("STANDIN_WORKER") == "1":  # a worker in the same process group
         worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
         note({"worker": worker.pid})
-    time.sleep(float(os.environ.get("STANDIN_STARTUP_DELAY", "0")))  # a slow model load
+    delay = float(os.environ.get("STANDIN_STARTUP_DELAY", "0"))
+    if delay:  # a progress bar, redrawn with \r as vLLM's are
+        print("Capturing CUDA graphs (simulated): 50%|#####     |\r", end="")
+        print("Capturing CUDA graphs (simulated): 100%|##########|", flush=True)
+    time.sleep(delay)  # a slow model load
     keep_alive = int(os.environ.get("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "5"))  # as vLLM reads it
     uvicorn.run(
         build(args),

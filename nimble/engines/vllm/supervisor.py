@@ -210,7 +210,9 @@ class Supervisor:
                     f"{self._start_timeout:.0f} s (engine_start_timeout){self._output_note()}"
                 )
             if now >= next_note:  # with the server's own latest line: what it is doing
-                latest = f": {self._lines[-1][:_NOTE_WIDTH]}" if self._lines else ""
+                # a progress bar redraws with \r: its latest state is after the last one
+                shown = self._lines[-1].rsplit("\r", 1)[-1] if self._lines else ""
+                latest = f": {shown[:_NOTE_WIDTH]}" if shown else ""
                 self._log.info("%s: still loading (%.0f s)%s", self.name, now - started, latest)
                 next_note = now + PROGRESS_EVERY
             await asyncio.wait({exited}, timeout=POLL_INTERVAL)  # a poll interval, or the exit
