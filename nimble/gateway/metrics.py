@@ -51,8 +51,9 @@ class GatewayMetrics:
         )
         self.errors = Counter(
             NAME + "upstream_errors",
-            "Upstream failures: connect (refused, unreachable), status (429/503 before the "
-            "first byte), broken (the stream ended early)",
+            "Upstream failures: connect (refused, unreachable), disconnected (a pooled "
+            "connection closed before an answer: sent again on a new one), status (429/503 "
+            "before the first byte), broken (the stream ended early)",
             ["upstream", "kind"],
             registry=registry,
         )

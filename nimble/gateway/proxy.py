@@ -71,6 +71,15 @@ _STICKY = 10_000  # response ids remembered (their replica holds them: previous_
 _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
+# a replica that closed the connection before answering: most often a pooled connection it
+# had just timed out (its keep-alive) as this request reused it, so not a replica that is down
+class _Disconnected:
+    pass
+
+
+_DISCONNECTED = _Disconnected()
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     retries: int = 2
@@ -96,6 +105,7 @@ class Proxy:
         self.metrics = metrics
         self.config = config
         self._session: aiohttp.ClientSession | None = None
+        self._fresh: aiohttp.ClientSession | None = None  # a new connection for every request
         self._responses: OrderedDict[str, str] = OrderedDict()  # response id -> replica
 
     async def start(self) -> None:
@@ -103,8 +113,13 @@ class Proxy:
         tls: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
         )
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ssl=tls),
+        self._session, self._fresh = self._new_session(tls), self._new_session(tls, fresh=True)
+
+    def _new_session(
+        self, tls: ssl.SSLContext | bool, fresh: bool = False
+    ) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ssl=tls, force_close=fresh),
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=5.0, sock_read=self.config.timeout
             ),
@@ -113,8 +128,9 @@ class Proxy:
         )
 
     async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._fresh):
+            if session is not None:
+                await session.close()
 
     async def forward(self, request: Request, target: Target) -> Response:
         record = current_record.get() or RequestRecord(request_id="-")
@@ -133,7 +149,9 @@ class Proxy:
             if attempt:
                 self.metrics.retries.labels(upstream.url).inc()
             opened = await self._open(request, target, upstream)
-            if opened is None:
+            if opened is _DISCONNECTED:  # once more to the same replica, on a new connection
+                opened = await self._open(request, target, upstream, fresh=True)
+            if opened is None or isinstance(opened, _Disconnected):
                 continue
             if isinstance(opened, aiohttp.ClientResponse):
                 if last is not None:
@@ -192,17 +210,20 @@ class Proxy:
     # --- sending ---
 
     async def _open(
-        self, request: Request, target: Target, upstream: Upstream
-    ) -> _Opened | aiohttp.ClientResponse | None:
+        self, request: Request, target: Target, upstream: Upstream, fresh: bool = False
+    ) -> _Opened | aiohttp.ClientResponse | _Disconnected | None:
         """The replica's answer with its first body chunk read; a 429/503 answer (to pass
-        on if no other replica does better); None when it could not be reached."""
-        assert self._session is not None, "Proxy.start() was not awaited"
+        on if no other replica does better); None when it could not be reached (it is
+        ejected); _DISCONNECTED when it closed a pooled connection before answering (not
+        ejected: the caller tries once more on a `fresh` connection, whose failure ejects)."""
+        session = self._fresh if fresh else self._session
+        assert session is not None, "Proxy.start() was not awaited"
         sent = time.monotonic()
         upstream.in_flight += 1
         url = upstream.url + _target_path(request.scope)
         response: aiohttp.ClientResponse | None = None
         try:
-            response = await self._session.request(
+            response = await session.request(
                 request.method,
                 url,
                 headers=self._request_headers(request),
@@ -222,6 +243,9 @@ class Proxy:
             if response is not None:
                 response.close()
             upstream.in_flight -= 1
+            if isinstance(exc, aiohttp.ServerDisconnectedError) and response is None and not fresh:
+                self.metrics.errors.labels(upstream.url, "disconnected").inc()
+                return _DISCONNECTED
             self.metrics.errors.labels(upstream.url, "connect").inc()
             self.pool.eject(upstream.url, _describe(exc))
             return None

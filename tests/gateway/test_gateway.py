@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -435,3 +437,85 @@ def test_an_adapter_loaded_on_the_replicas_is_routable_at_once(
             client.chat.completions.create(
                 model="parrot", messages=[{"role": "user", "content": "hi"}], max_tokens=3
             )
+
+
+class _ClosesReusedConnections(BaseHTTPRequestHandler):
+    """An upstream that answers one POST per connection and closes the connection on the next
+    without answering: what a gateway meets when it reuses a pooled connection just as the
+    upstream's keep-alive closes it (an upstream that closes idle connections before the
+    gateway's pool lets them go: a foreign one, or a replica with a short --keep-alive)."""
+
+    protocol_version = "HTTP/1.1"
+    answered = False
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # the gateway's probes
+        if self.path == "/v1/models":
+            self._send({"object": "list", "data": [{"id": "solo", "object": "model"}]})
+        else:
+            self._send({"status": "ready"})
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        if self.answered:  # closed unanswered, as if idle too long
+            self.server.dropped += 1  # type: ignore[attr-defined]
+            self.close_connection = True
+            return
+        self.answered = True
+        message = {"role": "assistant", "content": "hi"}
+        self._send(
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "solo",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
+
+
+def test_a_pooled_connection_the_upstream_closed_is_sent_again_on_a_new_one(
+    nimble_process: type[NimbleProcess],
+) -> None:
+    """Not a 503, and the upstream is not ejected: the request goes once more to the same
+    upstream on a new connection (counted as `disconnected`)."""
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _ClosesReusedConnections)
+    upstream.dropped = 0  # type: ignore[attr-defined]
+    serving = threading.Thread(target=upstream.serve_forever, daemon=True)
+    serving.start()
+    try:
+        gateway = nimble_process(  # type: ignore[call-arg]
+            [f"--upstream=http://127.0.0.1:{upstream.server_port}", *FAST], command="gateway"
+        ).wait_ready()
+        client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key="-", max_retries=0)
+        for _ in range(3):
+            answer = client.chat.completions.create(
+                model="solo", messages=[{"role": "user", "content": "hello"}]
+            )
+            assert answer.choices[0].message.content == "hi"
+        assert upstream.dropped >= 1  # type: ignore[attr-defined]  # it did close one unanswered
+        url = f"http://127.0.0.1:{upstream.server_port}"
+        assert (
+            metric(
+                gateway, "nimble_gateway_upstream_errors_total", upstream=url, kind="disconnected"
+            )
+            >= 1
+        )
+        assert (
+            metric(gateway, "nimble_gateway_upstream_errors_total", upstream=url, kind="connect")
+            == 0
+        )
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
