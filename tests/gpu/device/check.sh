@@ -21,6 +21,8 @@ EOF
 echo "validated in $((SECONDS - t0)) s"
 timeout 60 nimble list-profiles 2>&1 | head -40
 mkdir -p /tmp/gpuout
+# BUDGET: 480 s unless told (one device call may run 600 s at most; run.sh's own default of
+# 720 s needs two calls: --skip-bench, then --skip-tests)
 OUT=/tmp/gpuout PYTEST_ADDOPTS="-W default" NIMBLE_GPU_PYTHON=python3 \
   NIMBLE_GPU_BUDGET_S=${BUDGET:-480} bash tests/gpu/run.sh "$@"
 rc=$?
