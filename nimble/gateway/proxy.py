@@ -71,15 +71,6 @@ _STICKY = 10_000  # response ids remembered (their replica holds them: previous_
 _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
-# a replica that closed the connection before answering: most often a pooled connection it
-# had just timed out (its keep-alive) as this request reused it, so not a replica that is down
-class _Disconnected:
-    pass
-
-
-_DISCONNECTED = _Disconnected()
-
-
 @dataclass(frozen=True)
 class ProxyConfig:
     retries: int = 2
@@ -149,9 +140,7 @@ class Proxy:
             if attempt:
                 self.metrics.retries.labels(upstream.url).inc()
             opened = await self._open(request, target, upstream)
-            if opened is _DISCONNECTED:  # once more to the same replica, on a new connection
-                opened = await self._open(request, target, upstream, fresh=True)
-            if opened is None or isinstance(opened, _Disconnected):
+            if opened is None:
                 continue
             if isinstance(opened, aiohttp.ClientResponse):
                 if last is not None:
@@ -211,11 +200,13 @@ class Proxy:
 
     async def _open(
         self, request: Request, target: Target, upstream: Upstream, fresh: bool = False
-    ) -> _Opened | aiohttp.ClientResponse | _Disconnected | None:
+    ) -> _Opened | aiohttp.ClientResponse | None:
         """The replica's answer with its first body chunk read; a 429/503 answer (to pass
         on if no other replica does better); None when it could not be reached (it is
-        ejected); _DISCONNECTED when it closed a pooled connection before answering (not
-        ejected: the caller tries once more on a `fresh` connection, whose failure ejects)."""
+        ejected). A replica that closed the connection before answering is most often one
+        whose keep-alive closed a pooled connection as this request reused it, not one that
+        is down: the request goes to it once more on a `fresh` connection, and only that
+        failing ejects it."""
         session = self._fresh if fresh else self._session
         assert session is not None, "Proxy.start() was not awaited"
         sent = time.monotonic()
@@ -245,7 +236,7 @@ class Proxy:
             upstream.in_flight -= 1
             if isinstance(exc, aiohttp.ServerDisconnectedError) and response is None and not fresh:
                 self.metrics.errors.labels(upstream.url, "disconnected").inc()
-                return _DISCONNECTED
+                return await self._open(request, target, upstream, fresh=True)
             self.metrics.errors.labels(upstream.url, "connect").inc()
             self.pool.eject(upstream.url, _describe(exc))
             return None
