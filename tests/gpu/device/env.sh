@@ -12,32 +12,17 @@ unz() {  # zstd -dc, or Python's zstandard from the carried wheel
 }
 if [ ! -d /tmp/nsite ] && [ -f "$S/nsite.tar.zst" ]; then (cd /tmp && unz "$S/nsite.tar.zst" | tar xf -); fi
 if [ ! -d /tmp/vsite ] && [ -f "$S/vsite.c" ]; then (cd /tmp && unz "$S/vsite.a" "$S/vsite.b" "$S/vsite.c" | tar xf -); fi
+# a command on PATH: NAME runs MODULE's main() (spawn-safe: a script file, not -c), with
+# PYTHONPATH set to SITE when given (vLLM's own site)
+entry() {
+  local name=$1 module=$2 site=${3:-}
+  printf 'import sys\n\nfrom %s import main\n\nif __name__ == "__main__":\n    sys.argv[0] = "%s"\n    sys.exit(main())\n' \
+    "$module" "$name" >"/tmp/bin/${name}_main.py"
+  printf '#!/bin/sh\n%sexec python3 /tmp/bin/%s_main.py "$@"\n' \
+    "${site:+PYTHONPATH=$site }" "$name" >"/tmp/bin/$name"
+  chmod +x "/tmp/bin/$name"
+}
 mkdir -p /tmp/bin
-cat >/tmp/bin/vllm <<'EOF'
-#!/bin/sh
-PYTHONPATH=/tmp/vsite exec python3 /tmp/bin/vllm_main.py "$@"
-EOF
-cat >/tmp/bin/vllm_main.py <<'EOF'
-import sys
-
-from vllm.entrypoints.cli.main import main
-
-if __name__ == "__main__":
-    sys.argv[0] = "vllm"
-    sys.exit(main())
-EOF
-cat >/tmp/bin/nimble <<'EOF'
-#!/bin/sh
-exec python3 /tmp/bin/nimble_main.py "$@"
-EOF
-cat >/tmp/bin/nimble_main.py <<'EOF'
-import sys
-
-from nimble.cli.main import main
-
-if __name__ == "__main__":
-    sys.argv[0] = "nimble"
-    sys.exit(main())
-EOF
-chmod +x /tmp/bin/vllm /tmp/bin/nimble
+entry vllm vllm.entrypoints.cli.main /tmp/vsite
+entry nimble nimble.cli.main
 export PATH=/tmp/bin:$PATH PYTHONPATH=/tmp/nsite:$ROOT
