@@ -6,7 +6,12 @@ What the stand-in cannot prove is checked against vLLM itself: its flags are acc
 stream, logprobs, /tokenize, /metrics and error wording read as nimble expects, an aborted
 stream frees the request, a killed server (engine core and workers included) is
 swept and restarted, and LoRA adapters (on the command line, loaded at run time, replaced,
-refused) change what the model writes."""
+refused) change what the model writes.
+
+Each vLLM start costs about a minute even in eager mode (measured on an H200, issue 18), so
+the first three tests share one: serving, then structured outputs, then the kill and the
+restart, which ends it and checks that nothing of its process group is left. The LoRA test
+needs other flags and starts its own."""
 
 from __future__ import annotations
 
@@ -15,12 +20,13 @@ import dataclasses
 import os
 import shutil
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from nimble.engines.config import EngineConfig
 from nimble.engines.vllm.engine import VllmEngine
@@ -34,19 +40,32 @@ pytestmark = [
         shutil.which("vllm") is None or shutil.which("nvidia-smi") is None,
         reason="needs vLLM's `vllm` on PATH (pip install 'nimble[gpu]') and an NVIDIA GPU",
     ),
+    pytest.mark.asyncio(loop_scope="module"),  # the shared engine lives on the module's loop
 ]
 
 CONTEXT = 512
 
 
-@pytest.fixture
-def model_folder(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     configured = os.environ.get("NIMBLE_GPU_TEST_MODEL")
     if configured:
         return Path(configured)
     from tests.support.tiny_llama import build_tiny_llama  # torch: only here
 
-    return build_tiny_llama(tmp_path / "tiny-llama", context=CONTEXT)
+    return build_tiny_llama(tmp_path_factory.mktemp("model") / "tiny-llama", context=CONTEXT)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared(model_folder: Path) -> AsyncIterator[VllmEngine]:
+    """One started engine for the tests that use the same flags, in file order; the kill
+    test, last of them, ends it (stopping twice is safe)."""
+    engine = engine_for(model_folder)
+    await engine.start()  # with its warm-up generation
+    try:
+        yield engine
+    finally:
+        await engine.stop()
 
 
 def engine_for(folder: Path, **config: Any) -> VllmEngine:
@@ -102,69 +121,63 @@ async def running_requests(engine: VllmEngine) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
-async def test_real_vllm_serves_through_the_engine(model_folder: Path) -> None:
-    engine = engine_for(model_folder)
-    await engine.start()  # with its warm-up generation
-    try:
-        info = engine.info()
-        assert info.engine_version and info.context_length == CONTEXT
-        assert any(Path(f.path).name == "config.json" for f in info.files)
+async def test_real_vllm_serves_through_the_engine(shared: VllmEngine) -> None:
+    engine = shared
+    info = engine.info()
+    assert info.engine_version and info.context_length == CONTEXT
+    assert any(Path(f.path).name == "config.json" for f in info.files)
 
-        request = chat("hello cat", max_tokens=8, temperature=0, top_logprobs=2)
-        chunks = [c async for c in engine.generate(request)]
-        usage = chunks[-1].usage
-        assert usage is not None and 0 < usage.completion_tokens <= 8
-        assert usage.prompt_tokens == await engine.prompt_tokens(request, fits=0)
-        assert [c.finish_reason for c in chunks if c.finish_reason] in (["length"], ["stop"])
-        tokens = [lp for c in chunks for lp in c.logprobs]
-        assert len(tokens) == usage.completion_tokens and all(len(t.top) == 2 for t in tokens)
+    request = chat("hello cat", max_tokens=8, temperature=0, top_logprobs=2)
+    chunks = [c async for c in engine.generate(request)]
+    usage = chunks[-1].usage
+    assert usage is not None and 0 < usage.completion_tokens <= 8
+    assert usage.prompt_tokens == await engine.prompt_tokens(request, fits=0)
+    assert [c.finish_reason for c in chunks if c.finish_reason] in (["length"], ["stop"])
+    tokens = [lp for c in chunks for lp in c.logprobs]
+    assert len(tokens) == usage.completion_tokens and all(len(t.top) == 2 for t in tokens)
 
-        # vLLM takes the sampling extensions in the names nimble sends (docs/sampling.md)
-        fixed = chat(
-            "hello cat",
-            max_tokens=8,
-            temperature=0,
-            ignore_eos=True,
-            min_tokens=8,
-            top_k=0,
-            min_p=0.0,
-            repetition_penalty=1.1,
-            logit_bias=((7, 1.0),),
-            skip_special_tokens=False,
-            continuous_usage=True,
-        )
-        chunks = [c async for c in engine.generate(fixed)]
-        usage = chunks[-1].usage
-        assert usage is not None and usage.completion_tokens == 8
-        counts = [c.progress.completion_tokens for c in chunks if c.progress is not None]
-        assert counts and counts == sorted(counts) and counts[-1] <= 8
+    # vLLM takes the sampling extensions in the names nimble sends (docs/sampling.md)
+    fixed = chat(
+        "hello cat",
+        max_tokens=8,
+        temperature=0,
+        ignore_eos=True,
+        min_tokens=8,
+        top_k=0,
+        min_p=0.0,
+        repetition_penalty=1.1,
+        logit_bias=((7, 1.0),),
+        skip_special_tokens=False,
+        continuous_usage=True,
+    )
+    chunks = [c async for c in engine.generate(fixed)]
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == 8
+    counts = [c.progress.completion_tokens for c in chunks if c.progress is not None]
+    assert counts and counts == sorted(counts) and counts[-1] <= 8
 
-        completion = GenerateRequest(
-            "gpu-c", SamplingParams(max_tokens=4, n=2, seed=1, top_logprobs=1), prompt="one two"
-        )
-        chunks = [c async for c in engine.generate(completion)]
-        assert {c.index for c in chunks if c.finish_reason} == {0, 1}
-        assert any(c.logprobs and c.logprobs[0].top for c in chunks)  # the legacy shape
+    completion = GenerateRequest(
+        "gpu-c", SamplingParams(max_tokens=4, n=2, seed=1, top_logprobs=1), prompt="one two"
+    )
+    chunks = [c async for c in engine.generate(completion)]
+    assert {c.index for c in chunks if c.finish_reason} == {0, 1}
+    assert any(c.logprobs and c.logprobs[0].top for c in chunks)  # the legacy shape
 
-        with pytest.raises(ContextLengthExceeded):
-            async for _ in engine.generate(chat("cat " * (CONTEXT + 10), max_tokens=4)):
-                pass
+    with pytest.raises(ContextLengthExceeded):
+        async for _ in engine.generate(chat("cat " * (CONTEXT + 10), max_tokens=4)):
+            pass
 
-        usage_share = await engine.cache_usage()
-        assert usage_share is not None and 0.0 <= usage_share <= 1.0
+    usage_share = await engine.cache_usage()
+    assert usage_share is not None and 0.0 <= usage_share <= 1.0
 
-        stream = engine.generate(chat("say yes", max_tokens=400, temperature=1.0))
-        await anext(stream)
-        await anext(stream)
-        await stream.aclose()  # vLLM aborts the request when the connection closes
-        await until(lambda: _is_zero(running_requests(engine)), timeout=30)
-    finally:
-        pid = engine._process.pid
-        await engine.stop()
-    assert pid is not None and group_members(pid) == []
+    stream = engine.generate(chat("say yes", max_tokens=400, temperature=1.0))
+    await anext(stream)
+    await anext(stream)
+    await stream.aclose()  # vLLM aborts the request when the connection closes
+    await until(lambda: _is_zero(running_requests(engine)), timeout=30)
 
 
-async def test_real_vllm_follows_structured_outputs(model_folder: Path) -> None:
+async def test_real_vllm_follows_structured_outputs(shared: VllmEngine) -> None:
     """vLLM's `structured_outputs` as nimble sends them (a random-weight model writes only
     what the grammar allows): a JSON schema, a regex, a choice, and a forced tool call that
     nimble wraps in the hermes markers and reads back."""
@@ -189,60 +202,56 @@ async def test_real_vllm_follows_structured_outputs(model_folder: Path) -> None:
         "required": ["n", "tag"],
         "additionalProperties": False,
     }
-    engine = engine_for(model_folder)
-    await engine.start()
-    try:
+    engine = shared
 
-        async def text(constraint: Any, **extra: Any) -> str:
-            request = dataclasses.replace(
-                chat("go", max_tokens=60, temperature=1.0), constraint=constraint, **extra
-            )
-            return "".join([c.text async for c in engine.generate(request)])
-
-        jsonschema.validate(json.loads(await text(JsonSchemaConstraint(schema))), schema)
-        assert re.fullmatch(r"[0-9]{3}-[a-z]{2}", await text(RegexConstraint(r"[0-9]{3}-[a-z]{2}")))
-        assert await text(ChoiceConstraint(("yes", "no"))) in {"yes", "no"}
-        weather = ToolFunction("get_weather", parameters=schema)
-        hermes = FORMATS["hermes"]
-        forced = ToolCallConstraint(
-            hermes.call_schema((weather,), parallel=False),
-            hermes.grammar_begin,
-            hermes.grammar_end,
-            hermes.grammar_separator,
-            max_calls=1,
+    async def text(constraint: Any, **extra: Any) -> str:
+        request = dataclasses.replace(
+            chat("go", max_tokens=60, temperature=1.0), constraint=constraint, **extra
         )
-        written = await text(forced, tools=(weather,))
-        parser = CallParser(hermes)
-        deltas = [*parser.feed(written).calls, *parser.finish().calls]
-        assert deltas[0].name == "get_weather"
-        arguments = "".join(d.arguments for d in deltas)
-        jsonschema.validate(json.loads(arguments), schema)
-    finally:
-        await engine.stop()
+        return "".join([c.text async for c in engine.generate(request)])
+
+    jsonschema.validate(json.loads(await text(JsonSchemaConstraint(schema))), schema)
+    assert re.fullmatch(r"[0-9]{3}-[a-z]{2}", await text(RegexConstraint(r"[0-9]{3}-[a-z]{2}")))
+    assert await text(ChoiceConstraint(("yes", "no"))) in {"yes", "no"}
+    weather = ToolFunction("get_weather", parameters=schema)
+    hermes = FORMATS["hermes"]
+    forced = ToolCallConstraint(
+        hermes.call_schema((weather,), parallel=False),
+        hermes.grammar_begin,
+        hermes.grammar_end,
+        hermes.grammar_separator,
+        max_calls=1,
+    )
+    written = await text(forced, tools=(weather,))
+    parser = CallParser(hermes)
+    deltas = [*parser.feed(written).calls, *parser.finish().calls]
+    assert deltas[0].name == "get_weather"
+    arguments = "".join(d.arguments for d in deltas)
+    jsonschema.validate(json.loads(arguments), schema)
 
 
 async def _is_zero(value: Awaitable[float]) -> bool:
     return await value == 0
 
 
-async def test_a_killed_vllm_is_swept_and_restarted(model_folder: Path) -> None:
-    engine = engine_for(model_folder)
-    await engine.start()
-    try:
-        first = engine._process.pid
-        assert first is not None and len(group_members(first)) >= 1
-        os.kill(first, signal.SIGKILL)  # the API server only: its engine core is orphaned
+async def test_a_killed_vllm_is_swept_and_restarted(shared: VllmEngine) -> None:
+    engine = shared
+    first = engine._process.pid
+    assert first is not None and len(group_members(first)) >= 1
+    os.kill(first, signal.SIGKILL)  # the API server only: its engine core is orphaned
 
-        async def down() -> bool:
-            return not await engine.health()
+    async def down() -> bool:
+        return not await engine.health()
 
-        await until(down, timeout=30)
-        await until(lambda: _swept(first), timeout=30)
-        await until(engine.health, timeout=600)
-        chunks = [c async for c in engine.generate(chat("hello", max_tokens=2))]
-        assert chunks[-1].usage is not None
-    finally:
-        await engine.stop()
+    await until(down, timeout=30)
+    await until(lambda: _swept(first), timeout=30)
+    await until(engine.health, timeout=600)
+    chunks = [c async for c in engine.generate(chat("hello", max_tokens=2))]
+    assert chunks[-1].usage is not None
+
+    second = engine._process.pid
+    await engine.stop()  # the shared engine's end: nothing of its group is left
+    assert second is not None and second != first and group_members(second) == []
 
 
 async def _swept(pgid: int) -> bool:

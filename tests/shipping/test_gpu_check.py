@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -151,6 +152,8 @@ def test_dry_run_writes_the_report_and_leaves_nothing_running(tmp_path: Path) ->
     # both sides were the stand-in started by nimble: the wrapper gave nimble's argv to it
     assert "vllm_standin.py serve" in result["meta"]["engine_argv"]
     assert "--served-model-name bench" in result["meta"]["engine_argv"]
+    engine_words = shlex.split(result["meta"]["engine_argv"])
+    assert engine_words[engine_words.index("--max-num-seqs") + 1] == "4"  # the highest level
     assert "| streams | vLLM tok/s | nimble tok/s |" in report
     assert "A separate `vllm serve` process" in report
     assert processes_mentioning(str(tmp_path / "work")) == []
