@@ -4,6 +4,7 @@ metrics and the trace spans are all written from this one record when the reques
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -107,6 +108,9 @@ class RequestRecord:
     aborted: bool = False  # the engine's work was cut short (client gone, error)
     dropped_tool_calls: list[str] = field(default_factory=list)  # names, outside tools_callable
     guardrails: list[RailCheck] = field(default_factory=list)  # each rail check, in order
+    # the exact count of the prompt as the engine got it, when input rails changed it
+    # (redacted): Runtime.prompt_tokens answers with it once generate has run
+    sent_prompt_tokens: Callable[[], Awaitable[int]] | None = None
 
     def wall_ns(self, monotonic: float) -> int:
         """A monotonic timestamp of this request as epoch nanoseconds (for trace spans)."""

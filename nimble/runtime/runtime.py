@@ -316,7 +316,7 @@ class Runtime:
             self._check_params(model, request.params)
             record = _record()
             record.model = model_id  # a request refused by a rail is still this model's
-            plan = None
+            plan, redacted = None, False
             if guards is not None:
                 plan = guards.plan((model_id, model.spec.id), record.key_rails)
             if guards is not None and plan is not None and plan.input:
@@ -324,8 +324,11 @@ class Runtime:
                 text = None
                 if isinstance(request.prompt, tuple):
                     text = await tokens.detokenize(model, request.prompt)
-                request = await guards.check_input(plan, request, record, text)
+                checked = await guards.check_input(plan, request, record, text)
+                redacted, request = checked is not request, checked
             request, calls_format = self._with_tools(model, request)
+            if redacted:  # what a count of the prompt now means (counted only if asked)
+                record.sent_prompt_tokens = _counter(model, request)
             await self.check_context(model, request)
             texts: dict[int, list[str]] = {}
             if self.config.log_prompts:
@@ -378,7 +381,13 @@ class Runtime:
     async def prompt_tokens(self, model_id: str, request: GenerateRequest) -> int:
         """The exact number of tokens of the prompt that `generate` would give the engine for
         `request` (chat template applied, tools written in); it generates nothing, so it
-        takes no running slot."""
+        takes no running slot. Input rails are not run for it: once `generate` has run them
+        in this HTTP request and they redacted the prompt, the count is of the redacted
+        prompt, as the engine got it."""
+        sent = _record().sent_prompt_tokens
+        if sent is not None:
+            with self._track():
+                return await sent()
         model = self.model(model_id, request.task)
         request, _ = self._with_tools(model, request)
         _record().model = model_id

@@ -228,3 +228,27 @@ async def test_log_prompts_lines_are_redacted_even_by_an_output_only_pii_rail(
     assert prompts and all(
         EMAIL not in p and "<EMAIL_ADDRESS>" in p for p in prompts
     )  # ...not the log
+
+
+async def test_a_streamed_message_counts_the_prompt_the_engine_got(tmp_path: Path) -> None:
+    """message_start's input_tokens is counted before the engine's usage arrives; with a
+    PII rail the engine gets the redacted prompt, and that is what both events count."""
+    rails = {**PII_RAILS, "rails": {"input": {"flows": ["pii"]}}}
+    asked = [{"role": "user", "content": f"call me on {PHONE} today"}]  # 2 words for 1
+    async with guarded_service(tmp_path, rails) as service:
+        client = service.anthropic()
+        async with client.messages.stream(
+            model=FAKE_MODEL,
+            max_tokens=4,
+            messages=asked,  # type: ignore[arg-type]
+        ) as events:
+            started = [e async for e in events if e.type == "message_start"]
+            final = await events.get_final_message()
+        whole = await client.messages.create(model=FAKE_MODEL, max_tokens=4, messages=asked)  # type: ignore[arg-type]
+        counted = await client.messages.count_tokens(model=FAKE_MODEL, messages=asked)  # type: ignore[arg-type]
+        assert "555-0132" not in service.engine_saw()
+    (start,) = started
+    assert start.message.usage.input_tokens == final.usage.input_tokens
+    assert final.usage.input_tokens == whole.usage.input_tokens
+    # count_tokens runs no rails: the prompt as sent, one word more than the redacted one
+    assert counted.input_tokens == whole.usage.input_tokens + 1

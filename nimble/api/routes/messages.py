@@ -47,9 +47,14 @@ async def create_message(request: Request, body: MessagesRequest) -> Response:
     generate = _generate_request(call, body, body.sampling())
     builder = MessageBuilder(body.model)
     if body.stream:
-        # message_start carries the prompt's tokens, before the engine has counted them
-        input_tokens = await call.runtime.prompt_tokens(body.model, generate)
         primed = await prime(request, call.runtime.generate(body.model, generate))
+        try:
+            # message_start carries the prompt's tokens, before the engine has counted them;
+            # counted once the input rails have run (a redacted prompt is what the engine got)
+            input_tokens = await call.runtime.prompt_tokens(body.model, generate)
+        except BaseException:
+            await primed.aclose()  # the slot it holds
+            raise
         events = stream_events(primed, builder, input_tokens, call.request_id)
         return sse_response(events, call.request_id, done=False, named=True)
     stream = call.runtime.generate(body.model, generate)
