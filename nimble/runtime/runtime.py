@@ -7,20 +7,18 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from nimble.engines import Engine, EngineConfig, Tokenizer, create_engine
+from nimble.engines import Engine, EngineConfig, create_engine
 from nimble.errors import (
-    ContextLengthExceeded,
     InvalidRequest,
     ModelLoadError,
     ModelNotFound,
     Unavailable,
-    UnsupportedParameter,
 )
 from nimble.guardrails.config import GuardrailsConfig
 from nimble.guardrails.guard_formats import guard_format
@@ -28,16 +26,15 @@ from nimble.guardrails.stage import Guardrails
 from nimble.models import ModelSpec
 from nimble.observability.metrics import ModelGauges
 from nimble.observability.record import RequestRecord, current_record
-from nimble.runtime import aggregate, encoders, moderation, tokens
+from nimble.runtime import aggregate, encoders, generation, moderation, tokens
 from nimble.runtime.adapter_watch import AdapterWatcher
 from nimble.runtime.adapters import GENERATIVE, Adapters
 from nimble.runtime.admission import Admission
 from nimble.runtime.rail_models import ServedModels
-from nimble.runtime.reasoning import ReasoningFormat, reasoning_format, split_reasoning
+from nimble.runtime.reasoning import reasoning_format
 from nimble.runtime.response_store import ResponseStore
 from nimble.runtime.served import ServedModel
-from nimble.runtime.tools import ToolFormat, parse_calls, prepare, tool_format, uses_tools
-from nimble.runtime.tools.gate import gate_calls
+from nimble.runtime.tools import tool_format
 from nimble.types import (
     ClassifyRequest,
     ClassifyResult,
@@ -48,11 +45,9 @@ from nimble.types import (
     Moderation,
     RankRequest,
     RankResult,
-    SamplingParams,
     Task,
     TokenizeRequest,
     Tokens,
-    ToolCallConstraint,
 )
 
 log = logging.getLogger("nimble.runtime")
@@ -262,30 +257,6 @@ class Runtime:
         return model
 
     # ----- request path -----
-    async def check_context(self, model: ServedModel, request: GenerateRequest) -> None:
-        """Refuse, before the engine runs, token ids outside the vocabulary, and a prompt
-        (plus max_tokens) beyond the window."""
-        if isinstance(request.prompt, tuple):
-            _check_token_ids(model, request.prompt)
-        window = model.info.context_length
-        wanted = request.params.max_tokens or 0
-        # a bound that fits is enough (no need to tokenize twice): at most the window less
-        # the completion, and always less than the window
-        prompt_tokens = await model.generator.prompt_tokens(request, window - max(wanted, 1))
-        if prompt_tokens + wanted > window or prompt_tokens >= window:
-            where = "messages" if request.messages is not None else "prompt"
-            detail = (
-                f"you requested {prompt_tokens + wanted} tokens ({prompt_tokens} in the "
-                f"{where}, {wanted} in the completion: max_tokens)"
-                if wanted
-                else f"your {where} has {prompt_tokens} tokens"
-            )
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {window} tokens. However, {detail}. "
-                f"Please reduce the length of the {where} or the completion.",
-                param="max_tokens" if wanted and prompt_tokens < window else where,
-            )
-
     def generate(
         self, model_id: str, request: GenerateRequest
     ) -> AsyncGenerator[GenerationChunk, None]:
@@ -313,7 +284,7 @@ class Runtime:
         if adapter is not None:
             request = dataclasses.replace(request, adapter=adapter)
         with self.adapters.using(adapter):
-            self._check_params(model, request.params)
+            generation.check_params(model, request.params, self.config.max_n)
             record = _record()
             record.model = model_id  # a request refused by a rail is still this model's
             plan, redacted = None, False
@@ -326,25 +297,16 @@ class Runtime:
                     text = await tokens.detokenize(model, request.prompt)
                 checked = await guards.check_input(plan, request, record, text)
                 redacted, request = checked is not request, checked
-            request, calls_format = self._with_tools(model, request)
+            request, calls_format = generation.with_tools(model, request, self.config.tool_parser)
             if redacted:  # what a count of the prompt now means (counted only if asked)
-                record.sent_prompt_tokens = _counter(model, request)
-            await self.check_context(model, request)
+                record.sent_prompt_tokens = generation.counter(model, request)
+            await generation.check_context(model, request)
             texts: dict[int, list[str]] = {}
             if self.config.log_prompts:
                 log.info("prompt: %s", await self._loggable(request.messages or request.prompt))
-            thinking = self._reasoning(model, request)
+            thinking = generation.reasoning_of(model, request, self.config.reasoning_parser)
             async with self._slot(model, request.task, record, model_id):
-                stages = [model.generator.generate(request)]
-                if thinking is not None:  # first: tool calls are read from the answer only
-                    ends = (calls_format.begin,) if calls_format is not None else ()
-                    stages.append(split_reasoning(stages[-1], thinking, ends))
-                if calls_format is not None:
-                    stages.append(parse_calls(stages[-1], calls_format))
-                    allowed = record.tools_callable  # the key's scope: the policy gate
-                    if allowed is not None:
-                        dropped = record.dropped_tool_calls
-                        stages.append(gate_calls(stages[-1], allowed, dropped, key=record.key_id))
+                stages = generation.stages(model, request, record, thinking, calls_format)
                 if guards is not None and plan is not None and plan.output:
                     stages.append(  # last: what the output rails let through is what is sent
                         guards.guard_output(
@@ -352,14 +314,14 @@ class Runtime:
                             stages[-1],
                             record,
                             choices=request.params.n,
-                            stop=_closer(list(stages)),
-                            prompt_tokens=_counter(model, request),
+                            stop=generation.closer(list(stages)),
+                            prompt_tokens=generation.counter(model, request),
                         )
                     )
                 chunks = stages[-1]
                 try:
                     async for chunk in chunks:
-                        _note(record, chunk)
+                        generation.note(record, chunk)
                         if self.config.log_prompts and chunk.text:
                             texts.setdefault(chunk.index, []).append(chunk.text)
                         yield chunk
@@ -389,46 +351,10 @@ class Runtime:
             with self._track():
                 return await sent()
         model = self.model(model_id, request.task)
-        request, _ = self._with_tools(model, request)
+        request, _ = generation.with_tools(model, request, self.config.tool_parser)
         _record().model = model_id
         with self._track():
             return await model.generator.prompt_tokens(request, -1)  # no bound fits: exact
-
-    def _with_tools(
-        self, model: ServedModel, request: GenerateRequest
-    ) -> tuple[GenerateRequest, ToolFormat | None]:
-        """The request with its tools written in for the model, and the format its calls
-        are read back in (None: no tools offered)."""
-        if not uses_tools(request):
-            return request, None
-        fmt = tool_format(self.config.tool_parser or model.spec.options.get("tool_parser"))
-        offered = bool(request.tools) and request.tool_choice != "none"
-        return prepare(request, fmt, model.info.renders_tools), fmt if offered else None
-
-    def _reasoning(self, model: ServedModel, request: GenerateRequest) -> ReasoningFormat | None:
-        """The model's reasoning format, for a chat request whose output may think: not for
-        completions (raw text, as vLLM), nor under a grammar that binds from the first
-        token (response_format, guided_*, a forced tool call), which leaves no room to."""
-        constraint = request.constraint
-        if request.messages is None or (
-            constraint is not None
-            and not (isinstance(constraint, ToolCallConstraint) and constraint.lazy)
-        ):
-            return None
-        name = self.config.reasoning_parser or model.spec.options.get("reasoning_parser")
-        return reasoning_format(name)
-
-    def _check_params(self, model: ServedModel, params: SamplingParams) -> None:
-        if params.n > self.config.max_n:
-            raise InvalidRequest(
-                f"n: at most {self.config.max_n} choices per request (got {params.n})", param="n"
-            )
-        if params.top_logprobs is not None and not model.info.supports_logprobs:
-            raise UnsupportedParameter(
-                f"logprobs: the {model.spec.engine} engine of model `{model.spec.id}` does not "
-                "return logprobs",
-                param="logprobs",
-            )
 
     async def embed(
         self,
@@ -587,60 +513,10 @@ class Runtime:
         return _Inflight(self)
 
 
-def _check_token_ids(model: ServedModel, ids: tuple[int, ...]) -> None:
-    """A prompt of token ids: not empty, each id in the model's vocabulary (where the engine
-    knows its size; else the engine refuses an unknown id itself)."""
-    if not ids:
-        raise InvalidRequest("prompt: a list of token ids must not be empty", param="prompt")
-    size = model.engine.vocab_size() if isinstance(model.engine, Tokenizer) else None
-    outside = next((i for i in ids if i < 0 or (size is not None and i >= size)), None)
-    if outside is not None:
-        ids_are = f" (its vocabulary has {size} ids: 0 to {size - 1})" if size else ""
-        raise InvalidRequest(
-            f"prompt: {outside} is not a token id of model `{model.spec.id}`{ids_are}",
-            param="prompt",
-        )
-
-
-def _closer(stages: list[AsyncGenerator[GenerationChunk, None]]) -> Callable[[], Awaitable[None]]:
-    """Close `stages` (the engine's stream and its wrappers), last first."""
-
-    async def close() -> None:
-        for stage in reversed(stages):
-            await stage.aclose()
-
-    return close
-
-
-def _counter(model: ServedModel, request: GenerateRequest) -> Callable[[], Awaitable[int]]:
-    """The exact count of the prompt's tokens, when the engine's own count is cut off."""
-
-    async def count() -> int:
-        return await model.generator.prompt_tokens(request, -1)
-
-    return count
-
-
 def _record() -> RequestRecord:
     """The record of the HTTP request being served, or a throwaway one (library use)."""
     record = current_record.get()
     return record if record is not None else RequestRecord(request_id="-")
-
-
-def _note(record: RequestRecord, chunk: GenerationChunk) -> None:
-    now = time.monotonic()
-    if chunk.usage is not None:
-        # += : a request with several prompts makes several runtime calls
-        record.prompt_tokens += chunk.usage.prompt_tokens
-        record.completion_tokens += chunk.usage.completion_tokens
-        record.cached_tokens += chunk.usage.cached_tokens or 0
-        return
-    if chunk.text or chunk.reasoning or chunk.logprobs:
-        if record.first_token_at is None:
-            record.first_token_at = now
-        record.last_token_at = now
-    if chunk.finish_reason is not None:
-        record.finish_reasons.append(chunk.finish_reason)
 
 
 class _Inflight:
