@@ -125,7 +125,7 @@ phase_install() {
   [ -x "$VENV/bin/python" ] || "$uv" venv --quiet --python "$py" "$VENV"
   local t0=$SECONDS
   "$uv" pip install --python "$VENV/bin/python" "${wheels[@]}" \
-    -r requirements/gpu.txt -e '.[gpu]' pytest pytest-asyncio openai
+    -r requirements/gpu.txt -e '.[gpu]' pytest 'pytest-asyncio>=0.24' openai
   echo "installed in $((SECONDS - t0)) s"
   "$VENV/bin/python" -c 'import vllm, torch, pynvml, nimble; print("vllm", vllm.__version__, "torch", torch.__version__, "cuda", torch.version.cuda)'
 }
@@ -296,7 +296,7 @@ if [ "$DRY_RUN" = 1 ]; then
   PY=${PYTHON:-$ROOT/.venv/bin/python}
   [ -x "$PY" ] || PY=$(command -v python3)
   python_ok "$PY" || { log "no Python >= 3.11 at $PY"; record preflight "no Python >= 3.11" 0; finish 3; }
-  log "dry run: no install; would run: uv pip install -r requirements/gpu.txt -e '.[gpu]' pytest pytest-asyncio openai"
+  log "dry run: no install; would run: uv pip install -r requirements/gpu.txt -e '.[gpu]' pytest 'pytest-asyncio>=0.24' openai"
   record install "skipped (dry run)" 0
 elif [ -n "${NIMBLE_GPU_PYTHON:-}" ]; then
   PY=$NIMBLE_GPU_PYTHON

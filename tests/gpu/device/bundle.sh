@@ -53,7 +53,7 @@ orjson>=3.9
 httptools>=0.6
 jsonschema>=4
 openai>=1.40,<3
-pytest-asyncio>=0.23
+pytest-asyncio>=0.24
 REQ
 
 echo "== download and install into two sites"
