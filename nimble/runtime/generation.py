@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from nimble.engines import Tokenizer
 from nimble.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
 from nimble.observability.record import RequestRecord
+from nimble.runtime import tokens
 from nimble.runtime.reasoning import ReasoningFormat, reasoning_format, split_reasoning
 from nimble.runtime.served import ServedModel
 from nimble.runtime.tools import ToolFormat, parse_calls, prepare, tool_format, uses_tools
@@ -62,13 +63,7 @@ def _check_token_ids(model: ServedModel, ids: tuple[int, ...]) -> None:
     if not ids:
         raise InvalidRequest("prompt: a list of token ids must not be empty", param="prompt")
     size = model.engine.vocab_size() if isinstance(model.engine, Tokenizer) else None
-    outside = next((i for i in ids if i < 0 or (size is not None and i >= size)), None)
-    if outside is not None:
-        ids_are = f" (its vocabulary has {size} ids: 0 to {size - 1})" if size else ""
-        raise InvalidRequest(
-            f"prompt: {outside} is not a token id of model `{model.spec.id}`{ids_are}",
-            param="prompt",
-        )
+    tokens.check_ids(model, ids, size, "prompt")
 
 
 def with_tools(

@@ -35,15 +35,20 @@ async def tokenize(model: ServedModel, request: TokenizeRequest, tool_parser: st
 
 async def detokenize(model: ServedModel, ids: tuple[int, ...]) -> str:
     tokenizer = model.tokenizer
-    size = tokenizer.vocab_size()
+    check_ids(model, ids, tokenizer.vocab_size(), "tokens")
+    return await tokenizer.detokenize(ids)
+
+
+def check_ids(model: ServedModel, ids: tuple[int, ...], size: int | None, param: str) -> None:
+    """Each id in the model's vocabulary of `size` ids (None: not known, only negative ids
+    are refused); a 400 naming `param` for the first one outside."""
     outside = next((i for i in ids if i < 0 or (size is not None and i >= size)), None)
     if outside is not None:
         ids_are = f" (its vocabulary has {size} ids: 0 to {size - 1})" if size else ""
         raise InvalidRequest(
-            f"tokens: {outside} is not a token id of model `{model.spec.id}`{ids_are}",
-            param="tokens",
+            f"{param}: {outside} is not a token id of model `{model.spec.id}`{ids_are}",
+            param=param,
         )
-    return await tokenizer.detokenize(ids)
 
 
 async def cut_documents(model: ServedModel, request: RankRequest, limit: int) -> RankRequest:
