@@ -46,7 +46,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nimble.engines.config import EngineConfig
 from nimble.engines.openai_wire import ChunkMapper, Json, message_dicts, request_body
-from nimble.engines.vllm.lora import Version, VllmAdapters
+from nimble.engines.vllm.loading import AdapterLoader
+from nimble.engines.vllm.lora import VllmAdapters
 from nimble.engines.vllm.supervisor import Launch, RestartPolicy, State, Supervisor
 from nimble.engines.vllm.wire import (
     chat_logprobs,
@@ -65,7 +66,6 @@ from nimble.errors import (
     EngineError,
     InvalidRequest,
     ModelLoadError,
-    NimbleError,
     Unavailable,
     UnsupportedParameter,
 )
@@ -115,7 +115,7 @@ class VllmEngine:
             max_lora_rank=config.max_lora_rank,
             runtime=config.runtime_adapters,
         )
-        self._unloads: set[asyncio.Task[None]] = set()  # replaced versions leaving vLLM
+        self._adapters = AdapterLoader(spec.id, self._lora, self._lora_call)
         policy = RESTARTS if config.engine_restart == "restart" else RestartPolicy(restart=False)
         self._process = Supervisor(
             f"vllm for {spec.id}",
@@ -158,8 +158,7 @@ class VllmEngine:
         await self._warm_up()
 
     async def stop(self) -> None:
-        for task in list(self._unloads):
-            task.cancel()
+        self._adapters.cancel()
         await self._process.stop()
         if self._http is not None:
             await self._http.aclose()
@@ -245,14 +244,13 @@ class VllmEngine:
     async def _generate_with_adapter(
         self, request: GenerateRequest, name: str
     ) -> AsyncGenerator[GenerationChunk, None]:
-        version = self._lora.acquire(name)
+        version = self._adapters.acquire(name)
         try:
             async with contextlib.aclosing(self._generate(request, version.vllm_name)) as chunks:
                 async for chunk in chunks:
                     yield chunk
         finally:
-            if self._lora.release(version):  # replaced meanwhile: it may leave vLLM now
-                self._unload_later(version)
+            self._adapters.release(version)
 
     async def _generate(
         self, request: GenerateRequest, model: str
@@ -368,64 +366,14 @@ class VllmEngine:
     # LoRA adapters (AdapterHost)
 
     async def load_adapter(self, adapter: AdapterSpec) -> None:
-        """Load `adapter` into vLLM as a new version; a loaded one of that name keeps its
-        requests in flight and leaves vLLM when they have ended."""
-        version = await asyncio.to_thread(self._lora.prepare, adapter)
-        await self._vllm_load(self._ready_client(), version)
-        old = self._lora.install(version)
-        if old is not None:
-            await self._vllm_unload(old)
+        await self._adapters.load(adapter)
 
     async def unload_adapter(self, name: str) -> None:
-        version = self._lora.remove(name)
-        if version is not None:
-            await self._vllm_unload(version)
+        await self._adapters.unload(name)
 
-    async def _vllm_load(self, client: httpx.AsyncClient, version: Version) -> None:
-        body = {"lora_name": version.vllm_name, "lora_path": str(version.spec.path)}
-        status, payload = await self._lora_call(client, "/v1/load_lora_adapter", body)
-        if status == 200:
-            log.info("vllm for %s: adapter %s loaded", self.spec.id, version.vllm_name)
-            return
-        message = " ".join(str(error_of(status, payload, "lora_path")).split())[:500]  # one line
-        if status in (400, 404):  # vLLM's refusal: the file does not fit
-            raise InvalidRequest(
-                f"{version.spec.path}: vLLM refused the adapter: {message}", param="lora_path"
-            )
-        raise EngineError(f"vllm ({self.spec.id}): loading adapter {version.spec.name}: {message}")
-
-    async def _vllm_unload(self, version: Version) -> None:
-        """Take `version` out of vLLM (what fails is logged: vLLM keeps some memory)."""
-        self._lora.forget(version)
-        try:
-            body = {"lora_name": version.vllm_name}
-            status, payload = await self._lora_call(
-                self._ready_client(), "/v1/unload_lora_adapter", body
-            )
-        except (Unavailable, EngineError) as exc:  # a restart forgets it anyway
-            log.warning(
-                "vllm for %s: adapter %s not unloaded: %s", self.spec.id, version.vllm_name, exc
-            )
-            return
-        if status != 200:
-            log.warning(
-                "vllm for %s: unloading adapter %s: %s",
-                self.spec.id,
-                version.vllm_name,
-                error_of(status, payload, "lora_name"),
-            )
-        else:
-            log.info("vllm for %s: adapter %s unloaded", self.spec.id, version.vllm_name)
-
-    def _unload_later(self, version: Version) -> None:
-        task = asyncio.create_task(self._vllm_unload(version), name=f"unload {version.vllm_name}")
-        self._unloads.add(task)
-        task.add_done_callback(self._unloads.discard)
-
-    async def _lora_call(
-        self, client: httpx.AsyncClient, path: str, body: Json
-    ) -> tuple[int, object]:
+    async def _lora_call(self, path: str, body: Json, ready: bool) -> tuple[int, object]:
         """vLLM's LoRA endpoints: plain text on success, an error body otherwise."""
+        client = self._ready_client() if ready else self._client()
         try:
             response = await client.post(self._url(path), json=body, headers=self._auth())
         except httpx.ConnectError as exc:
@@ -433,23 +381,6 @@ class VllmEngine:
         except httpx.HTTPError as exc:
             raise EngineError(f"vllm ({self.spec.id}): {exc!r}") from exc
         return response.status_code, _json(response.content)
-
-    async def _reload_adapters(self) -> None:
-        """After a restart: the adapters loaded at run time, loaded again (the start's are
-        on the command line)."""
-        client = self._client()
-        for version in self._lora.to_reload():
-            try:
-                await self._vllm_load(client, version)
-                version.broken = None
-            except NimbleError as exc:
-                version.broken = str(exc)
-                log.error(
-                    "vllm for %s: adapter %s not loaded again: %s",
-                    self.spec.id,
-                    version.spec.name,
-                    exc,
-                )
 
     # the process (called by the supervisor)
 
@@ -486,7 +417,7 @@ class VllmEngine:
                     self._context_length = int(entry["max_model_len"])
         if not self._context_length:
             self._context_length = self._config.context_length or self.spec.context_length or 0
-        await self._reload_adapters()
+        await self._adapters.reload()
 
     # helpers
 
