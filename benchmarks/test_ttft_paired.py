@@ -12,7 +12,9 @@ from ttft_paired import (
     Options,
     aiperf_texts,
     cpu_list,
+    labels,
     parse_env,
+    parse_servers,
     prefill_times,
     prompt_texts,
     report,
@@ -106,3 +108,21 @@ def test_nimble_env_is_parsed_and_named_in_the_report() -> None:
     options = Options(pairs=1, max_tokens=8, nimble_env=(("LD_PRELOAD", "libjemalloc.so.2"),))
     text = report(Settings(Path("/m.gguf"), 1, 8192, 8, ""), options, result)
     assert "nimble with LD_PRELOAD=libjemalloc.so.2" in text.splitlines()[2]
+
+
+def test_a_server_paired_with_itself_is_the_control() -> None:
+    assert parse_servers("engine,engine") == ("engine", "engine")
+    assert labels(("engine", "engine")) == ("engine", "engine-2")
+    assert labels(("nimble", "engine")) == ("nimble", "engine")
+    for bad in ("engine", "engine,vllm", "nimble,engine,engine"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_servers(bad)
+    result = {"ttft_ms": {"engine": [100.0, 130.0], "engine-2": [104.0, 127.0]}}
+    options = Options(pairs=2, max_tokens=8, servers=("engine", "engine"))
+    text = report(Settings(Path("/m.gguf"), 1, 8192, 8, ""), options, result)
+    assert text.splitlines()[2].startswith("engine against engine-2: 2 pairs")
+    diffs = [line for line in text.splitlines() if "median of the pairs" in line]
+    # -4 and +3: the median of the pairs is -0.5, the first minus the second
+    assert diffs == [
+        "| TTFT | engine - engine-2, median of the pairs | -0.5 (95% interval -4.0 .. +3.0) | |"
+    ]

@@ -21,6 +21,10 @@ aiperf's `inputs.json` (its synthetic ~128-token prompts) instead of loadgen's s
 
     python benchmarks/ttft_paired.py --pairs 100 --threads 1 --pin 0:1 --split \
         --prompts-from benchmarks/results/2026-12-03/aiperf_ttft_pinned_c1/inputs.json
+
+`--servers engine,engine` (or `nimble,nimble`) pairs two fresh processes of the same server:
+the control that says how far two processes of one program differ on this machine, so that
+a difference between nimble and the engine can be read against it.
 """
 
 from __future__ import annotations
@@ -77,11 +81,24 @@ class Options:
     server_cpus: str = ""  # taskset CPU list for both servers ("": any)
     texts: tuple[str, ...] = ()  # prompts to cycle through (empty: loadgen's)
     nimble_env: tuple[tuple[str, str], ...] = ()  # set for nimble's server only
+    servers: tuple[str, str] = ("nimble", "engine")  # the pair, first minus second
 
 
-def start(name: str, settings: Settings, options: Options) -> Server:
+def labels(servers: tuple[str, str]) -> tuple[str, str]:
+    """Names for the two servers of a pair: a server paired with itself is `NAME` and
+    `NAME-2`."""
+    first, second = servers
+    return (first, f"{second}-2") if first == second else (first, second)
+
+
+def target_of(label: str) -> str:
+    return label.removesuffix("-2")
+
+
+def start(label: str, settings: Settings, options: Options) -> Server:
+    name = target_of(label)
     target, port = TARGETS[name], free_port()
-    log = OUT / f"ttft-{name}.log"
+    log = OUT / f"ttft-{label}.log"
     argv = target.command(settings, port) + (LOG_FLAGS[name] if options.split else [])
     env = {**os.environ, **dict(options.nimble_env)} if name == "nimble" else None
     with log.open("wb") as sink:  # the child keeps its own copy of the file
@@ -157,10 +174,10 @@ async def run(settings: Settings, options: Options) -> Measured:
     """Both servers up, the pairs sent; the measurements, per request (warm-up left out)."""
     servers: dict[str, Server] = {}
     try:
-        for name in ("nimble", "engine"):
-            servers[name] = start(name, settings, options)  # stopped below if the next fails
-        for name, (proc, url, log) in servers.items():
-            await wait_ready(proc, url + TARGETS[name].ready_path, log)
+        for label in labels(options.servers):
+            servers[label] = start(label, settings, options)  # stopped below if the next fails
+        for label, (proc, url, log) in servers.items():
+            await wait_ready(proc, url + TARGETS[target_of(label)].ready_path, log)
         async with contextlib.AsyncExitStack() as stack:
             clients = {
                 name: await stack.enter_async_context(
@@ -185,15 +202,17 @@ async def run(settings: Settings, options: Options) -> Measured:
 
 
 def compare(label: str, values: dict[str, list[float]]) -> list[str]:
-    """A table row per server (p50, p95) and the paired difference, nimble minus engine."""
-    diffs = [a - b for a, b in zip(values["nimble"], values["engine"], strict=True)]
+    """A table row per server (p50, p95) and the paired difference, the first server minus
+    the second."""
+    first, second = values
+    diffs = [a - b for a, b in zip(values[first], values[second], strict=True)]
     low, high = bootstrap(diffs)
     return [
         f"| {label} | {name} | {statistics.median(v):.1f} | "
         f"{sorted(v)[int(0.95 * (len(v) - 1))]:.1f} |"
         for name, v in values.items()
     ] + [
-        f"| {label} | nimble - engine, median of the pairs | {statistics.median(diffs):+.1f} "
+        f"| {label} | {first} - {second}, median of the pairs | {statistics.median(diffs):+.1f} "
         f"(95% interval {low:+.1f} .. {high:+.1f}) | |"
     ]
 
@@ -215,6 +234,7 @@ def report(settings: Settings, options: Options, result: Measured) -> str:
         [
             f"# TTFT at one stream, paired ({when})",
             "",
+            f"{' against '.join(labels(options.servers))}: "
             f"{options.pairs} pairs, max_tokens {options.max_tokens}, {settings.threads} "
             f"threads, model {settings.model.name}, {prompts_from}{pin}",
             "",
@@ -233,6 +253,13 @@ def parse_env(value: str) -> tuple[str, str]:
     return key, setting
 
 
+def parse_servers(value: str) -> tuple[str, str]:
+    names = tuple(value.split(","))
+    if len(names) != 2 or not all(name in LOG_FLAGS for name in names):
+        raise argparse.ArgumentTypeError(f"write two of {', '.join(LOG_FLAGS)}, e.g. engine,engine")
+    return names[0], names[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -248,6 +275,13 @@ def main() -> None:
     parser.add_argument("--prompts-from", type=Path, help="aiperf's inputs.json")
     parser.add_argument("--pin", type=parse_pin, help="SERVER:CLIENT CPU lists, e.g. 0:1")
     parser.add_argument("--out", default="ttft", help="name of the report in benchmarks/out/")
+    parser.add_argument(
+        "--servers",
+        type=parse_servers,
+        default=("nimble", "engine"),
+        metavar="A,B",
+        help="the pair, A minus B (default nimble,engine; engine,engine is the control)",
+    )
     parser.add_argument(
         "--nimble-env",
         action="append",
@@ -268,6 +302,7 @@ def main() -> None:
         server_cpus=server_cpus,
         texts=aiperf_texts(args.prompts_from) if args.prompts_from else (),
         nimble_env=tuple(args.nimble_env),
+        servers=args.servers,
     )
     OUT.mkdir(exist_ok=True)
     result = asyncio.run(run(settings, options))
