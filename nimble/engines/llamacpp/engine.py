@@ -54,6 +54,7 @@ from nimble.engines.llamacpp import adapters, launch
 from nimble.engines.llamacpp.echo import Model as ScoringModel
 from nimble.engines.llamacpp.echo import prompt_logprobs
 from nimble.engines.llamacpp.gguf import GgufLayout, read_gguf_summary
+from nimble.engines.llamacpp.lazy_calls import text_then_calls
 from nimble.engines.llamacpp.sampling import (
     Cutter,
     needs_cutter,
@@ -72,7 +73,6 @@ from nimble.errors import (
     EngineError,
     ModelLoadError,
     Unavailable,
-    UnsupportedParameter,
 )
 from nimble.models.adapters import AdapterSpec
 from nimble.models.files import sha256_of
@@ -349,8 +349,10 @@ class LlamaCppEngine:
             prompt = str((await self._post("/apply-template", template_body(request)))["prompt"])
         constraint = request.constraint
         if isinstance(constraint, ToolCallConstraint) and constraint.lazy and prompt is not None:
-            async for chunk in self._text_then_calls(request, prompt, constraint):
-                yield chunk
+            chunks = text_then_calls(request, prompt, constraint, self._run, self._count_tokens)
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    yield chunk
             return
         mapper = ChunkMapper(request)
         async for chunk in self._run(request, prompt, mapper):
@@ -434,54 +436,6 @@ class LlamaCppEngine:
         """At the end of a task's stream: stop() cut it short."""
         if stream.cancel.is_set():
             raise Unavailable(f"model {self.spec.id} was stopped during the generation")
-
-    async def _text_then_calls(
-        self, request: GenerateRequest, prompt: str, calls: ToolCallConstraint
-    ) -> AsyncGenerator[GenerationChunk, None]:
-        """tool_choice auto: the model writes freely; once it opens a call, that
-        generation stops and a second one, on the prompt plus what it wrote, finishes the
-        calls under the grammar. (llama.cpp's own lazy grammars do not bind lazily with the
-        llguidance grammars its JSON-schema conversion writes.)"""
-        if request.params.n > 1:
-            raise UnsupportedParameter(
-                "n > 1 with tools (tool_choice auto) is not supported on llama.cpp", param="n"
-            )
-        trigger = calls.begin.strip() or calls.begin
-        free = dataclasses.replace(request, constraint=None)
-        first = ChunkMapper(free)
-        written = ""
-        opened = False
-        async with contextlib.aclosing(self._run(free, prompt, first)) as chunks:
-            async for chunk in chunks:
-                at = (written + chunk.text).find(trigger)
-                if at < 0:
-                    written += chunk.text
-                    yield chunk
-                    continue
-                head = chunk.text[: at + len(trigger) - len(written)]
-                written += head
-                if head:
-                    yield GenerationChunk(index=chunk.index, text=head)
-                opened = True
-                break  # closing the stream cancels the free generation
-        if not opened:
-            yield GenerationChunk(usage=first.usage())
-            return
-        rest = calls.begin[len(trigger) :] if calls.begin.startswith(trigger) else ""
-        if rest:
-            yield GenerationChunk(text=rest)
-        spent = await self._count_tokens(written + rest, special=False)
-        params = request.params
-        if params.max_tokens is not None:
-            params = dataclasses.replace(params, max_tokens=max(1, params.max_tokens - spent))
-        bound = dataclasses.replace(calls, begin="", separator=calls.separator + calls.begin)
-        second = dataclasses.replace(request, params=params, constraint=bound, messages=None)
-        mapper = ChunkMapper(second)
-        async for chunk in self._run(second, prompt + written + rest, mapper):
-            yield chunk
-        prompt_tokens = await self._count_tokens(prompt, special=True)
-        usage = mapper.usage()
-        yield GenerationChunk(usage=Usage(prompt_tokens, spent + usage.completion_tokens))
 
     async def _run(
         self, request: GenerateRequest, prompt: str | None, mapper: ChunkMapper
