@@ -1,12 +1,14 @@
 """What the runtime does around an encoder: the model's query and passage prefixes, cutting
 vectors to fewer (Matryoshka) dimensions, and ranking by cosine when no cross-encoder is
-served."""
+served.
+
+numpy is imported where a vector is computed, not with the module: a server of language
+models alone never loads it (nor the OpenBLAS it maps).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-
-import numpy as np
 
 from nimble.errors import InvalidRequest, UnsupportedParameter
 from nimble.runtime.served import ServedModel
@@ -26,6 +28,8 @@ def cut(result: EmbedResult, size: int | None) -> EmbedResult:
     """The vectors cut to `size` dimensions and renormalised (None: as they are)."""
     if size is None:
         return result
+    import numpy as np
+
     parts = [np.asarray(v[:size], dtype=np.float64) for v in result.vectors]
     vectors = tuple(tuple((v / max(float(np.linalg.norm(v)), 1e-12)).tolist()) for v in parts)
     return EmbedResult(vectors, result.prompt_tokens)
@@ -40,6 +44,8 @@ async def cosine_rank(model: ServedModel, request: RankRequest) -> RankResult:
         *(traits.passage_prefix + doc for doc in request.documents),
     )
     result = await model.embedder.embed(EmbedRequest(request.request_id, texts, request.truncate))
+    import numpy as np
+
     vectors = np.asarray(result.vectors, dtype=np.float64)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     scores = vectors[1:] @ vectors[0]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
+import struct
 
-import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from nimble.api.call import Call
@@ -47,5 +47,5 @@ async def embeddings(request: Request, body: EmbeddingRequest) -> Response:
 def _encode(vector: tuple[float, ...], encoding: str) -> list[float] | str:
     if encoding == "base64":
         # OpenAI's base64 format: little-endian float32 bytes
-        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
     return list(vector)
