@@ -13,6 +13,7 @@ Marseillaise..." from a cold one). Equal history, equal text.
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 import time
@@ -114,3 +115,14 @@ def test_completion_equals_the_engine_server(nimble: NimbleProcess, engine: str)
     assert mine["text"] == its["text"] and mine["text"].strip()
     assert mine["finish_reason"] == its["finish_reason"]
     _same_counts(ours["usage"], theirs["usage"])  # type: ignore[arg-type]
+
+
+def test_no_numerical_library_beside_llamacpp(nimble: NimbleProcess) -> None:
+    """A server of a language model alone maps no numpy, OpenBLAS, onnxruntime or torch: with
+    them in its process, llama.cpp reads a prompt 2-3 % more slowly than in its own server
+    (benchmarks/RESULTS.md, 2026-12-04 21:58)."""
+    maps = Path(f"/proc/{nimble.proc.pid}/maps").read_text()
+    libraries = {line.split()[-1] for line in maps.splitlines() if ".so" in line}
+    assert any("xllamacpp" in library for library in libraries)  # nimble's process, serving
+    pattern = re.compile(r"numpy|openblas|onnxruntime|torch")
+    assert sorted(library for library in libraries if pattern.search(library)) == []
