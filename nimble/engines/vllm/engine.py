@@ -20,13 +20,13 @@ How it works
   with backoff (1, 2, 4 ... 30 s; a sixth restart within 10 minutes is fatal); meanwhile
   health is False and requests get Unavailable. With "fail" (or too many restarts)
   `on_fatal` is called: nimble exits non-zero and the orchestrator restarts the pod.
-- LoRA adapters (`lora.py`): the model's adapters go on vLLM's command line
-  (`--enable-lora`, `--lora-modules`); adapters loaded at run time go through vLLM's own
-  `/v1/load_lora_adapter` and `/v1/unload_lora_adapter`, each version under its own vLLM
-  name (a replaced adapter leaves vLLM when its last request ends). A request for an
-  adapter sends vLLM `model: <that name>`. After a restart the adapters loaded at run time
-  are loaded again before the engine counts as up (one vLLM refuses now is logged, and its
-  requests fail with the reason).
+- LoRA adapters (`lora.py`, and `loading.py` at run time): the model's adapters go on
+  vLLM's command line (`--enable-lora`, `--lora-modules`); adapters loaded at run time go
+  through vLLM's own `/v1/load_lora_adapter` and `/v1/unload_lora_adapter`, each version
+  under its own vLLM name (a replaced adapter leaves vLLM when its last request ends). A
+  request for an adapter sends vLLM `model: <that name>`. After a restart the adapters
+  loaded at run time are loaded again before the engine counts as up (one vLLM refuses now
+  is logged, and its requests fail with the reason).
 - Metrics: `cache_usage()` reads `vllm:kv_cache_usage_perc` (or the older
   `vllm:gpu_cache_usage_perc`) from vLLM's /metrics.
 """
