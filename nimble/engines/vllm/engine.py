@@ -115,7 +115,7 @@ class VllmEngine:
             max_lora_rank=config.max_lora_rank,
             runtime=config.runtime_adapters,
         )
-        self._adapters = AdapterLoader(spec.id, self._lora, self._lora_call)
+        self._adapters = AdapterLoader(spec.id, self._lora, self._send)
         policy = RESTARTS if config.engine_restart == "restart" else RestartPolicy(restart=False)
         self._process = Supervisor(
             f"vllm for {spec.id}",
@@ -371,17 +371,6 @@ class VllmEngine:
     async def unload_adapter(self, name: str) -> None:
         await self._adapters.unload(name)
 
-    async def _lora_call(self, path: str, body: Json, ready: bool) -> tuple[int, object]:
-        """vLLM's LoRA endpoints: plain text on success, an error body otherwise."""
-        client = self._ready_client() if ready else self._client()
-        try:
-            response = await client.post(self._url(path), json=body, headers=self._auth())
-        except httpx.ConnectError as exc:
-            raise self._unavailable() from exc
-        except httpx.HTTPError as exc:
-            raise EngineError(f"vllm ({self.spec.id}): {exc!r}") from exc
-        return response.status_code, _json(response.content)
-
     # the process (called by the supervisor)
 
     def _launch(self) -> Launch:
@@ -445,17 +434,24 @@ class VllmEngine:
             return Unavailable(f"model {self.spec.id}: the vllm engine died (not restarted)")
         return Unavailable(f"model {self.spec.id}: the vllm engine is not running")
 
-    async def _post(self, path: str, body: Json, param: str) -> Json:
-        client = self._ready_client()
+    async def _send(self, path: str, body: Json, ready: bool = True) -> tuple[int, object]:
+        """One POST to vLLM: its status and decoded body (plain text, as vLLM's LoRA
+        endpoints answer on success, comes as `{"message": ...}`). `ready`: refused while
+        the engine is down; False while it starts (the adapters loaded again)."""
+        client = self._ready_client() if ready else self._client()
         try:
             response = await client.post(self._url(path), json=body, headers=self._auth())
         except httpx.ConnectError as exc:
             raise self._unavailable() from exc
         except httpx.HTTPError as exc:
             raise EngineError(f"vllm ({self.spec.id}): {exc!r}") from exc
-        payload = _json(response.content)
-        if response.status_code != 200 or not isinstance(payload, dict):
-            error = error_of(response.status_code, payload, param)
+        return response.status_code, _json(response.content)
+
+    async def _post(self, path: str, body: Json, param: str) -> Json:
+        """A JSON answer from vLLM; its refusal as nimble's error, naming `param`."""
+        status, payload = await self._send(path, body)
+        if status != 200 or not isinstance(payload, dict):
+            error = error_of(status, payload, param)
             if isinstance(error, InvalidRequest) and error.param is None:
                 error.param = param  # the field nimble forwarded (vLLM's 400s name none)
             raise error
