@@ -82,6 +82,11 @@ class Selection:
 class Answer(Selection):
     text: str = ""  # what the chat model wrote, [n] citations included
 
+    @classmethod
+    def of(cls, selection: Selection, text: str = "") -> Answer:
+        """`selection` answered with `text` (none: rendered as "(no answer)")."""
+        return cls(**{f.name: getattr(selection, f.name) for f in fields(Selection)}, text=text)
+
     def render(self) -> str:
         """The answer, then the numbered sources (made here, not left to the model)."""
         lines = [self.text.strip() or "(no answer)", "", "Sources:"]
@@ -267,7 +272,7 @@ class Pipeline:
             temperature=self.config.temperature,
         )
         text = reply.choices[0].message.content or ""
-        return Answer(**{f.name: getattr(selection, f.name) for f in fields(Selection)}, text=text)
+        return Answer.of(selection, text)
 
 
 def fuse(orders: Sequence[Sequence[Hit]], k: int = 60) -> list[Hit]:

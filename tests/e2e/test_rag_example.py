@@ -10,14 +10,13 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from examples.rag import Pipeline, RagConfig, Store
 from examples.rag.chunking import Chunk, chunk_file, find_files
-from examples.rag.pipeline import Answer, Selection, source_label
+from examples.rag.pipeline import Answer, source_label
 from tests.e2e.conftest import CHAT_MODEL, EMBED_MODEL, NimbleProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.models]
@@ -172,7 +171,7 @@ def test_recall_at_3_and_sources(config: RagConfig, store: Store) -> None:
         answered = list(pool.map(pipeline.answer, selections[:ANSWERED]))
     took = time.perf_counter() - started
     assert all(answer.text.strip() for answer in answered)
-    answers = answered + [unanswered(selection) for selection in selections[ANSWERED:]]
+    answers = answered + [Answer.of(selection) for selection in selections[ANSWERED:]]
     found = 0
     for answer, (question, where) in zip(answers, CASES, strict=True):
         assert answer.reranked and not answer.notes  # /v1/rerank answered
@@ -215,11 +214,6 @@ def test_cli_ingest_and_ask(server: NimbleProcess, tmp_path: Path) -> None:
     listed = sources.splitlines()
     assert [line[:3] for line in listed] == ["[1]", "[2]", "[3]"]
     assert any(line.endswith(source_label(onnx)) for line in listed), asked.stdout
-
-
-def unanswered(selection: Selection) -> Answer:
-    """A selection as the pipeline renders it when the model wrote nothing."""
-    return Answer(**{f.name: getattr(selection, f.name) for f in fields(Selection)})
 
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess[str]:
