@@ -13,11 +13,13 @@ from ttft_paired import (
     aiperf_texts,
     cpu_list,
     labels,
+    mean_gap_ms,
     parse_env,
     parse_servers,
     prefill_times,
     prompt_texts,
     report,
+    request_body,
 )
 
 # llama.cpp's info log as nimble --engine-log prints it: its warm-up at load, then requests
@@ -124,5 +126,28 @@ def test_a_server_paired_with_itself_is_the_control() -> None:
     diffs = [line for line in text.splitlines() if "median of the pairs" in line]
     # -4 and +3: the median of the pairs is -0.5, the first minus the second
     assert diffs == [
-        "| TTFT | engine - engine-2, median of the pairs | -0.5 (95% interval -4.0 .. +3.0) | |"
+        "| TTFT | engine - engine-2, median of the pairs | -0.5 (95% interval -4.0 .. +3.0; "
+        "-0.4% of engine-2's p50) | |"
     ]
+
+
+def test_inter_token_latency_is_paired_when_more_than_one_token_is_asked() -> None:
+    assert mean_gap_ms((0.010, 0.014)) == pytest.approx(12.0)
+    with pytest.raises(RuntimeError, match="no inter-token latency"):
+        mean_gap_ms(())
+    options = Options(pairs=2, max_tokens=64, ignore_eos=True, scrape_s=0.333)
+    body = request_body("m", "hello", options)
+    assert body["ignore_eos"] is True and body["max_tokens"] == 64
+    assert "ignore_eos" not in request_body("m", "hello", Options(pairs=2, max_tokens=64))
+    result = {
+        "ttft_ms": {"nimble": [110.0, 120.0], "engine": [100.0, 100.0]},
+        "itl_ms": {"nimble": [13.0, 13.4], "engine": [12.5, 12.5]},
+    }
+    text = report(Settings(Path("/m.gguf"), 1, 8192, 8, ""), options, result)
+    assert "ignore_eos, /metrics fetched every 0.333 s" in text.splitlines()[2]
+    itl = [line for line in text.splitlines() if line.startswith("| inter-token latency |")]
+    # differences +0.5 and +0.9: median +0.7 ms, 5.6% of the engine's 12.5
+    assert itl[-1] == (
+        "| inter-token latency | nimble - engine, median of the pairs | +0.7 (95% interval "
+        "+0.5 .. +0.9; +5.6% of engine's p50) | |"
+    )

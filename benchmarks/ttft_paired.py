@@ -25,6 +25,15 @@ aiperf's `inputs.json` (its synthetic ~128-token prompts) instead of loadgen's s
 `--servers engine,engine` (or `nimble,nimble`) pairs two fresh processes of the same server:
 the control that says how far two processes of one program differ on this machine, so that
 a difference between nimble and the engine can be read against it.
+
+With `--max-tokens` above 1 each request's inter-token latency (the mean gap between its
+streamed tokens) is paired too; `--ignore-eos` makes every answer `--max-tokens` long.
+`--scrape SECONDS` has each server's `/metrics` fetched at that interval throughout, as
+aiperf does (every 0.333 s by default; llama.cpp's own server answers it with an error):
+
+    python benchmarks/ttft_paired.py --pairs 40 --max-tokens 64 --ignore-eos --scrape 0.333 \
+        --threads 1 --pin 0:1 --prompts-from \
+        benchmarks/results/2026-12-03/aiperf_ttft_pinned_c1/inputs.json
 """
 
 from __future__ import annotations
@@ -40,7 +49,6 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +90,8 @@ class Options:
     texts: tuple[str, ...] = ()  # prompts to cycle through (empty: loadgen's)
     nimble_env: tuple[tuple[str, str], ...] = ()  # set for nimble's server only
     servers: tuple[str, str] = ("nimble", "engine")  # the pair, first minus second
+    ignore_eos: bool = False  # every answer max_tokens long
+    scrape_s: float = 0.0  # fetch each server's /metrics this often (0: never)
 
 
 def labels(servers: tuple[str, str]) -> tuple[str, str]:
@@ -150,24 +160,47 @@ def bootstrap(diffs: list[float], rounds: int = 2000) -> tuple[float, float]:
     return medians[int(0.025 * rounds)], medians[int(0.975 * rounds)]
 
 
-async def alternate(
-    clients: dict[str, httpx.AsyncClient], options: Options
-) -> dict[str, list[float]]:
+def request_body(model: str, text: str, options: Options) -> dict[str, object]:
+    body = chat_body(model, text, options.max_tokens)
+    if options.ignore_eos:
+        body["ignore_eos"] = True
+    return body
+
+
+def mean_gap_ms(gaps: tuple[float, ...]) -> float:
+    """A request's inter-token latency: the mean of the gaps between its tokens (ms)."""
+    if not gaps:
+        raise RuntimeError("one token streamed: no inter-token latency (try --ignore-eos)")
+    return statistics.fmean(gaps) * 1000
+
+
+async def scrape(client: httpx.AsyncClient, every_s: float) -> None:
+    """Fetch `/metrics` every `every_s` until cancelled, whatever it answers (as aiperf)."""
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            await client.get("/metrics")
+        await asyncio.sleep(every_s)
+
+
+async def alternate(clients: dict[str, httpx.AsyncClient], options: Options) -> Measured:
     """Each prompt to every server, one request at a time, in a shuffled order: TTFTs (ms),
-    warm-up pairs included (the first WARMUP)."""
+    and inter-token latencies when more than one token is asked for, warm-up pairs included
+    (the first WARMUP)."""
     models = {name: await first_model(client) for name, client in clients.items()}
     ttft: dict[str, list[float]] = {name: [] for name in clients}
+    itl: dict[str, list[float]] = {name: [] for name in clients}
     order = list(clients)
     for i, text in enumerate(prompt_texts(options, options.pairs + WARMUP)):
         random.Random(i).shuffle(order)
         for name in order:
-            body = chat_body(models[name], text, options.max_tokens)
-            result = await stream_one(clients[name], body)
+            result = await stream_one(clients[name], request_body(models[name], text, options))
             if not result.ok or result.ttft is None:
                 raise RuntimeError(f"{name}: {result.error}")
             ttft[name].append(result.ttft * 1000)
-            time.sleep(GAP_S)  # nothing else runs here; the loop may as well block
-    return ttft
+            if options.max_tokens > 1:
+                itl[name].append(mean_gap_ms(result.gaps))
+            await asyncio.sleep(GAP_S)  # the scrapers, if any, run meanwhile
+    return {"ttft_ms": ttft, "itl_ms": itl} if options.max_tokens > 1 else {"ttft_ms": ttft}
 
 
 async def run(settings: Settings, options: Options) -> Measured:
@@ -185,13 +218,23 @@ async def run(settings: Settings, options: Options) -> Measured:
                 )
                 for name, (_, url, _) in servers.items()
             }
-            ttft = await alternate(clients, options)
+            scrapers = [
+                asyncio.create_task(scrape(client, options.scrape_s))
+                for client in clients.values()
+                if options.scrape_s > 0
+            ]
+            try:
+                measured = await alternate(clients, options)
+            finally:
+                for task in scrapers:
+                    task.cancel()
+                await asyncio.gather(*scrapers, return_exceptions=True)
     finally:
         for proc, _, _ in servers.values():
             stop(proc)
     sent = options.pairs + WARMUP
     result: Measured = {
-        "ttft_ms": {name: v[WARMUP:] for name, v in ttft.items()},
+        what: {name: v[WARMUP:] for name, v in values.items()} for what, values in measured.items()
     }
     if options.split:
         result["prefill_ms"] = {
@@ -207,13 +250,14 @@ def compare(label: str, values: dict[str, list[float]]) -> list[str]:
     first, second = values
     diffs = [a - b for a, b in zip(values[first], values[second], strict=True)]
     low, high = bootstrap(diffs)
+    share = 100 * statistics.median(diffs) / statistics.median(values[second])
     return [
         f"| {label} | {name} | {statistics.median(v):.1f} | "
         f"{sorted(v)[int(0.95 * (len(v) - 1))]:.1f} |"
         for name, v in values.items()
     ] + [
         f"| {label} | {first} - {second}, median of the pairs | {statistics.median(diffs):+.1f} "
-        f"(95% interval {low:+.1f} .. {high:+.1f}) | |"
+        f"(95% interval {low:+.1f} .. {high:+.1f}; {share:+.1f}% of {second}'s p50) | |"
     ]
 
 
@@ -226,10 +270,14 @@ def report(settings: Settings, options: Options, result: Measured) -> str:
             name: [t - p for t, p in zip(ttft[name], prefill[name], strict=True)] for name in ttft
         }
         parts += [("llama.cpp's prefill", prefill), ("TTFT - prefill", rest)]
+    if "itl_ms" in result:
+        parts.append(("inter-token latency", result["itl_ms"]))
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     prompts_from = f"{len(options.texts)} given prompts" if options.texts else "loadgen's prompts"
     pin = f", servers on CPUs {options.server_cpus}" if options.server_cpus else ""
     pin += "".join(f", nimble with {key}={value}" for key, value in options.nimble_env)
+    pin += ", ignore_eos" if options.ignore_eos else ""
+    pin += f", /metrics fetched every {options.scrape_s:g} s" if options.scrape_s else ""
     return "\n".join(
         [
             f"# TTFT at one stream, paired ({when})",
@@ -273,6 +321,10 @@ def main() -> None:
         "--split", action="store_true", help="split each TTFT into llama.cpp's prefill and rest"
     )
     parser.add_argument("--prompts-from", type=Path, help="aiperf's inputs.json")
+    parser.add_argument("--ignore-eos", action="store_true", help="answers max_tokens long")
+    parser.add_argument(
+        "--scrape", type=float, default=0.0, metavar="SECONDS", help="fetch /metrics this often"
+    )
     parser.add_argument("--pin", type=parse_pin, help="SERVER:CLIENT CPU lists, e.g. 0:1")
     parser.add_argument("--out", default="ttft", help="name of the report in benchmarks/out/")
     parser.add_argument(
@@ -303,6 +355,8 @@ def main() -> None:
         texts=aiperf_texts(args.prompts_from) if args.prompts_from else (),
         nimble_env=tuple(args.nimble_env),
         servers=args.servers,
+        ignore_eos=args.ignore_eos,
+        scrape_s=args.scrape,
     )
     OUT.mkdir(exist_ok=True)
     result = asyncio.run(run(settings, options))
