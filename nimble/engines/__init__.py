@@ -12,7 +12,7 @@ from nimble.engines.base import (
     Tokenizer,
 )
 from nimble.engines.config import EngineConfig
-from nimble.engines.registry import create_engine, engine_unavailable, known_engines
+from nimble.engines.registry import create_engine, engine_unavailable, known_engines, loads_first
 
 __all__ = [
     "AdapterHost",
@@ -27,4 +27,5 @@ __all__ = [
     "create_engine",
     "engine_unavailable",
     "known_engines",
+    "loads_first",
 ]

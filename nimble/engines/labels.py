@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-from numpy.typing import NDArray
+from typing import TYPE_CHECKING, Any
 
 from nimble.errors import InvalidRequest, ModelLoadError
 from nimble.types import Classification, ClassifyResult
+
+if TYPE_CHECKING:  # numpy is imported when logits are there (see onnx/compute.py)
+    import numpy as np
+    from numpy.typing import NDArray
 
 MULTI_LABEL = "multi_label_classification"
 
@@ -62,6 +63,8 @@ def positions(config: Mapping[str, Any]) -> int | None:
 
 def probabilities(logits: NDArray[np.float32], multi_label: bool) -> NDArray[np.float64]:
     """Rows of logits to rows of probabilities."""
+    import numpy as np
+
     values = logits.astype(np.float64)
     if multi_label:
         out: NDArray[np.float64] = 1.0 / (1.0 + np.exp(-values))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from nimble.engines import Engine, EngineConfig, create_engine
+from nimble.engines import Engine, EngineConfig, create_engine, loads_first
 from nimble.errors import (
     InvalidRequest,
     ModelLoadError,
@@ -140,8 +140,10 @@ class Runtime:
     # ----- lifecycle -----
     async def start(self) -> None:
         """Load and warm up every model; READY only when all passed a real generation."""
+        # llama.cpp's models first (then the others in the order given): see EngineEntry
+        order = sorted(self.models.values(), key=lambda m: not loads_first(m.spec.engine))
         try:
-            for model in self.models.values():
+            for model in order:
                 log.info("loading model %s (%s engine)", model.spec.id, model.spec.engine)
                 started = time.monotonic()
                 await model.load()

@@ -7,11 +7,15 @@ import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
-from nimble.engines.onnx.batching import EmbedBatcher, Rows, _Job, _share
+from nimble.engines.onnx.batching import EmbedBatcher, _Job, _share
+
+if TYPE_CHECKING:
+    from nimble.engines.onnx.batching import Rows
 
 
 class Closed(Exception):

@@ -52,6 +52,56 @@ def test_import_nimble_is_light_and_create_app_is_lazy() -> None:
     assert imported_after(code, ("fastapi",)) == ["fastapi"]
 
 
+NUMERICAL = ("numpy", "onnxruntime", "torch")
+
+# the default pair, the embedder named first; what was imported when llama.cpp began to load
+_LOAD_ORDER = """
+import asyncio, json, sys
+from nimble.engines import EngineConfig
+from nimble.engines.llamacpp.engine import LlamaCppEngine
+from nimble.models import resolve_model
+from nimble.runtime import Runtime, RuntimeConfig, ServiceState
+
+seen = []
+start = LlamaCppEngine.start
+
+async def noted(self):
+    seen.append([m for m in NUMERICAL if m in sys.modules])
+    await start(self)
+
+LlamaCppEngine.start = noted
+specs = [resolve_model("all-minilm-l6-v2"), resolve_model("smollm2-135m-instruct")]
+
+async def main():
+    runtime = Runtime(specs, RuntimeConfig(EngineConfig(context_length=512)))
+    await runtime.start()
+    try:
+        assert runtime.state is ServiceState.READY
+    finally:
+        await runtime.stop()
+    print(json.dumps({"at_llamacpp": seen, "after": [m for m in NUMERICAL if m in sys.modules]}))
+
+asyncio.run(main())
+"""
+
+
+def test_an_onnx_engine_is_created_without_numpy() -> None:
+    code = "import nimble.engines.onnx.engine, nimble.engines.labels"
+    assert imported_after(code, NUMERICAL) == []
+
+
+def test_llamacpp_loads_before_numpy_whatever_the_order_of_the_models() -> None:
+    """numpy and ONNX Runtime loaded before llama.cpp's model slow its prompt processing by
+    2-3 % for the life of the process (benchmarks/RESULTS.md, 2026-12-05); the runtime starts
+    llama.cpp's models first and the ONNX engine imports them when it starts."""
+    probe = f"NUMERICAL = {NUMERICAL!r}\n{_LOAD_ORDER}"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300
+    )
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert seen == {"at_llamacpp": [[]], "after": ["numpy", "onnxruntime"]}
+
+
 def cycles(graph: grimp.ImportGraph) -> list[list[str]]:
     """The groups of modules that import each other (strongly connected, Tarjan)."""
     index: dict[str, int] = {}

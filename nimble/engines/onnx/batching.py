@@ -20,12 +20,16 @@ import contextlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
-from numpy.typing import NDArray
+BATCH = 32  # sequences per session run; inputs are sorted by length to keep padding small
 
-Rows = NDArray[np.float32]
-RunBatch = Callable[[list[Sequence[int]]], Rows]  # sequences -> one row per sequence
+if TYPE_CHECKING:  # numpy is imported when rows are there (see compute.py)
+    import numpy as np
+    from numpy.typing import NDArray
+
+    Rows = NDArray[np.float32]
+    RunBatch = Callable[[list[Sequence[int]]], Rows]  # sequences -> one row per sequence
 
 
 @dataclass(eq=False)  # hashed by identity: jobs live in a set
@@ -91,6 +95,8 @@ class EmbedBatcher:
             if isinstance(outcome, BaseException):
                 raise outcome
             parts.append(outcome)
+        import numpy as np
+
         return np.concatenate(parts)
 
     def _forget(self, job: _Job) -> Callable[[asyncio.Future[Rows]], None]:

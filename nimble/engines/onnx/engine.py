@@ -24,20 +24,18 @@ truncation.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-import numpy as np
-import onnxruntime as ort
-from numpy.typing import NDArray
 from tokenizers import Tokenizer
 
 from nimble.engines import labels
 from nimble.engines.config import EngineConfig
-from nimble.engines.onnx.batching import EmbedBatcher, LaneStats
+from nimble.engines.onnx.batching import BATCH, EmbedBatcher, LaneStats
 from nimble.engines.threads import usable_cpus
 from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
 from nimble.models.files import sha256_of
@@ -54,8 +52,14 @@ from nimble.types import (
     Tokens,
 )
 
+if TYPE_CHECKING:  # numpy and ONNX Runtime come with compute.py, when the engine starts
+    import numpy as np
+    import onnxruntime as ort
+    from numpy.typing import NDArray
+
+    from nimble.engines.onnx.compute import Graph
+
 _T = TypeVar("_T")
-_BATCH = 32  # sequences per session run; inputs are sorted by length to keep padding small
 _BERT_POSITIONS = 512  # limit when neither the spec nor the folder says otherwise
 _TOKEN_OUTPUTS = ("last_hidden_state", "token_embeddings")
 _POOLED_OUTPUTS = ("sentence_embedding",)
@@ -76,9 +80,7 @@ class OnnxEmbeddingEngine:
         self._wrap: tuple[list[int], list[int]] = ([], [])  # special tokens around a text
         self._vocab = 0
         self._batcher: EmbedBatcher | None = None
-        self._inputs: frozenset[str] = frozenset()
-        self._output = ""
-        self._pooled = False
+        self._graph: Graph | None = None  # what to feed the session and read from it
         self._dimensions = 0
         self._files: tuple[ModelFile, ...] = ()
         self._classifier = Task.CLASSIFY in spec.tasks
@@ -114,7 +116,7 @@ class OnnxEmbeddingEngine:
             self._config.embed_max_wait,
             closed=lambda: Unavailable(f"model {self.spec.id!r} was stopped"),
             lanes=lanes,
-            chunk=max(8, _BATCH // lanes),  # a big request spreads over the lanes too
+            chunk=max(8, BATCH // lanes),  # a big request spreads over the lanes too
         )
         try:
             session, digest = await self._in_worker(self._load_weights)
@@ -129,22 +131,18 @@ class OnnxEmbeddingEngine:
             return
         result = await self.embed(EmbedRequest(request_id="warmup", inputs=("warm up",)))
         self._dimensions = len(result.vectors[0])
+        if self._graph is not None:  # the width of an empty answer, now known
+            self._graph = dataclasses.replace(self._graph, width=self._dimensions)
 
     def _load_weights(self) -> tuple[ort.InferenceSession, str]:
+        from nimble.engines.onnx import compute  # here, not at the top: see compute.py
+
         path = self.spec.weights
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # parallel across batches, not inside one
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only: ORT warns on stderr otherwise
-        try:
-            session = ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # ORT raises its own pybind types, all plain Exceptions
-            raise ModelLoadError(f"{path}: not a loadable ONNX model: {exc}") from exc
-        return session, sha256_of(path)
+        return compute.open_session(path), sha256_of(path)
 
     def _inspect_model(self, session: ort.InferenceSession) -> None:
+        from nimble.engines.onnx.compute import Graph
+
         names = {node.name for node in session.get_inputs()}
         unknown = names - _KNOWN_INPUTS
         if unknown or "input_ids" not in names:
@@ -159,16 +157,17 @@ class OnnxEmbeddingEngine:
             width = outputs[_LOGITS][-1]
             if isinstance(width, int) and width != len(self._labels):
                 _bad_model(self.spec.weights, f"{width} logits for {len(self._labels)} labels")
-            self._inputs, self._output, self._pooled = frozenset(names), _LOGITS, True
+            self._graph = Graph(frozenset(names), _LOGITS, True, False, len(self._labels))
             return
         token_output = next((name for name in _TOKEN_OUTPUTS if name in outputs), None)
         pooled_output = next((name for name in _POOLED_OUTPUTS if name in outputs), None)
         chosen = token_output or pooled_output
         if chosen is None:
             _bad_model(self.spec.weights, f"no embedding output among {sorted(outputs)}")
-        self._inputs, self._output, self._pooled = frozenset(names), chosen, token_output is None
         last = outputs[chosen][-1]
         self._dimensions = last if isinstance(last, int) else 0
+        pooled = token_output is None
+        self._graph = Graph(frozenset(names), chosen, pooled, True, self._dimensions)
 
     async def stop(self) -> None:
         # queued work now fails fast with Unavailable; the batch running finishes first
@@ -183,18 +182,20 @@ class OnnxEmbeddingEngine:
         return self._session is not None and self._executor is not None
 
     def info(self) -> EngineInfo:
+        from nimble.engines.onnx import compute
+
         extra = (
             {"num_labels": str(len(self._labels)), "multi_label": str(self._multi_label).lower()}
             if self._classifier
             else {
                 "dimensions": str(self._dimensions),
-                "pooling": "model" if self._pooled else "mean",
+                "pooling": "model" if self._graph and self._graph.pooled else "mean",
                 "normalized": "true",
             }
         )
         return EngineInfo(
             engine="onnx",
-            engine_version=f"onnxruntime {ort.__version__}",
+            engine_version=f"onnxruntime {compute.VERSION}",
             tasks=self.spec.tasks,
             context_length=self._max_length,
             supports_logprobs=False,
@@ -298,28 +299,12 @@ class OnnxEmbeddingEngine:
         return out
 
     def _run_batch(self, sequences: list[Sequence[int]]) -> NDArray[np.float32]:
-        session = self._session
-        if session is None:
+        session, graph = self._session, self._graph
+        if session is None or graph is None:
             raise Unavailable(f"model {self.spec.id!r} is not loaded")
-        if not sequences:
-            return np.zeros((0, self._dimensions), dtype=np.float32)
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-        batches = [order[start : start + _BATCH] for start in range(0, len(order), _BATCH)]
-        pooled = np.concatenate([self._run(session, [sequences[i] for i in b]) for b in batches])
-        vectors = np.empty_like(pooled)
-        vectors[order] = pooled  # back to the request's order
-        return vectors if self._classifier else _l2_normalise(vectors)
+        from nimble.engines.onnx import compute
 
-    def _run(
-        self, session: ort.InferenceSession, batch: list[Sequence[int]]
-    ) -> NDArray[np.float32]:
-        ids, mask = _pad(batch)
-        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        (hidden,) = session.run(
-            [self._output], {k: v for k, v in feed.items() if k in self._inputs}
-        )
-        hidden = np.asarray(hidden, dtype=np.float32)
-        return hidden if self._pooled else _mean_pool(hidden, mask)
+        return compute.run_batch(session, graph, sequences)
 
     async def _in_worker(self, work: Callable[[], _T]) -> _T:
         if self._executor is None:
@@ -347,22 +332,12 @@ def _load_tokenizer(path: Path, max_length: int | None, direction: str = "right"
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a plain Exception
         raise ModelLoadError(f"{path}: not a loadable tokenizer.json: {exc}") from exc
-    tokenizer.no_padding()  # padding is done per batch in _pad
+    tokenizer.no_padding()  # padding is done per batch (compute.py)
     if max_length is None:
         tokenizer.no_truncation()
     else:
         tokenizer.enable_truncation(max_length, direction=direction)
     return tokenizer
-
-
-def _pad(batch: list[Sequence[int]]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    width = max(len(sequence) for sequence in batch)
-    ids = np.zeros((len(batch), width), dtype=np.int64)  # pad id is irrelevant: masked out
-    mask = np.zeros((len(batch), width), dtype=np.int64)
-    for row, sequence in enumerate(batch):
-        ids[row, : len(sequence)] = sequence
-        mask[row, : len(sequence)] = 1
-    return ids, mask
 
 
 def _special_wrap(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
@@ -373,19 +348,6 @@ def _special_wrap(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
         if full[start : start + len(plain)] == plain:
             return full[:start], full[start + len(plain) :]
     return [], []
-
-
-def _mean_pool(hidden: NDArray[np.float32], mask: NDArray[np.int64]) -> NDArray[np.float32]:
-    weights = mask[..., None].astype(np.float32)
-    summed = (hidden * weights).sum(axis=1)
-    pooled: NDArray[np.float32] = summed / np.maximum(weights.sum(axis=1), 1e-9)
-    return pooled
-
-
-def _l2_normalise(vectors: NDArray[np.float32]) -> NDArray[np.float32]:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    unit: NDArray[np.float32] = vectors / np.maximum(norms, 1e-12)
-    return unit
 
 
 def _bad_model(path: Path, why: str) -> NoReturn:
