@@ -54,7 +54,8 @@ def test_import_nimble_is_light_and_create_app_is_lazy() -> None:
 
 NUMERICAL = ("numpy", "onnxruntime", "torch")
 
-# the default pair, the embedder named first; what was imported when llama.cpp began to load
+# the default pair and a torch encoder, the encoders named first; what was imported when
+# llama.cpp began to load
 _LOAD_ORDER = """
 import asyncio, json, sys
 from nimble.engines import EngineConfig
@@ -70,7 +71,11 @@ async def noted(self):
     await start(self)
 
 LlamaCppEngine.start = noted
-specs = [resolve_model("all-minilm-l6-v2"), resolve_model("smollm2-135m-instruct")]
+specs = [
+    resolve_model("all-minilm-l6-v2"),
+    resolve_model("all-minilm-l6-v2", name="minilm-torch", engine="sentence_transformers"),
+    resolve_model("smollm2-135m-instruct"),
+]
 
 async def main():
     runtime = Runtime(specs, RuntimeConfig(EngineConfig(context_length=512)))
@@ -85,21 +90,24 @@ asyncio.run(main())
 """
 
 
-def test_an_onnx_engine_is_created_without_numpy() -> None:
-    code = "import nimble.engines.onnx.engine, nimble.engines.labels"
+def test_encoder_engines_are_created_without_numerical_libraries() -> None:
+    code = (
+        "import nimble.engines.onnx.engine, nimble.engines.labels,"
+        " nimble.engines.sentence_transformers.engine"
+    )
     assert imported_after(code, NUMERICAL) == []
 
 
 def test_llamacpp_loads_before_numpy_whatever_the_order_of_the_models() -> None:
     """numpy and ONNX Runtime loaded before llama.cpp's model slow its prompt processing by
     2-3 % for the life of the process (benchmarks/RESULTS.md, 2026-12-05); the runtime starts
-    llama.cpp's models first and the ONNX engine imports them when it starts."""
+    llama.cpp's models first, and the encoder engines import them when they start."""
     probe = f"NUMERICAL = {NUMERICAL!r}\n{_LOAD_ORDER}"
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300
     )
     seen = json.loads(result.stdout.splitlines()[-1])
-    assert seen == {"at_llamacpp": [[]], "after": ["numpy", "onnxruntime"]}
+    assert seen == {"at_llamacpp": [[]], "after": ["numpy", "onnxruntime", "torch"]}
 
 
 def cycles(graph: grimp.ImportGraph) -> list[list[str]]:

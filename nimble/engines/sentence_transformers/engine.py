@@ -19,15 +19,10 @@ import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
-
-import sentence_transformers
-import torch
-import transformers
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nimble.engines.config import EngineConfig
 from nimble.engines.onnx.batching import LaneStats
-from nimble.engines.sentence_transformers.classifier import TorchClassifier
 from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
 from nimble.models.files import sha256_of
 from nimble.models.spec import ModelSpec
@@ -44,6 +39,9 @@ from nimble.types import (
     TokenizeRequest,
     Tokens,
 )
+
+if TYPE_CHECKING:  # torch, and numpy with it, load when the engine starts (onnx/compute.py)
+    from nimble.engines.sentence_transformers.classifier import TorchClassifier
 
 _T = TypeVar("_T")
 _WEIGHTS = ("*.safetensors", "*.bin", "config.json", "tokenizer.json", "modules.json")
@@ -63,9 +61,7 @@ class SentenceTransformersEngine:
         self._max_length = 512
         self._device = "cpu"
         self._files: tuple[ModelFile, ...] = ()
-        self._classifier = (
-            TorchClassifier(spec.weights, spec.id) if Task.CLASSIFY in spec.tasks else None
-        )
+        self._classifier: TorchClassifier | None = None  # made by start(), for `classify`
 
     async def start(self) -> None:
         folder = self.spec.weights
@@ -80,6 +76,8 @@ class SentenceTransformersEngine:
             raise ModelLoadError(f"{folder}: not a model folder (no config.json)")
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nimble-st")
         try:
+            if Task.CLASSIFY in self.spec.tasks:
+                self._classifier = await self._in_worker(self._new_classifier)
             await self._in_worker(self._load)
         except ModelLoadError:
             await self.stop()
@@ -98,7 +96,16 @@ class SentenceTransformersEngine:
         else:
             await self.embed(EmbedRequest("warmup", ("warm up",)))
 
+    def _new_classifier(self) -> TorchClassifier:
+        from nimble.engines.sentence_transformers.classifier import TorchClassifier
+
+        return TorchClassifier(self.spec.weights, self.spec.id)
+
     def _load(self) -> None:
+        import sentence_transformers
+        import torch
+        import transformers
+
         folder = self.spec.weights
         # transformers' progress bars are not log lines (global: this process's transformers)
         transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -153,6 +160,10 @@ class SentenceTransformersEngine:
         return self._tokenizer() is not None and self._pool is not None
 
     def info(self) -> EngineInfo:
+        import sentence_transformers  # loaded by start()
+        import torch
+        import transformers
+
         kind = {"kind": "cross-encoder" if self._rerank else "bi-encoder"}
         if self._classifier is not None:
             labels = str(len(self._classifier.labels))
