@@ -76,8 +76,6 @@ class SentenceTransformersEngine:
             raise ModelLoadError(f"{folder}: not a model folder (no config.json)")
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nimble-st")
         try:
-            if Task.CLASSIFY in self.spec.tasks:
-                self._classifier = await self._in_worker(self._new_classifier)
             await self._in_worker(self._load)
         except ModelLoadError:
             await self.stop()
@@ -96,11 +94,6 @@ class SentenceTransformersEngine:
         else:
             await self.embed(EmbedRequest("warmup", ("warm up",)))
 
-    def _new_classifier(self) -> TorchClassifier:
-        from nimble.engines.sentence_transformers.classifier import TorchClassifier
-
-        return TorchClassifier(self.spec.weights, self.spec.id)
-
     def _load(self) -> None:
         import sentence_transformers
         import torch
@@ -112,7 +105,10 @@ class SentenceTransformersEngine:
         if self._config.threads:
             torch.set_num_threads(self._config.threads)
         self._device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self._classifier is not None:
+        if Task.CLASSIFY in self.spec.tasks:
+            from nimble.engines.sentence_transformers.classifier import TorchClassifier
+
+            self._classifier = TorchClassifier(folder, self.spec.id)
             self._classifier.load(self._device, self._config.context_length)
             self._max_length = self._classifier.max_length
             self._files = _files(folder)
