@@ -300,9 +300,8 @@ class Runtime:
                 checked = await guards.check_input(plan, request, record, text)
                 redacted, request = checked is not request, checked
             request, calls_format = generation.with_tools(model, request, self.config.tool_parser)
-            count_prompt = generation.counter(model, request)  # counted only if asked
-            if redacted:  # what a count of the prompt now means
-                record.sent_prompt_tokens = count_prompt
+            if redacted:  # what a count of the prompt now means (counted only if asked)
+                record.sent_prompt_tokens = generation.counter(model, request)
             await generation.check_context(model, request)
             texts: dict[int, list[str]] = {}
             if self.config.log_prompts:
@@ -318,7 +317,7 @@ class Runtime:
                             record,
                             choices=request.params.n,
                             stop=generation.closer(list(stages)),
-                            prompt_tokens=count_prompt,
+                            prompt_tokens=generation.counter(model, request),
                         )
                     )
                 chunks = stages[-1]
