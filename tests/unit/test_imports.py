@@ -90,12 +90,19 @@ asyncio.run(main())
 """
 
 
-def test_encoder_engines_are_created_without_numerical_libraries() -> None:
+def test_engines_are_created_without_numerical_libraries() -> None:
+    """The encoders and the transformers engine import them when they start (the runtime
+    checks an engine's capabilities when it is created, so its module is imported then)."""
     code = (
-        "import nimble.engines.onnx.engine, nimble.engines.labels,"
-        " nimble.engines.sentence_transformers.engine"
+        "import nimble.engines.labels;"
+        "from nimble.engines import EngineConfig, create_engine;"
+        "from nimble.models import resolve_model;"
+        "config = EngineConfig(context_length=512);"
+        "create_engine(resolve_model('all-minilm-l6-v2'), config);"
+        "create_engine(resolve_model('all-minilm-l6-v2', engine='sentence_transformers'), config);"
+        "create_engine(resolve_model('smollm2-135m-instruct', engine='transformers'), config)"
     )
-    assert imported_after(code, NUMERICAL) == []
+    assert imported_after(code, (*NUMERICAL, "transformers")) == []
 
 
 def test_llamacpp_loads_before_numpy_whatever_the_order_of_the_models() -> None:

@@ -41,22 +41,11 @@ from transformers import DynamicCache
 from nimble.engines.transformers.choice import Sampler
 from nimble.engines.transformers.constrain import ConstraintFailed
 from nimble.engines.transformers.echo import Echo
-from nimble.engines.transformers.job import Job
+from nimble.engines.transformers.job import DecodeStats, Job
 from nimble.errors import EngineError, Unavailable
 from nimble.types import GenerationChunk, TokenLogprob
 
 log = logging.getLogger("nimble.engines.transformers")
-
-
-@dataclass
-class DecodeStats:
-    """Counters of the decode loop (for tests and benchmarks)."""
-
-    max_batch: int = 0  # most rows ever advanced by one forward pass
-    steps: int = 0  # batched decode steps
-    prefills: int = 0  # prompts prefilled
-    tokens: int = 0  # tokens sampled
-    running: int = 0  # rows in the batch now
 
 
 @dataclass

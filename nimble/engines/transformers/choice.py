@@ -276,3 +276,10 @@ class Sampler:
                     held = size
                     break
         return end - held
+
+
+def seeded_generator(device: torch.device, seed: int, index: int) -> torch.Generator:
+    """The random stream of choice `index` of a request with `seed` (63 bits)."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 1_000_003 + index) % (1 << 63))
+    return generator

@@ -37,19 +37,12 @@ import dataclasses
 import gc
 import secrets
 from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
 
 import jinja2
-import torch
-import transformers
 
 from nimble.engines.config import EngineConfig
-from nimble.engines.transformers.adapters import EngineAdapters
-from nimble.engines.transformers.batching import DecodeStats, Scheduler
-from nimble.engines.transformers.choice import Sampler
-from nimble.engines.transformers.constrain import Constrained, Grammars
-from nimble.engines.transformers.echo import Echo
-from nimble.engines.transformers.job import Job
-from nimble.engines.transformers.loading import Loaded, load
+from nimble.engines.transformers.job import DecodeStats, Job
 from nimble.errors import (
     ContextLengthExceeded,
     InvalidRequest,
@@ -68,6 +61,15 @@ from nimble.types import (
     TokenizeRequest,
     Tokens,
 )
+
+if TYPE_CHECKING:
+    # torch and transformers: imported when the engine starts, not when it is created, so
+    # that a llama.cpp model of the same process loads before them (registry.py)
+    from nimble.engines.transformers.adapters import EngineAdapters
+    from nimble.engines.transformers.batching import Scheduler
+    from nimble.engines.transformers.choice import Sampler
+    from nimble.engines.transformers.constrain import Constrained, Grammars
+    from nimble.engines.transformers.loading import Loaded
 
 _SEED_BITS = 63
 
@@ -90,6 +92,11 @@ class TransformersEngine:
     async def start(self) -> None:
         if self._loaded is not None:
             return
+        from nimble.engines.transformers.adapters import EngineAdapters
+        from nimble.engines.transformers.batching import Scheduler
+        from nimble.engines.transformers.constrain import Grammars
+        from nimble.engines.transformers.loading import load
+
         try:
             loaded = await asyncio.to_thread(load, self.spec, self._config)
         except ModelLoadError:
@@ -126,12 +133,17 @@ class TransformersEngine:
             del loaded, scheduler
             gc.collect()
             if device.type == "cuda":
+                import torch  # loaded by start()
+
                 torch.cuda.empty_cache()
 
     async def health(self) -> bool:
         return self._scheduler is not None and self._scheduler.alive()
 
     def info(self) -> EngineInfo:
+        import torch  # loaded by start()
+        import transformers
+
         loaded = self._loaded
         extra = {"torch": torch.__version__, "batching": "continuous"}
         if loaded is not None:
@@ -203,6 +215,8 @@ class TransformersEngine:
             choices = self._choices(loaded, request, ids, constraints)
             echo = None
             if request.echo:  # the prompt starts each choice (scored in the prefill)
+                from nimble.engines.transformers.echo import Echo
+
                 prompt = request.prompt
                 text = prompt if isinstance(prompt, str) else await self.detokenize(tuple(ids))
                 echo = Echo(text, params.top_logprobs, loaded.tokenizer)
@@ -246,6 +260,8 @@ class TransformersEngine:
         ids: list[int],
         constraints: list[Constrained] | None = None,
     ) -> list[Sampler]:
+        from nimble.engines.transformers.choice import Sampler, seeded_generator
+
         params = request.params
         where = "messages" if request.messages is not None else "prompt"
         if not ids:
@@ -280,7 +296,7 @@ class TransformersEngine:
                 budget=budget,
                 tokenizer=loaded.tokenizer,
                 eos_ids=loaded.eos_ids,
-                generator=_generator(loaded.device, seed, index),
+                generator=seeded_generator(loaded.device, seed, index),
                 constraint=constraints[index] if constraints else None,
                 prompt_ids=ids,
             )
@@ -343,9 +359,3 @@ class TransformersEngine:
                 f"continue_final_message: {exc}", param="continue_final_message"
             ) from exc
         return str(rendered)
-
-
-def _generator(device: torch.device, seed: int, index: int) -> torch.Generator:
-    generator = torch.Generator(device=device)
-    generator.manual_seed((seed * 1_000_003 + index) % (1 << _SEED_BITS))
-    return generator

@@ -1,18 +1,34 @@
 """One request of the transformers engine as the scheduler runs it (`Job`): its prompt, its
 choices, its adapter, and the bridge of its chunks from the scheduler thread to the event
-loop."""
+loop; and the scheduler's counters (`DecodeStats`). Free of torch: the engine module imports
+it before it starts."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from nimble.engines.transformers.choice import Sampler
-from nimble.engines.transformers.echo import Echo
 from nimble.types import GenerationChunk, Usage
+
+if TYPE_CHECKING:  # torch's modules: the engine imports them when it starts
+    from nimble.engines.transformers.choice import Sampler
+    from nimble.engines.transformers.echo import Echo
 
 _END = object()  # end of one job's stream
 BASE_MODEL = "__base__"  # the adapter key of a row without adapter (peft's name for it)
+
+
+@dataclass
+class DecodeStats:
+    """Counters of the scheduler's decode loop (for tests and benchmarks)."""
+
+    max_batch: int = 0  # most rows ever advanced by one forward pass
+    steps: int = 0  # batched decode steps
+    prefills: int = 0  # prompts prefilled
+    tokens: int = 0  # tokens sampled
+    running: int = 0  # rows in the batch now
 
 
 class Job:
