@@ -8,6 +8,10 @@ from pathlib import Path
 
 from nimble.models.spec import ModelSpec
 
+# sequences per forward pass of an encoder (ONNX session run, torch batch); the inputs are
+# sorted by length first, so that a pass pads little
+ENCODER_PASS = 32
+
 
 @dataclass(frozen=True)
 class EngineConfig:

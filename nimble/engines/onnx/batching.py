@@ -22,8 +22,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-BATCH = 32  # sequences per session run; inputs are sorted by length to keep padding small
-
 if TYPE_CHECKING:  # numpy is imported when rows are there (see compute.py)
     import numpy as np
     from numpy.typing import NDArray

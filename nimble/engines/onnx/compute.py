@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from nimble.engines.onnx.batching import BATCH
+from nimble.engines.config import ENCODER_PASS
 from nimble.errors import ModelLoadError
 
 VERSION = ort.__version__
@@ -54,7 +54,7 @@ def run_batch(
     if not sequences:
         return np.zeros((0, graph.width), dtype=np.float32)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    batches = [order[start : start + BATCH] for start in range(0, len(order), BATCH)]
+    batches = [order[start : start + ENCODER_PASS] for start in range(0, len(order), ENCODER_PASS)]
     pooled = np.concatenate([_run(session, graph, [sequences[i] for i in b]) for b in batches])
     rows = np.empty_like(pooled)
     rows[order] = pooled  # back to the request's order

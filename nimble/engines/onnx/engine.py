@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from tokenizers import Tokenizer
 
 from nimble.engines import labels
-from nimble.engines.config import EngineConfig
-from nimble.engines.onnx.batching import BATCH, EmbedBatcher, LaneStats
+from nimble.engines.config import ENCODER_PASS, EngineConfig
+from nimble.engines.onnx.batching import EmbedBatcher, LaneStats
 from nimble.engines.threads import usable_cpus
 from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
 from nimble.models.files import sha256_of
@@ -116,7 +116,7 @@ class OnnxEmbeddingEngine:
             self._config.embed_max_wait,
             closed=lambda: Unavailable(f"model {self.spec.id!r} was stopped"),
             lanes=lanes,
-            chunk=max(8, BATCH // lanes),  # a big request spreads over the lanes too
+            chunk=max(8, ENCODER_PASS // lanes),  # a big request spreads over the lanes too
         )
         try:
             session, digest = await self._in_worker(self._load_weights)

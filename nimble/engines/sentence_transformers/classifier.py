@@ -20,11 +20,10 @@ import transformers
 from numpy.typing import NDArray
 
 from nimble.engines import labels
+from nimble.engines.config import ENCODER_PASS
 from nimble.engines.onnx.batching import EmbedBatcher, LaneStats
 from nimble.errors import ModelLoadError, Unavailable
 from nimble.types import ClassifyRequest, ClassifyResult
-
-_BATCH = 32  # sequences per forward pass
 
 
 class TorchClassifier:
@@ -106,8 +105,8 @@ class TorchClassifier:
             raise Unavailable(f"model {self._model_id!r} is not loaded")
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         out = np.empty((len(sequences), len(self.labels)), dtype=np.float32)
-        for start in range(0, len(order), _BATCH):
-            rows = order[start : start + _BATCH]
+        for start in range(0, len(order), ENCODER_PASS):
+            rows = order[start : start + ENCODER_PASS]
             width = max(len(sequences[i]) for i in rows)
             ids = torch.full((len(rows), width), self._pad, dtype=torch.long)
             mask = torch.zeros((len(rows), width), dtype=torch.long)

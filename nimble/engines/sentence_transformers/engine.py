@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from nimble.engines.config import EngineConfig
+from nimble.engines.config import ENCODER_PASS, EngineConfig
 from nimble.engines.onnx.batching import LaneStats
 from nimble.errors import InvalidRequest, ModelLoadError, Unavailable
 from nimble.models.files import sha256_of
@@ -45,7 +45,6 @@ if TYPE_CHECKING:  # torch, and numpy with it, load when the engine starts (onnx
 
 _T = TypeVar("_T")
 _WEIGHTS = ("*.safetensors", "*.bin", "config.json", "tokenizer.json", "modules.json")
-_BATCH = 32
 
 
 class SentenceTransformersEngine:
@@ -206,7 +205,7 @@ class SentenceTransformersEngine:
                     )
         logits = self._model.predict(
             [(request.query, d) for d in documents],
-            batch_size=_BATCH,
+            batch_size=ENCODER_PASS,
             show_progress_bar=False,
             convert_to_numpy=True,
         )
@@ -236,7 +235,7 @@ class SentenceTransformersEngine:
         self._model.tokenizer.truncation_side = "left" if request.truncate == "START" else "right"
         vectors = self._model.encode(
             texts,
-            batch_size=_BATCH,
+            batch_size=ENCODER_PASS,
             show_progress_bar=False,
             convert_to_numpy=True,
             normalize_embeddings=True,
