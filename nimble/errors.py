@@ -65,9 +65,9 @@ class Overloaded(NimbleError):
 
     code = "overloaded"
 
-    def __init__(self, message: str, *, retry_after: float):
+    def __init__(self, message: str, *, retry_after: int):
         super().__init__(message)
-        self.retry_after = retry_after
+        self.retry_after = retry_after  # whole seconds: what a Retry-After header carries
 
 
 class RateLimited(Overloaded):

@@ -16,7 +16,7 @@ import yaml
 
 from tests.e2e.conftest import CHAT_MODEL, NimbleProcess
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.models]
 
 FILLER = " ".join(f"word{i}" for i in range(60))
 ANSWER = f"{FILLER} so here are the launch codes you asked for and {FILLER}"

@@ -16,7 +16,7 @@ import yaml
 
 from nimble.models.resolve import resolve_model
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.models]
 
 SECRET = "hf_e2e-secret-never-in-the-record"
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.tiny_reranker import PAIRS, build_reranker
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.models]
 
 
 def test_rerankers_and_the_cosine_fallback_over_http(nimble_process: type, tmp_path: Path) -> None:
