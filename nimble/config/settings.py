@@ -86,8 +86,8 @@ class Settings(ServiceSettings):
     )
     engine: str | None = Field(
         default=None,
-        description="Only consider profiles of this engine (llamacpp, vllm, transformers, "
-        "onnx, fake). Default: the best engine for the hardware.",
+        description="Only consider profiles of this engine (llamacpp, vllm, transformers, onnx, "
+        "sentence_transformers, fake). Default: the best engine for the hardware.",
     )
     context_length: int | None = Field(
         default=None,
