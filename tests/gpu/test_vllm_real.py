@@ -116,7 +116,7 @@ def group_members(pgid: int) -> list[int]:
 
 async def running_requests(engine: VllmEngine) -> float:
     async with httpx.AsyncClient(trust_env=False) as client:
-        text = (await client.get(f"http://127.0.0.1:{engine._port}/metrics")).text
+        text = (await client.get(f"http://127.0.0.1:{engine._client.port}/metrics")).text
     lines = [line for line in text.splitlines() if line.startswith("vllm:num_requests_running")]
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 

@@ -22,7 +22,8 @@ import pytest
 from nimble.engines.config import EngineConfig
 from nimble.engines.vllm import engine as vllm_server
 from nimble.engines.vllm import supervisor
-from nimble.engines.vllm.engine import POOL_IDLE, VllmEngine
+from nimble.engines.vllm.client import POOL_IDLE
+from nimble.engines.vllm.engine import VllmEngine
 from nimble.engines.vllm.supervisor import RestartPolicy
 from nimble.engines.vllm.wire import (
     chat_logprobs,
@@ -485,7 +486,7 @@ async def test_a_reranker_scores_pairs_through_the_score_api(
 
 
 async def test_the_api_key_guards_vllm(running: VllmEngine) -> None:
-    base = f"http://127.0.0.1:{running._port}"
+    base = f"http://127.0.0.1:{running._client.port}"
     async with httpx.AsyncClient(base_url=base, trust_env=False) as client:
         assert (await client.get("/v1/models")).status_code == 401
         assert (await client.get("/health")).status_code == 200

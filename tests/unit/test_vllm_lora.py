@@ -159,7 +159,7 @@ async def test_the_models_adapters_go_on_vllms_command_line(
     assert bodies(log, "/v1/chat/completions")[-1]["body"]["model"] == BASE
     async with httpx.AsyncClient(trust_env=False) as client:
         listed = await client.get(
-            f"http://127.0.0.1:{engine._port}/v1/models", headers=engine._auth()
+            f"http://127.0.0.1:{engine._client.port}/v1/models", headers=engine._client.auth()
         )
     parents = {m["id"]: m.get("parent") for m in listed.json()["data"]}
     assert parents == {
