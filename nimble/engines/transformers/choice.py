@@ -6,7 +6,7 @@ and sending the new suffix, so multi-token characters are never split: a suffix 
 an incomplete UTF-8 sequence (U+FFFD) or in the start of a stop string is held back until the
 next token settles it.
 
-A choice with a constraint (`hf_constrain.Constrained`) masks its row's logits before anything
+A choice with a constraint (`constrain.Constrained`) masks its row's logits before anything
 reads them (sampling, penalties and logprobs all see the masked distribution), feeds the
 chosen token to its grammar, and stops with "stop" once the grammar is complete.
 

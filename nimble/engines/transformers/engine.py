@@ -1,11 +1,11 @@
 """transformers engine: any Hugging Face causal LM (or a GGUF file) on PyTorch, CPU or GPU.
 
 How it works
-- Weights (`hf_loading`): a Hugging Face model folder (config.json, safetensors,
+- Weights (`loading.py`): a Hugging Face model folder (config.json, safetensors,
   tokenizer) loads as is; a GGUF file is dequantized once into
   `cache_path/transformers/<sha256[:16]>` and loaded from there afterwards.
 - Device: CUDA when torch sees a GPU (bfloat16), else the CPU (float32, `threads` threads).
-- Batching: continuous. One scheduler thread (`hf_batching.Scheduler`) owns every forward
+- Batching: continuous. One scheduler thread (`batching.Scheduler`) owns every forward
   pass; all running choices advance together, one batched decode step per token, over one
   left-padded KV cache; a new request is prefilled alone and joins the batch at the next
   step; a finished or aborted one leaves it at the next step. At most `max_running` rows (a
@@ -21,7 +21,7 @@ How it works
 - LoRA adapters (`adapters.py`, `lora.py`): PEFT folders loaded through peft into the
   model itself; one batch mixes rows of the base model and of any adapters (peft's
   mixed-batch forward, each row naming its adapter), so adapters share `max_running`.
-- Constraints (`hf_constrain`): JSON schema, regex, choice, grammar (Lark, or GBNF) and tool
+- Constraints (`constrain.py`): JSON schema, regex, choice, grammar (Lark, or GBNF) and tool
   calls (forced, or lazy for tool_choice auto) are enforced while decoding by masking each
   constrained row's logits with llguidance; a grammar it cannot compile is a 400 before any
   token. Unconstrained rows pay nothing for it.

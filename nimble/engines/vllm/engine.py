@@ -2,7 +2,7 @@
 
 How it works
 - `start()` launches `engine_command` (default `vllm serve`) with the model folder, a free
-  loopback port, the served name and the profile's settings as vLLM flags (`vllm_wire`).
+  loopback port, the served name and the profile's settings as vLLM flags (`wire.py`).
   A random API key reaches it through `VLLM_API_KEY` (never argv, so `ps` does not show
   it), and `VLLM_HTTP_TIMEOUT_KEEP_ALIVE` keeps its idle connections open well past the
   POOL_IDLE seconds nimble's pool (`client.py`) keeps them: with vLLM's 5 s against
@@ -12,12 +12,12 @@ How it works
   takes minutes. A process that exits while starting, or a start beyond
   `engine_start_timeout`, is a ModelLoadError with the exit code and the last lines. The
   weight files are hashed in a thread meanwhile.
-- Requests go to vLLM's OpenAI API, always streamed (`llamacpp_wire` builds the same body
+- Requests go to vLLM's OpenAI API, always streamed (`openai_wire` builds the same body
   and maps the same chunk format); rerank and embeddings go to its score and embeddings
   APIs (`encoders.py`). Closing the generator closes the HTTP stream, which makes vLLM
   abort the request. vLLM's 400s become InvalidRequest (context-length messages
   ContextLengthExceeded); a lost connection or a 5xx becomes EngineError.
-- Supervision (`supervisor`): with `engine_restart == "restart"` a dead engine is restarted
+- Supervision (`supervisor.py`): with `engine_restart == "restart"` a dead engine is restarted
   with backoff (1, 2, 4 ... 30 s; a sixth restart within 10 minutes is fatal); meanwhile
   health is False and requests get Unavailable. With "fail" (or too many restarts)
   `on_fatal` is called: nimble exits non-zero and the orchestrator restarts the pod.
