@@ -1,4 +1,5 @@
-"""Prompt scoring on llama.cpp: the logprob of every prompt token (`echo` with `logprobs`).
+"""`echo` on llama.cpp: each choice starts with the prompt, and with `logprobs` the prompt is
+scored: the logprob of every prompt token.
 
 llama.cpp's server has no prompt logprobs (its OpenAI completions refuse `echo`: "Only no
 echo is supported"). What it does report, for a token it generates, is the model's own
@@ -23,12 +24,21 @@ whole vocabulary's logprobs (`n_probs` = its size), where the token's own is fou
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
+from nimble.engines.llamacpp.tokenizer import ServerTokenizer
 from nimble.engines.openai_wire import Json, error_from, is_error
 from nimble.errors import EngineError
-from nimble.types import TokenLogprob, TopLogprob
+from nimble.types import (
+    GenerateRequest,
+    GenerationChunk,
+    TokenizeRequest,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 
 _FORCE = 1000.0  # a logit bias no model's scores overcome
 _UNLIKELY = -9999.0  # what OpenAI reports for a token too unlikely to have a finite logprob
@@ -63,6 +73,43 @@ class Model:
     pieces_of: Pieces
     vocab: int
     plain: Callable[[], Awaitable[int]]
+
+
+# the scoring Model on a LoRA adapter (None: the base model)
+Scoring = Callable[[str | None], Awaitable[Model]]
+# the engine's generation, for what follows the prompt
+Generate = Callable[[GenerateRequest], AsyncGenerator[GenerationChunk, None]]
+
+
+async def echoed(
+    request: GenerateRequest, tokenizer: ServerTokenizer, scoring: Scoring, generate: Generate
+) -> AsyncGenerator[GenerationChunk, None]:
+    """Each choice starts with the prompt, its tokens scored first when logprobs are asked
+    for; then the generation (`generate`, without echo), none for max_tokens 0."""
+    params, prompt = request.params, request.prompt or ""
+    text = prompt if isinstance(prompt, str) else await tokenizer.detokenize(prompt)
+    ids: tuple[int, ...] | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    if params.top_logprobs is not None:
+        if isinstance(prompt, tuple):
+            ids = prompt
+        else:
+            ids = (await tokenizer.tokenize(TokenizeRequest(prompt))).ids
+        if ids:
+            model = await scoring(request.adapter)
+            logprobs = await prompt_logprobs(model, ids, params.top_logprobs)
+    for index in range(params.n):
+        yield GenerationChunk(index=index, text=text, logprobs=logprobs)
+    if params.max_tokens == 0:  # prompt scoring: nothing generated
+        for index in range(params.n):
+            yield GenerationChunk(index=index, finish_reason="length")
+        counted = len(ids) if ids is not None else await tokenizer.exact(request)
+        yield GenerationChunk(usage=Usage(counted, 0))
+        return
+    plain = dataclasses.replace(request, echo=False)
+    async with contextlib.aclosing(generate(plain)) as rest:
+        async for chunk in rest:
+            yield chunk
 
 
 async def prompt_logprobs(model: Model, ids: tuple[int, ...], top: int) -> tuple[TokenLogprob, ...]:

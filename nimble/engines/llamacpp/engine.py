@@ -6,7 +6,8 @@ How it works
   their calling thread (the GIL is released) and hand each OpenAI-format chunk to a
   callback; a callback that returns True cancels the task in llama.cpp. Every generation
   runs streamed on this engine's own thread pool and its chunks cross to the event loop
-  with `call_soon_threadsafe`, so closing the async iterator stops llama.cpp within a token.
+  with `call_soon_threadsafe`, so closing the async iterator stops llama.cpp within a token
+  (`tasks.py`, `stream.py`).
 - The KV cache gives each slot its own full window (`n_ctx = context_length * slots`,
   not unified). A unified cache of `context_length` cells would let one request use the
   whole window too, but concurrent long generations then overflow it together and llama.cpp
@@ -15,10 +16,9 @@ How it works
 - A request with `n > 1` takes `n` slots; llama.cpp refuses `n` above the slots.
 - Sampling: OpenAI's fields, and vLLM's extensions in llama.cpp's names; stop_token_ids
   and kept stop strings are done on the stream (`sampling.py`, which says what is refused).
-- The Server also opens llama.cpp's HTTP listener on 127.0.0.1 (random port). It is locked
-  with a random API key that never leaves this object; the engine itself uses it only for
-  `/props`, `/health`, `/apply-template`, `/tokenize` and `/slots` (KV cache use for the
-  metrics). The web UI and llama.cpp's own `/metrics` are switched off.
+- The Server also opens llama.cpp's HTTP listener on 127.0.0.1, locked with a key that never
+  leaves this object, for what the in-process calls lack (`loopback.py`; the tokenizer's
+  routes: `tokenizer.py`). The web UI and llama.cpp's own `/metrics` are switched off.
 
 Signals: llama.cpp's init installs its own SIGINT/SIGTERM handlers with `sigaction`
 (they stop its main loop, and a second signal calls `exit(1)`), replacing Python's for
@@ -38,21 +38,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import secrets
-import threading
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import xllamacpp
 
 from nimble.engines.config import EngineConfig
-from nimble.engines.llamacpp import adapters, launch
+from nimble.engines.llamacpp import adapters, launch, loopback
 from nimble.engines.llamacpp.echo import Model as ScoringModel
-from nimble.engines.llamacpp.echo import prompt_logprobs
+from nimble.engines.llamacpp.echo import echoed
 from nimble.engines.llamacpp.gguf import GgufLayout, read_gguf_summary
 from nimble.engines.llamacpp.lazy_calls import text_then_calls
 from nimble.engines.llamacpp.sampling import (
@@ -62,6 +60,8 @@ from nimble.engines.llamacpp.sampling import (
     sampling_fields,
 )
 from nimble.engines.llamacpp.stream import END, Stream
+from nimble.engines.llamacpp.tasks import Tasks, payload_of
+from nimble.engines.llamacpp.tokenizer import ServerTokenizer, prompt_bound
 from nimble.engines.openai_wire import (
     ChunkMapper,
     Json,
@@ -78,17 +78,14 @@ from nimble.models.adapters import AdapterSpec
 from nimble.models.files import sha256_of
 from nimble.models.spec import ModelSpec
 from nimble.types import (
-    ChatMessage,
     EngineInfo,
     GenerateRequest,
     GenerationChunk,
     ModelFile,
     SamplingParams,
     TokenizeRequest,
-    TokenLogprob,
     Tokens,
     ToolCallConstraint,
-    Usage,
 )
 
 _EXTRA_THREADS = 4  # pool headroom: aborted generations finish their current token
@@ -103,7 +100,8 @@ class LlamaCppEngine:
         self._server: Any = None  # xllamacpp.Server
         self._http: httpx.AsyncClient | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._running: set[threading.Event] = set()  # cancel flags of live generations
+        self._tasks = Tasks(spec.id, self._submit)
+        self._tokenizer = ServerTokenizer(self._post)
         self._context_length = 0
         self._files: tuple[ModelFile, ...] = ()
         self._build = ""
@@ -144,7 +142,7 @@ class LlamaCppEngine:
             raise launch.load_failure(path, failure)
         self._server, digest = results
         self._pool = self._new_pool()
-        self._http = _client(self._server, secret)
+        self._http = loopback.client(self._server, secret)
         self._files = (ModelFile(str(path), digest, path.stat().st_size),)
         await self._read_props(window)
         await self._warm_up()
@@ -152,8 +150,7 @@ class LlamaCppEngine:
     async def stop(self) -> None:
         server, pool, http = self._server, self._pool, self._http
         self._server, self._pool, self._http = None, None, None
-        for cancel in self._running:
-            cancel.set()
+        self._tasks.cancel_all()
         if http is not None:
             await http.aclose()
         if server is not None:
@@ -208,7 +205,8 @@ class LlamaCppEngine:
                 await asyncio.to_thread(launch.release, [server], None)
                 raise Unavailable(f"model {self.spec.id} was stopped")
             old = ([self._server], self._pool, self._http)
-            self._server, self._pool, self._http = server, self._new_pool(), _client(server, secret)
+            self._server, self._pool = server, self._new_pool()
+            self._http = loopback.client(server, secret)
             self._loras = table
             del server
             box, pool, http = old
@@ -224,48 +222,17 @@ class LlamaCppEngine:
         )
         async for _ in self.generate(request):
             pass
-        self._template_cost = await self._measure_template()
-
-    async def _measure_template(self) -> tuple[int, int]:
-        """Tokens the chat template adds: for one empty message (with any default system
-        prompt), and for each further message."""
-
-        def empty(roles: tuple[str, ...]) -> GenerateRequest:
-            messages = tuple(ChatMessage(role, "") for role in roles)  # type: ignore[arg-type]
-            return GenerateRequest("calibrate", SamplingParams(), messages=messages)
-
-        one = await self._exact_tokens(empty(("user",)))
-        three = await self._exact_tokens(empty(("user", "assistant", "user")))
-        return one, max(0, three - one) // 2 + 2
+        self._template_cost = await self._tokenizer.template_cost()
 
     async def health(self) -> bool:
         if self._server is None or self._http is None:
             return False
-        try:
-            response = await self._http.get("/health", timeout=5.0)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return await loopback.healthy(self._http)
 
     async def cache_usage(self) -> float | None:
-        """Cells held by running requests (prompt + generated so far) over the whole KV
-        cache. llama.cpp's /metrics has no cache gauge in this build; /slots has the counts."""
         if self._http is None:
             return None
-        try:
-            response = await self._http.get("/slots", timeout=5.0)
-            slots = response.json()
-        except (httpx.HTTPError, ValueError):
-            return None
-        if response.status_code != 200 or not isinstance(slots, list):
-            return None
-        total = sum(int(slot.get("n_ctx", 0)) for slot in slots)
-        used = 0
-        for slot in slots:
-            if slot.get("is_processing"):
-                decoded = sum(int(t.get("n_decoded", 0)) for t in slot.get("next_token", []))
-                used += int(slot.get("n_prompt_tokens", 0)) + decoded
-        return min(1.0, used / total) if total else None
+        return await loopback.cache_usage(self._http)
 
     def info(self) -> EngineInfo:
         extra = {"llama_cpp_build": self._build} if self._build else {}
@@ -288,54 +255,24 @@ class LlamaCppEngine:
         bound = self._bound(request)
         if bound is not None and bound <= fits:
             return bound
-        return await self._exact_tokens(request)
+        return await self._tokenizer.exact(request)
 
     def vocab_size(self) -> int | None:
         return self._vocab
 
     async def tokenize(self, request: TokenizeRequest) -> Tokens:
-        """The ids llama.cpp's completion sees: a conversation through the template (the
-        model's BOS added as llama.cpp adds it; a last assistant message stays open, as
-        llama.cpp's chat completions continue it), a prompt with its specials if asked."""
-        text, special = request.prompt or "", request.add_special_tokens
-        if request.chat is not None:
-            body = template_body(request.chat)
-            body["add_generation_prompt"] = request.add_generation_prompt
-            text, special = str((await self._post("/apply-template", body))["prompt"]), True
-        # the flags llama.cpp's completion path tokenizes with (BOS if the model adds one)
-        body = {"content": text, "add_special": special, "parse_special": True}
-        tokens = (await self._post("/tokenize", {**body, "with_pieces": True}))["tokens"]
-        return Tokens(
-            tuple(int(t["id"]) for t in tokens), tuple(_piece(t["piece"]) for t in tokens)
-        )
+        return await self._tokenizer.tokenize(request)
 
     async def detokenize(self, ids: tuple[int, ...]) -> str:
-        return str((await self._post("/detokenize", {"tokens": list(ids)}))["content"])
-
-    async def _exact_tokens(self, request: GenerateRequest) -> int:
-        # /tokenize's path: the count is the same as a client's /tokenize gets
-        if isinstance(request.prompt, tuple):
-            return len(request.prompt)
-        chat = request if request.messages is not None else None
-        return len((await self.tokenize(TokenizeRequest(request.prompt, chat))).ids)
+        return await self._tokenizer.detokenize(ids)
 
     def _bound(self, request: GenerateRequest) -> int | None:
-        """An upper bound of the prompt's tokens (None: unknown). Every token covers at least
-        one byte of text, so bytes bound tokens; the template's own tokens were measured at
-        warm-up."""
-        if isinstance(request.prompt, tuple):
-            return len(request.prompt)
-        if request.messages is None:
-            return len((request.prompt or "").encode()) + 2  # BOS/EOS
-        if self._template_cost is None or request.tools:
-            return None  # the template writes the tools: count exactly
-        first, each = self._template_cost
-        text = sum(len(m.content.encode()) + len((m.name or "").encode()) for m in request.messages)
-        return first + each * (len(request.messages) - 1) + text
+        return prompt_bound(request, self._template_cost)
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
         if request.echo:
-            async with contextlib.aclosing(self._echoed(request)) as chunks:
+            chunks = echoed(request, self._tokenizer, self._scoring, self.generate)
+            async with contextlib.aclosing(chunks):
                 async for chunk in chunks:
                     yield chunk
             return
@@ -349,7 +286,7 @@ class LlamaCppEngine:
             prompt = str((await self._post("/apply-template", template_body(request)))["prompt"])
         constraint = request.constraint
         if isinstance(constraint, ToolCallConstraint) and constraint.lazy and prompt is not None:
-            chunks = text_then_calls(request, prompt, constraint, self._run, self._count_tokens)
+            chunks = text_then_calls(request, prompt, constraint, self._run, self._tokenizer.count)
             async with contextlib.aclosing(chunks):
                 async for chunk in chunks:
                     yield chunk
@@ -359,83 +296,13 @@ class LlamaCppEngine:
             yield chunk
         yield GenerationChunk(usage=mapper.usage())
 
-    async def _echoed(self, request: GenerateRequest) -> AsyncGenerator[GenerationChunk, None]:
-        """`echo`: each choice starts with the prompt, its tokens scored first when logprobs
-        are asked for (`echo.py`); then the generation, none for max_tokens 0."""
-        params, prompt = request.params, request.prompt or ""
-        text = prompt if isinstance(prompt, str) else await self.detokenize(prompt)
-        ids: tuple[int, ...] | None = None
-        logprobs: tuple[TokenLogprob, ...] = ()
-        if params.top_logprobs is not None:
-            if isinstance(prompt, tuple):
-                ids = prompt
-            else:
-                ids = (await self.tokenize(TokenizeRequest(prompt))).ids
-            if ids:
-                model = await self._scoring(request.adapter)
-                logprobs = await prompt_logprobs(model, ids, params.top_logprobs)
-        for index in range(params.n):
-            yield GenerationChunk(index=index, text=text, logprobs=logprobs)
-        if params.max_tokens == 0:  # prompt scoring: nothing generated
-            for index in range(params.n):
-                yield GenerationChunk(index=index, finish_reason="length")
-            counted = len(ids) if ids is not None else await self._exact_tokens(request)
-            yield GenerationChunk(usage=Usage(counted, 0))
-            return
-        plain = dataclasses.replace(request, echo=False)
-        async with contextlib.aclosing(self.generate(plain)) as rest:
-            async for chunk in rest:
-                yield chunk
-
     async def _scoring(self, adapter: str | None) -> ScoringModel:
         """What `echo.py` needs to score a prompt on this model."""
         if self._vocab is None:
             raise EngineError(f"model {self.spec.id}: llama.cpp did not say its vocabulary's size")
-        payloads = functools.partial(self._payloads, chat=False, adapter=adapter)
-        return ScoringModel(payloads, self._texts, self._vocab, self._plain_token)
-
-    async def _plain_token(self) -> int:
-        """A token of whole text: "a"."""
-        return (await self.tokenize(TokenizeRequest("a", add_special_tokens=False))).ids[0]
-
-    async def _texts(self, ids: tuple[int, ...]) -> tuple[str, ...]:
-        """The text of each token id (special tokens as written in the vocabulary)."""
-        body = {"content": list(ids), "with_pieces": True}
-        return tuple(_piece(t["piece"]) for t in (await self._post("/tokenize", body))["tokens"])
-
-    async def _payloads(
-        self, body: Json, chat: bool, adapter: str | None = None
-    ) -> AsyncGenerator[Json, None]:
-        """The streamed payloads of one llama.cpp task (with LoRA `adapter`); closing this
-        cancels the task."""
-        stream = self._open(body, chat, adapter)
-        try:
-            while (item := await stream.get()) is not END:
-                yield _payload(item)
-            self._check_stopped(stream)
-        finally:
-            self._close(stream)
-
-    def _open(self, body: Json, chat: bool, adapter: str | None = None) -> Stream:
-        """One llama.cpp task, started; its chunks come through the returned Stream, and
-        `_close` cancels it (at its next token) if it is still running."""
-        stream = Stream(asyncio.get_running_loop())
-        self._running.add(stream.cancel)
-        try:
-            self._submit(stream, body, chat, adapter)
-        except BaseException:
-            self._close(stream)
-            raise
-        return stream
-
-    def _close(self, stream: Stream) -> None:
-        stream.cancel.set()  # llama.cpp cancels the task at its next token
-        self._running.discard(stream.cancel)
-
-    def _check_stopped(self, stream: Stream) -> None:
-        """At the end of a task's stream: stop() cut it short."""
-        if stream.cancel.is_set():
-            raise Unavailable(f"model {self.spec.id} was stopped during the generation")
+        payloads = functools.partial(self._tasks.payloads, chat=False, adapter=adapter)
+        tokenizer = self._tokenizer
+        return ScoringModel(payloads, tokenizer.texts, self._vocab, tokenizer.plain_token)
 
     async def _run(
         self, request: GenerateRequest, prompt: str | None, mapper: ChunkMapper
@@ -451,12 +318,12 @@ class LlamaCppEngine:
             body.update(constraint_fields(request.constraint, _to_grammar))
         cutter = Cutter(request.params) if needs_cutter(request.params) else None
         chat = request.messages is not None and prompt is None
-        # the task's stream is read here, not through `_payloads`: one generator less to
+        # the task's stream is read here, not through `Tasks.payloads`: one generator less to
         # resume per token
-        stream = self._open(body, chat, request.adapter)
+        stream = self._tasks.open(body, chat, request.adapter)
         try:
             while (item := await stream.get()) is not END:
-                payload = _payload(item)
+                payload = payload_of(item)
                 if cutter is not None:
                     rewritten = cutter.rewrite(payload)
                     if rewritten is None:
@@ -467,13 +334,9 @@ class LlamaCppEngine:
                 if cutter is not None and cutter.done:
                     break  # closing the stream cancels what llama.cpp still generates
             else:
-                self._check_stopped(stream)
+                self._tasks.check_stopped(stream)
         finally:
-            self._close(stream)
-
-    async def _count_tokens(self, text: str, special: bool) -> int:
-        body = {"content": text, "add_special": special, "parse_special": True}
-        return len((await self._post("/tokenize", body))["tokens"])
+            self._tasks.close(stream)
 
     # helpers
 
@@ -508,55 +371,15 @@ class LlamaCppEngine:
             self._vocab = int(models["data"][0]["meta"]["n_vocab"])
 
     async def _get(self, route: str) -> Json:
-        http = self._client()
-        try:
-            response = await http.get(route)
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise EngineError(f"llama.cpp did not answer GET {route}: {exc}") from exc
-        answer: Json = response.json()
-        return answer
+        return await loopback.get(self._client(), route)
 
     async def _post(self, route: str, body: Json) -> Json:
-        try:
-            response = await self._client().post(route, json=body)
-        except httpx.HTTPError as exc:
-            raise EngineError(f"llama.cpp did not answer POST {route}: {exc}") from exc
-        if response.status_code != 200:
-            raise EngineError(f"llama.cpp POST {route}: {response.status_code} {response.text}")
-        answer: Json = response.json()
-        return answer
+        return await loopback.post(self._client(), route, body)
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
             raise Unavailable(f"model {self.spec.id} is not loaded")
         return self._http
-
-
-def _client(server: Any, secret: str) -> httpx.AsyncClient:
-    """The client of a server's loopback listener (llama.cpp's /tokenize, /props, /slots)."""
-    return httpx.AsyncClient(
-        base_url=server.listening_address,
-        headers={"Authorization": f"Bearer {secret}"},
-        timeout=60.0,
-        # llama.cpp (cpp-httplib) closes an idle connection after 5 s: the pool lets go of
-        # it first, never reusing one the server is closing
-        limits=httpx.Limits(keepalive_expiry=2.0),
-        trust_env=False,  # never send this to a proxy
-    )
-
-
-def _payload(item: object) -> Json:
-    """A chunk from the Stream: a payload, or the error that ended the task (raised)."""
-    if isinstance(item, BaseException):
-        raise item
-    return cast(Json, item)
-
-
-def _piece(piece: str | list[int]) -> str:
-    """A token's text; a token that is part of a UTF-8 character (llama.cpp gives its
-    bytes) with those bytes escaped (`\\xe6`)."""
-    return piece if isinstance(piece, str) else bytes(piece).decode("utf-8", "backslashreplace")
 
 
 def _to_grammar(schema: str) -> str:
