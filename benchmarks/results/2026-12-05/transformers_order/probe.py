@@ -1,11 +1,15 @@
-import asyncio, json, sys, time
+import asyncio
+import json
+import sys
+import time
 from pathlib import Path
 
-NUMERICAL = ("numpy", "onnxruntime", "torch", "transformers")
 from nimble.engines import EngineConfig
 from nimble.engines.llamacpp.engine import LlamaCppEngine
 from nimble.models import resolve_model
 from nimble.runtime import Runtime, RuntimeConfig, ServiceState
+
+NUMERICAL = ("numpy", "onnxruntime", "torch", "transformers")
 
 seen = []
 start = LlamaCppEngine.start
