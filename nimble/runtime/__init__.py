@@ -1,5 +1,6 @@
 """The in-process runtime: loaded models, admission control, lifecycle. No HTTP here."""
 
-from nimble.runtime.runtime import Runtime, RuntimeConfig, ServiceState
+from nimble.runtime.config import RuntimeConfig
+from nimble.runtime.runtime import Runtime, ServiceState
 
 __all__ = ["Runtime", "RuntimeConfig", "ServiceState"]

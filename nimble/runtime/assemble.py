@@ -29,8 +29,9 @@ from nimble.models.select import DEFAULT_SLOTS, Concurrency, EngineCheck, Select
 from nimble.models.sources import LogProgress
 from nimble.models.spec import ModelSpec
 from nimble.runtime.adapters import GENERATIVE
+from nimble.runtime.config import RuntimeConfig
 from nimble.runtime.deployment import Deployment
-from nimble.runtime.runtime import Runtime, RuntimeConfig
+from nimble.runtime.runtime import Runtime
 
 log = logging.getLogger("nimble.serve")
 

@@ -7,11 +7,9 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from enum import StrEnum
-from pathlib import Path
 
 from nimble.engines import Engine, EngineConfig, create_engine, loads_first
 from nimble.errors import (
@@ -20,21 +18,19 @@ from nimble.errors import (
     ModelNotFound,
     Unavailable,
 )
-from nimble.guardrails.config import GuardrailsConfig
-from nimble.guardrails.guard_formats import guard_format
 from nimble.guardrails.stage import Guardrails
 from nimble.models import ModelSpec
 from nimble.observability.metrics import ModelGauges
-from nimble.observability.record import RequestRecord, current_record
-from nimble.runtime import aggregate, encoders, generation, moderation, tokens
+from nimble.observability.record import RequestRecord
+from nimble.runtime import aggregate, encoders, gauges, generation, moderation, tokens
 from nimble.runtime.adapter_watch import AdapterWatcher
 from nimble.runtime.adapters import GENERATIVE, Adapters
 from nimble.runtime.admission import Admission
+from nimble.runtime.config import RuntimeConfig
+from nimble.runtime.inflight import Inflight, request_record, running_slot
 from nimble.runtime.rail_models import ServedModels
-from nimble.runtime.reasoning import reasoning_format
 from nimble.runtime.response_store import ResponseStore
 from nimble.runtime.served import ServedModel
-from nimble.runtime.tools import tool_format
 from nimble.types import (
     ClassifyRequest,
     ClassifyResult,
@@ -52,8 +48,6 @@ from nimble.types import (
 
 log = logging.getLogger("nimble.runtime")
 
-GAUGE_REFRESH_S = 1.0  # an engine's KV cache use is asked at most this often
-
 
 class ServiceState(StrEnum):
     STARTING = "starting"
@@ -63,35 +57,7 @@ class ServiceState(StrEnum):
     STOPPED = "stopped"
 
 
-@dataclass(frozen=True)
-class RuntimeConfig:
-    engine: EngineConfig
-    max_running: int | None = None  # None: the engine's batch size for each model
-    max_waiting: int = 64
-    max_queue_wait: float = 15.0  # seconds a request may wait for a running slot
-    max_n: int = 8
-    max_rank_documents: int = 1000
-    log_prompts: bool = False
-    tool_parser: str | None = None  # overrides every model profile's parser
-    reasoning_parser: str | None = None  # overrides every model profile's (`none`: off)
-    responses_max_stored: int = 1000
-    lora_dir: Path | None = None  # watched for adapters (`adapter_watch.py`)
-    lora_poll_interval: float = 5.0  # 0: read at start only
-    guardrails: GuardrailsConfig | None = None  # rails on the input and output (`guardrails/`)
-
-
 EngineFactory = Callable[[ModelSpec, EngineConfig], Engine]
-
-
-def _running_bound(spec: ModelSpec, config: RuntimeConfig) -> int:
-    """Requests admitted at once: `max_running`, else as many as the engine runs at once
-    (vLLM's max_num_seqs, llama.cpp's slots), so that admission never starves the engine.
-    An embedding model (a classifier) batches across requests: let a whole batch in at once."""
-    engine = config.engine
-    bound = config.max_running or engine.batch_size(spec) or engine.max_running
-    if spec.tasks in ({Task.EMBEDDING}, {Task.CLASSIFY}):
-        return max(bound, engine.embed_batch_size)
-    return bound
 
 
 class Runtime:
@@ -107,12 +73,8 @@ class Runtime:
         duplicates = {i for i in ids if ids.count(i) > 1}
         if duplicates:
             raise ModelLoadError(f"two models are served under the same name: {duplicates}")
-        for spec in specs:  # an unknown tool_parser stops the start, not a request
-            tool_format(config.tool_parser or spec.options.get("tool_parser"))
-            reasoning_format(config.reasoning_parser or spec.options.get("reasoning_parser"))
-        for spec in specs:  # and an unknown guard_format
-            if "guard_format" in spec.options:
-                guard_format(spec.options["guard_format"])
+        for spec in specs:
+            config.check(spec)
         self.config = config
         self.state = ServiceState.STARTING
         self.failure: str | None = None
@@ -120,7 +82,7 @@ class Runtime:
             spec.id: ServedModel(
                 spec,
                 engine_factory(spec, config.engine),
-                Admission(_running_bound(spec, config), config.max_waiting, config.max_queue_wait),
+                Admission(config.running_bound(spec), config.max_waiting, config.max_queue_wait),
             )
             for spec in specs
         }
@@ -133,9 +95,7 @@ class Runtime:
             served = [*ids, *(a.name for spec in specs for a in spec.adapters)]
             self.guardrails.check_models(served)
         self._watcher: asyncio.Task[None] | None = None
-        self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._inflight = Inflight()
 
     # ----- lifecycle -----
     async def start(self) -> None:
@@ -169,11 +129,7 @@ class Runtime:
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is in flight; False if `timeout` passed first."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await self._inflight.wait_idle(timeout)
 
     async def stop(self) -> None:
         self.state = ServiceState.STOPPED
@@ -189,44 +145,21 @@ class Runtime:
 
     @property
     def inflight(self) -> int:
-        return self._inflight
+        return self._inflight.count
 
-    # ----- metrics -----
+    # ----- metrics and readiness -----
     async def refresh_gauges(self) -> None:
-        """Ask each loaded engine for its cache use (read by `gauges()` at scrape time), at
-        most once per `GAUGE_REFRESH_S`: asking is a request to the engine (llama.cpp's
-        /slots, vLLM's /metrics), and a benchmark client such as aiperf scrapes three times
-        a second."""
-        now = time.monotonic()
-        for model in self.models.values():
-            if model.loaded and model.cache is not None and now >= model.cache_read_at:
-                model.cache_read_at = now + GAUGE_REFRESH_S
-                model.cache_usage = await model.cache.cache_usage()
+        """Ask the engines for their cache use, read by `gauges()` at scrape time (at most
+        once a second each: `gauges.py`)."""
+        await gauges.refresh_cache_usage(self.models.values())
 
     def gauges(self) -> list[ModelGauges]:
-        return [
-            ModelGauges(
-                model=model.spec.id,
-                running=model.admission.running,
-                waiting=model.admission.waiting,
-                max_running=model.admission.max_running,
-                cache_usage=model.cache_usage,
-            )
-            for model in self.models.values()
-        ]
+        return gauges.readings(self.models.values())
 
     async def unhealthy_models(self, timeout: float = 2.0) -> list[str]:
         """Models whose engine cannot serve right now (a supervised vLLM restarting, a
         stopped llama.cpp loop, a dead scheduler thread): readiness turns 503 meanwhile."""
-
-        async def healthy(model: ServedModel) -> bool:
-            try:
-                return await asyncio.wait_for(model.engine.health(), timeout)
-            except Exception:  # a probe that fails or hangs is an unhealthy engine
-                return False
-
-        results = await asyncio.gather(*(healthy(m) for m in self.models.values()))
-        return [model_id for model_id, ok in zip(self.models, results, strict=True) if not ok]
+        return await gauges.unhealthy(self.models, timeout)
 
     # ----- lookup -----
     def model(self, model_id: str, task: Task) -> ServedModel:
@@ -287,7 +220,7 @@ class Runtime:
             request = dataclasses.replace(request, adapter=adapter)
         with self.adapters.using(adapter):
             generation.check_params(model, request.params, self.config.max_n)
-            record = _record()
+            record = request_record()
             record.model = model_id  # a request refused by a rail is still this model's
             plan, redacted = None, False
             if guards is not None:
@@ -348,14 +281,14 @@ class Runtime:
         takes no running slot. Input rails are not run for it: once `generate` has run them
         in this HTTP request and they redacted the prompt, the count is of the redacted
         prompt, as the engine got it."""
-        sent = _record().sent_prompt_tokens
+        sent = request_record().sent_prompt_tokens
         if sent is not None:
-            with self._track():
+            with self._inflight:
                 return await sent()
         model = self.model(model_id, request.task)
         request, _ = generation.with_tools(model, request, self.config.tool_parser)
-        _record().model = model_id
-        with self._track():
+        request_record().model = model_id
+        with self._inflight:
             return await model.generator.prompt_tokens(request, -1)  # no bound fits: exact
 
     async def embed(
@@ -370,7 +303,7 @@ class Runtime:
         model = self.model(model_id, Task.EMBEDDING)
         request = encoders.with_prefix(model, request, input_type)
         size = encoders.dimensions(model, dimensions)
-        record = _record()
+        record = request_record()
         async with self._slot(model, Task.EMBEDDING, record):
             result = await model.embedder.embed(request)
         record.prompt_tokens += result.prompt_tokens
@@ -381,7 +314,7 @@ class Runtime:
         them where it gives some). `truncate` -1: cut to the model's window."""
         model = self.model(model_id, Task.CLASSIFY)
         request = moderation.truncated(model, request)
-        record = _record()
+        record = request_record()
         async with self._slot(model, Task.CLASSIFY, record):
             result = await model.classifier.classify(request)
         record.prompt_tokens += result.prompt_tokens
@@ -408,7 +341,7 @@ class Runtime:
         (`runtime/moderation.py`)."""
         name = self.moderation_model(model_id)
         model = moderation.moderators(self.models)[name]
-        record = _record()
+        record = request_record()
         fmt = moderation.guard_of(model)
         if fmt is None:
             result = await self.classify(name, ClassifyRequest(record.request_id, tuple(inputs)))
@@ -452,7 +385,7 @@ class Runtime:
             )
         task = Task.RERANK if method == "cross-encoder" else Task.EMBEDDING
         model = self.model(model_id, task)
-        record = _record()
+        record = request_record()
         async with self._slot(model, task, record):
             if max_document_tokens is not None:
                 request = await tokens.cut_documents(model, request, max_document_tokens)
@@ -472,14 +405,14 @@ class Runtime:
         """The token ids of a prompt, or of a conversation as the model's chat completion
         sees it; and the model's context window. No running slot: it generates nothing."""
         model = self._ready(model_id)
-        with self._track():
+        with self._inflight:
             result = await tokens.tokenize(model, request, self.config.tool_parser)
         return result, model.info.context_length
 
     async def detokenize(self, model_id: str, ids: tuple[int, ...]) -> str:
         """The text of token ids (400 naming `tokens` for one outside the vocabulary)."""
         model = self._ready(model_id)
-        with self._track():
+        with self._inflight:
             return await tokens.detokenize(model, ids)
 
     def _ready(self, model_id: str) -> ServedModel:
@@ -487,51 +420,10 @@ class Runtime:
         model = self._lookup(model_id)
         if self.state is not ServiceState.READY:
             raise Unavailable(f"service is {self.state.value}; not taking requests")
-        _record().model = model_id
+        request_record().model = model_id
         return model
 
-    @asynccontextmanager
-    async def _slot(
+    def _slot(
         self, model: ServedModel, task: Task, record: RequestRecord, served_as: str | None = None
-    ) -> AsyncIterator[None]:
-        """Count the request in flight, wait for a running slot, and note the times.
-        `served_as`: the name asked for (an adapter's), for the logs and metrics."""
-        record.model = served_as or model.spec.id
-        record.task = task.value
-        record.queued_at = time.monotonic()
-        with self._track():
-            await model.admission.acquire()
-            record.admitted_at = time.monotonic()
-            try:
-                yield
-            except BaseException:
-                record.aborted = True  # client gone (closed or cancelled), or an engine error
-                raise
-            finally:
-                record.finished_at = time.monotonic()
-                await model.admission.release(record.finished_at - record.admitted_at)
-
-    def _track(self) -> _Inflight:
-        return _Inflight(self)
-
-
-def _record() -> RequestRecord:
-    """The record of the HTTP request being served, or a throwaway one (library use)."""
-    record = current_record.get()
-    return record if record is not None else RequestRecord(request_id="-")
-
-
-class _Inflight:
-    """Counts requests in flight so that a drain can wait for them."""
-
-    def __init__(self, runtime: Runtime):
-        self._runtime = runtime
-
-    def __enter__(self) -> None:
-        self._runtime._inflight += 1
-        self._runtime._idle.clear()
-
-    def __exit__(self, *exc: object) -> None:
-        self._runtime._inflight -= 1
-        if self._runtime._inflight == 0:
-            self._runtime._idle.set()
+    ) -> AbstractAsyncContextManager[None]:
+        return running_slot(self._inflight, model, task, record, served_as)

@@ -11,7 +11,7 @@ from nimble.engines.config import EngineConfig
 from nimble.models.spec import ModelSpec
 from nimble.runtime import Runtime
 from nimble.runtime.assemble import runtime_config
-from nimble.runtime.runtime import RuntimeConfig
+from nimble.runtime.config import RuntimeConfig
 from nimble.types import Task
 
 

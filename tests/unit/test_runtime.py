@@ -281,8 +281,8 @@ async def test_the_engine_is_asked_for_its_cache_use_at_most_once_a_second(
 
     clock = [1000.0]
     monkeypatch.setattr(model.engine, "cache_usage", cache_usage)
-    # the runtime's clock only (asyncio keeps its own)
-    monkeypatch.setattr("nimble.runtime.runtime.time", SimpleNamespace(monotonic=lambda: clock[0]))
+    # the gauges' clock only (asyncio keeps its own)
+    monkeypatch.setattr("nimble.runtime.gauges.time", SimpleNamespace(monotonic=lambda: clock[0]))
     for now in (1000.0, 1000.3, 1000.6, 1000.99):
         clock[0] = now
         await runtime.refresh_gauges()
