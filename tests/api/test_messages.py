@@ -15,7 +15,8 @@ import httpx2
 import pytest
 
 from nimble.api import create_app
-from nimble.api.schemas.messages import MessageResponse, MessagesRequest
+from nimble.api.schemas.messages import MessagesRequest
+from nimble.api.schemas.messages_out import MessageResponse
 from nimble.config import Settings
 from nimble.errors import EngineError, InvalidRequest
 from nimble.runtime import Runtime

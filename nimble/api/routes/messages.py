@@ -12,13 +12,8 @@ from fastapi import APIRouter, Request, Response
 from nimble.api.call import Call
 from nimble.api.messages_events import MessageBuilder, collect_message, stream_events
 from nimble.api.route import ERROR_RESPONSES, Route, json_response
-from nimble.api.schemas.messages import (
-    CountTokensRequest,
-    CountTokensResponse,
-    MessageResponse,
-    MessagesInput,
-    MessagesRequest,
-)
+from nimble.api.schemas.messages import CountTokensRequest, MessagesInput, MessagesRequest
+from nimble.api.schemas.messages_out import CountTokensResponse, MessageResponse
 from nimble.api.streaming import prime, sse_response, until_disconnect
 from nimble.types import GenerateRequest, SamplingParams
 

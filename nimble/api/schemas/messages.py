@@ -1,5 +1,5 @@
-"""`POST /v1/messages` and `POST /v1/messages/count_tokens` shapes (Anthropic's Messages
-API), and their translation into nimble's chat turns.
+"""`POST /v1/messages` and `POST /v1/messages/count_tokens` requests (Anthropic's Messages
+API), and their translation into nimble's chat turns; the answers are in `messages_out.py`.
 
 What is supported: a `system` prompt (a string or text blocks), turns whose content is a
 string or text, `tool_use` (assistant) and `tool_result` (user) blocks, custom tools and
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from nimble.api.schemas.common import Strict
 from nimble.errors import InvalidRequest
@@ -374,49 +374,3 @@ def _user_turns(blocks: list[ContentBlock], where: str, calls: set[str]) -> list
     if texts or not results:
         turns = [*results, ChatMessage("user", _JOIN.join(texts))]
     return turns
-
-
-# ----- response (documented in the OpenAPI schema) -----
-class TextBlockOut(BaseModel):
-    type: Literal["text"] = "text"
-    text: str
-
-
-class ToolUseBlockOut(BaseModel):
-    type: Literal["tool_use"] = "tool_use"
-    id: str
-    name: str
-    input: dict[str, Any]
-
-
-class ThinkingBlockOut(BaseModel):
-    type: Literal["thinking"] = "thinking"
-    thinking: str
-    signature: str = Field(description="Always empty: nimble does not sign thinking.")
-
-
-class MessageUsage(BaseModel):
-    input_tokens: int
-    output_tokens: int
-    cache_creation_input_tokens: int | None = None
-    cache_read_input_tokens: int | None = None
-
-
-StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"]
-
-
-class MessageResponse(BaseModel):
-    id: str
-    type: Literal["message"] = "message"
-    role: Literal["assistant"] = "assistant"
-    model: str
-    content: list[
-        Annotated[TextBlockOut | ToolUseBlockOut | ThinkingBlockOut, Field(discriminator="type")]
-    ]
-    stop_reason: StopReason | None
-    stop_sequence: str | None
-    usage: MessageUsage
-
-
-class CountTokensResponse(BaseModel):
-    input_tokens: int
