@@ -31,7 +31,7 @@ from nimble.models.spec import ModelSpec
 from nimble.types import ChatMessage, GenerateRequest, GenerationChunk, SamplingParams, Task
 from tests.support.peft_adapters import write_peft, write_safetensors
 
-STANDIN = Path(__file__).parents[1] / "support" / "vllm_standin.py"
+STANDIN = Path(__file__).parents[2] / "support" / "vllm_standin.py"
 COMMAND = (sys.executable, str(STANDIN), "serve")
 BASE = "llama-test"
 

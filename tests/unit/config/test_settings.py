@@ -59,7 +59,7 @@ def test_settings_frozen() -> None:
 
 
 def test_docs_table_is_current() -> None:
-    doc = Path(__file__).parents[2] / "docs" / "configuration.md"
+    doc = Path(__file__).parents[3] / "docs" / "configuration.md"
     assert settings_table() in doc.read_text(), "regenerate: nimble settings-doc"
     gateway = settings_table(GatewaySettings, own_only=True)
     assert gateway in doc.read_text(), "regenerate: nimble settings-doc --gateway"

@@ -21,7 +21,7 @@ from nimble.models.resolve import plan_model
 from nimble.models.select import Concurrency
 from nimble.runtime.assemble import build_runtime
 
-STANDIN = Path(__file__).parents[1] / "support" / "vllm_standin.py"
+STANDIN = Path(__file__).parents[2] / "support" / "vllm_standin.py"
 H100 = {"name": "NVIDIA H100 80GB HBM3", "memory_gb": 80, "compute_capability": 9.0}
 L4 = {"name": "NVIDIA L4", "memory_gb": 24, "compute_capability": 8.9}
 KV = 131072  # bytes per token: 8192 tokens of context are 1.07 GB

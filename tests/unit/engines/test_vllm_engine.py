@@ -57,7 +57,7 @@ from nimble.types import (
     ToolFunction,
 )
 
-STANDIN = Path(__file__).parents[1] / "support" / "vllm_standin.py"
+STANDIN = Path(__file__).parents[2] / "support" / "vllm_standin.py"
 COMMAND = (sys.executable, str(STANDIN), "serve")
 
 
