@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from nimble.errors import Overloaded
 
@@ -77,12 +74,3 @@ class Admission:
         async with self._free:
             self.running -= 1
             self._free.notify()
-
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        await self.acquire()
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            await self.release(time.monotonic() - started)
