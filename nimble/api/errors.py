@@ -72,7 +72,7 @@ def nimble_error_response(exc: NimbleError, request_id: str) -> JSONResponse:
     message = exc.message
     if status >= 500 and not isinstance(exc, Unavailable | ModelLoadError):
         log.error("engine error (request %s): %s", request_id, exc.message)
-        message = f"The server had an error processing your request (request id {request_id})."
+        message = _internal_message(request_id)
     headers = {}
     if isinstance(exc, Overloaded):
         headers["Retry-After"] = str(exc.retry_after)
@@ -92,11 +92,7 @@ def sse_error_event(exc: BaseException, request_id: str) -> dict[str, Any]:
         if status < 500:
             return error_payload(exc.message, type_, exc.param, exc.code)
     log.exception("stream failed (request %s)", request_id, exc_info=exc)
-    return error_payload(
-        f"The server had an error processing your request (request id {request_id}).",
-        "server_error",
-        code="internal_error",
-    )
+    return internal_error_payload(request_id)
 
 
 def _param_of(loc: tuple[Any, ...]) -> str | None:
@@ -174,9 +170,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def internal_error_payload(request_id: str) -> dict[str, Any]:
     """The 500 answer: a generic message with the request id, never a traceback."""
-    return error_payload(
-        f"The server had an error processing your request (request id {request_id}).",
-        "server_error",
-        None,
-        "internal_error",
-    )
+    return error_payload(_internal_message(request_id), "server_error", None, "internal_error")
+
+
+def _internal_message(request_id: str) -> str:
+    return f"The server had an error processing your request (request id {request_id})."
