@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -137,9 +138,25 @@ def cluster() -> Iterator[Cluster]:
         assert not leftover, f"Ray processes outlived the cluster: {leftover}"
 
 
+def port_outside_rays_ranges() -> int:
+    """A free port that no process of the cluster can take first. Ray's processes bind ports
+    the kernel picks from the ephemeral range (and workers take 10002-19999), so a port
+    taken from that range and handed to Serve's proxy seconds later was, once, taken by
+    then ("Failed to bind to address"): pick one between the two."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in range(20_000 + os.getpid() % 1_000, low):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()  # no room below the ephemeral range: as before
+
+
 @pytest.fixture(scope="module")
 def deployed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayNimble]:
-    port = free_port()
+    port = port_outside_rays_ranges()
     log_path = tmp_path_factory.mktemp("ray-serve") / "deploy.log"
     # fast autoscaling: the target is 2 ongoing requests per replica, decided on 2 s of data
     args = [
