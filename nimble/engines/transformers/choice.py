@@ -278,8 +278,11 @@ class Sampler:
         return end - held
 
 
+SEED_BITS = 63  # a request's seed when it gives none: this many random bits
+
+
 def seeded_generator(device: torch.device, seed: int, index: int) -> torch.Generator:
-    """The random stream of choice `index` of a request with `seed` (63 bits)."""
+    """The random stream of choice `index` of a request with `seed`."""
     generator = torch.Generator(device=device)
-    generator.manual_seed((seed * 1_000_003 + index) % (1 << 63))
+    generator.manual_seed((seed * 1_000_003 + index) % (1 << SEED_BITS))
     return generator

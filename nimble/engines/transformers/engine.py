@@ -71,8 +71,6 @@ if TYPE_CHECKING:
     from nimble.engines.transformers.constrain import Constrained, Grammars
     from nimble.engines.transformers.loading import Loaded
 
-_SEED_BITS = 63
-
 
 class TransformersEngine:
     """One causal language model on PyTorch, with continuous batching. It reports no KV
@@ -260,7 +258,7 @@ class TransformersEngine:
         ids: list[int],
         constraints: list[Constrained] | None = None,
     ) -> list[Sampler]:
-        from nimble.engines.transformers.choice import Sampler, seeded_generator
+        from nimble.engines.transformers.choice import SEED_BITS, Sampler, seeded_generator
 
         params = request.params
         where = "messages" if request.messages is not None else "prompt"
@@ -287,7 +285,7 @@ class TransformersEngine:
             temperature=loaded.temperature if params.temperature is None else params.temperature,
             top_p=loaded.top_p if params.top_p is None else params.top_p,
         )
-        seed = params.seed if params.seed is not None else secrets.randbits(_SEED_BITS)
+        seed = params.seed if params.seed is not None else secrets.randbits(SEED_BITS)
         return [
             Sampler(
                 index,
