@@ -28,9 +28,8 @@ class ServerTokenizer:
             body = template_body(request.chat)
             body["add_generation_prompt"] = request.add_generation_prompt
             text, special = str((await self._post("/apply-template", body))["prompt"]), True
-        # the flags llama.cpp's completion path tokenizes with (BOS if the model adds one)
-        body = {"content": text, "add_special": special, "parse_special": True}
-        tokens = (await self._post("/tokenize", {**body, "with_pieces": True}))["tokens"]
+        body = {**_tokenize_body(text, special), "with_pieces": True}
+        tokens = (await self._post("/tokenize", body))["tokens"]
         return Tokens(
             tuple(int(t["id"]) for t in tokens), tuple(text_of(t["piece"]) for t in tokens)
         )
@@ -46,8 +45,7 @@ class ServerTokenizer:
         return len((await self.tokenize(TokenizeRequest(request.prompt, chat))).ids)
 
     async def count(self, text: str, special: bool) -> int:
-        body = {"content": text, "add_special": special, "parse_special": True}
-        return len((await self._post("/tokenize", body))["tokens"])
+        return len((await self._post("/tokenize", _tokenize_body(text, special)))["tokens"])
 
     async def plain_token(self) -> int:
         """A token of whole text: "a"."""
@@ -69,6 +67,12 @@ class ServerTokenizer:
         one = await self.exact(empty(("user",)))
         three = await self.exact(empty(("user", "assistant", "user")))
         return one, max(0, three - one) // 2 + 2
+
+
+def _tokenize_body(text: str, special: bool) -> Json:
+    """`/tokenize` with the flags llama.cpp's completion path tokenizes with (BOS if the
+    model adds one and `special`; special tokens written in the text parsed as such)."""
+    return {"content": text, "add_special": special, "parse_special": True}
 
 
 def prompt_bound(request: GenerateRequest, template_cost: tuple[int, int] | None) -> int | None:
