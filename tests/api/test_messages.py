@@ -327,6 +327,14 @@ def test_conversation_as_chat_turns() -> None:
             400,
             "system.0",
         ),
+        # a type that is not a string (an object cannot be looked up: this was a 500)
+        ("/v1/messages", {"system": [{"type": {}, "text": "x"}]}, 400, "system.0"),
+        (
+            "/v1/messages/count_tokens",
+            {"messages": [{"role": "user", "content": [{"type": ["text"], "text": "x"}]}]},
+            400,
+            "messages.0.content.0",
+        ),
         (
             "/v1/messages",
             {"tools": [{"type": "web_search_20250305", "name": "web_search"}]},

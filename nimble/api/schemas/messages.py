@@ -65,7 +65,7 @@ class ContentBlock(Strict):
     @classmethod
     def _known_type(cls, value: Any) -> Any:
         kind = value.get("type") if isinstance(value, dict) else None
-        if kind not in _BLOCK_FIELDS:
+        if not isinstance(kind, str) or kind not in _BLOCK_FIELDS:
             raise ValueError(
                 f"content blocks of type {kind!r} are not supported: nimble serves text "
                 f"models (supported: {', '.join(_BLOCK_FIELDS)})"
