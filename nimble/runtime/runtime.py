@@ -281,13 +281,13 @@ class Runtime:
         takes no running slot. Input rails are not run for it: once `generate` has run them
         in this HTTP request and they redacted the prompt, the count is of the redacted
         prompt, as the engine got it."""
-        sent = request_record().sent_prompt_tokens
-        if sent is not None:
+        record = request_record()
+        if record.sent_prompt_tokens is not None:
             with self._inflight:
-                return await sent()
+                return await record.sent_prompt_tokens()
         model = self.model(model_id, request.task)
         request, _ = generation.with_tools(model, request, self.config.tool_parser)
-        request_record().model = model_id
+        record.model = model_id
         with self._inflight:
             return await model.generator.prompt_tokens(request, -1)  # no bound fits: exact
 
