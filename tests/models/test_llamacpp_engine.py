@@ -28,6 +28,7 @@ from nimble.types import (
     SamplingParams,
     Task,
     TokenizeRequest,
+    ToolCall,
 )
 
 pytestmark = [pytest.mark.models, pytest.mark.asyncio(loop_scope="module")]
@@ -38,6 +39,7 @@ SLOTS = 2
 PATIENCE = 300.0
 # greedy counting: SmolLM2 keeps counting for thousands of tokens without an end-of-text
 COUNTING = "1, 2, 3, 4, 5,"
+CALL = ToolCall("call_1", "get_time", '{"tz": "CET"}')
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +267,30 @@ async def test_more_choices_than_slots_is_an_invalid_request(engine: LlamaCppEng
     with pytest.raises(InvalidRequest) as caught:
         await collect(engine, completion("Hello", n=SLOTS + 1, max_tokens=1))
     assert caught.value.param == "n"
+
+
+@pytest.mark.parametrize(
+    ("turns", "said"),
+    [
+        (
+            (ChatMessage("assistant", "One."), ChatMessage("assistant", "Two.")),
+            "2 or more assistant messages",
+        ),
+        ((ChatMessage("assistant", "", tool_calls=(CALL,)),), "contains tool calls"),
+    ],
+    ids=["two-assistant-turns-at-the-end", "prefill-after-tool-calls"],
+)
+async def test_chats_llamacpp_refuses_are_invalid_requests(
+    engine: LlamaCppEngine, turns: tuple[ChatMessage, ...], said: str
+) -> None:
+    """llama.cpp's own server answers these with 400: so does nimble (they were 500s)."""
+    request = dataclasses.replace(
+        chat("Hello", max_tokens=2), messages=(ChatMessage("user", "Hello"), *turns)
+    )
+    with pytest.raises(InvalidRequest) as caught:
+        await collect(engine, request)
+    assert said in caught.value.message
+    assert text_of(await collect(engine, chat("Hi", max_tokens=2)))  # and it goes on serving
 
 
 async def test_cache_usage_counts_the_cells_of_running_requests(engine: LlamaCppEngine) -> None:

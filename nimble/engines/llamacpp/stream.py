@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable
 
 from nimble.engines.openai_wire import Json
-from nimble.errors import EngineError
+from nimble.errors import EngineError, InvalidRequest
 
 LlamaHandler = Callable[[Json, Callable[[Json], bool]], object]
 END = object()  # end of one generation's stream
@@ -92,7 +92,11 @@ class Stream:
         """Worker thread: blocks in llama.cpp until the generation ends or is cancelled."""
         try:
             handler(body, self._on_chunk)
-        except Exception as exc:  # xllamacpp raises only for misuse; keep the cause
+        except ValueError as exc:
+            # llama.cpp's std::invalid_argument: a request it cannot take (two assistant
+            # turns at the end, a prefill after tool calls); its own server answers 400
+            self._put(InvalidRequest(str(exc)))
+        except Exception as exc:  # anything else is llama.cpp's fault; keep the cause
             self._put(EngineError(f"llama.cpp failed: {exc}"))
         finally:
             self._put(END)

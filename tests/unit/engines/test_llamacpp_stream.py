@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from nimble.engines.llamacpp.stream import END, Stream, waker_of
-from nimble.errors import EngineError
+from nimble.errors import EngineError, InvalidRequest
 
 
 def _handler(chunks: list[dict[str, Any]], cancelled: list[bool]) -> Any:
@@ -105,16 +105,23 @@ async def test_a_cancelled_stream_tells_llamacpp_to_stop() -> None:
     assert await stream.get() is END
 
 
-async def test_a_failing_handler_ends_the_stream_with_its_error() -> None:
+@pytest.mark.parametrize(
+    ("raised", "error_type"),
+    # xllamacpp raises ValueError for llama.cpp's std::invalid_argument (the request's fault)
+    [(ValueError("bad body"), InvalidRequest), (RuntimeError("bad engine"), EngineError)],
+)
+async def test_a_failing_handler_ends_the_stream_with_its_error(
+    raised: Exception, error_type: type[Exception]
+) -> None:
     stream = Stream(asyncio.get_running_loop())
 
     def broken(body: dict[str, Any], callback: Any) -> None:
-        raise ValueError("bad body")
+        raise raised
 
     thread = _run_in_thread(stream, broken)
     thread.join()
     error = await stream.get()
-    assert isinstance(error, EngineError) and "bad body" in str(error)
+    assert type(error) is error_type and str(raised) in str(error)
     assert await stream.get() is END
 
 
