@@ -109,6 +109,8 @@ _NOT_AN_OBJECT = frozenset({"model_attributes_type", "model_type"})
 def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     first = errors[0]
     if first.get("type") == "json_invalid":
+        if "recursion limit" in str(first.get("msg")):  # pydantic reads ~250 levels
+            return "We could not parse the JSON body of your request: it nests too deeply.", None
         return "We could not parse the JSON body of your request: it is not valid JSON.", None
     if first.get("type") == "extra_forbidden":
         param = _param_of(tuple(first["loc"]))

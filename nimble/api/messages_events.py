@@ -10,12 +10,12 @@ only the final message, so both answer the same content blocks. A stream is
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from nimble import jsontext
 from nimble.api.errors import sse_error_event
 from nimble.api.messages_errors import anthropic_error
 from nimble.types import FinishReason, GenerationChunk, Usage
@@ -69,7 +69,7 @@ def _input(block: _Block) -> dict[str, Any]:
     """The call's arguments as an object. Arguments cut short by max_tokens do not parse:
     the message then holds `{}` (the stream has sent what was written)."""
     try:
-        value = json.loads(block.text or "{}")
+        value = jsontext.loads(block.text or "{}")
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}

@@ -147,9 +147,9 @@ def _lone_surrogate(raw: bytes) -> dict[str, Any] | None:
     than replaced, so that nothing the client sent is silently changed."""
     try:
         data = json.loads(raw)
-    except ValueError:
+        found = _surrogate_at(data, ())
+    except (ValueError, RecursionError):  # not JSON, or nested past what pydantic reads
         return None
-    found = _surrogate_at(data, ())
     if found is None:
         return None
     where, char = found

@@ -5,11 +5,14 @@ answers bad input with its own 400."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from nimble import jsontext
 
 # the path's task, named as the replicas name it (Task; metrics: what generates no tokens)
 _TASKS = {
@@ -54,7 +57,8 @@ def read_target(path: str, body: bytes, path_model: str | None = None) -> Target
     stream_options = payload.get("stream_options")
     asked = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
     if path in _USAGE_ON_ASK and payload.get("stream") is True and not asked:
-        body, drop = _ask_usage(body, payload), True
+        with contextlib.suppress(ValueError):  # too deep for `json`: the replica refuses it
+            body, drop = _ask_usage(body, payload), True
     previous = payload.get("previous_response_id")
     return Target(
         model,
@@ -75,7 +79,7 @@ def _loads(body: bytes) -> Any:
     except orjson.JSONDecodeError:
         pass
     try:
-        return json.loads(body)
+        return jsontext.loads(body)
     except ValueError:
         return None
 
@@ -89,7 +93,7 @@ def _ask_usage(body: bytes, payload: dict[str, Any]) -> bytes:
     if "stream_options" not in payload and body[start : start + 1] == b"{":
         member = b'"stream_options":{"include_usage":true},'
         return body[: start + 1] + member + body[start + 1 :]
-    exact = json.loads(body)
+    exact = jsontext.loads(body)
     options = exact.get("stream_options")
     exact["stream_options"] = {
         **(options if isinstance(options, dict) else {}),
@@ -100,7 +104,15 @@ def _ask_usage(body: bytes, payload: dict[str, Any]) -> bytes:
 
 def prompt_text(payload: dict[str, Any]) -> str:
     """The request's prompt as one text, in the order the model reads it (system, tools,
-    then the turns): requests that share a system prompt share a prefix here too."""
+    then the turns): requests that share a system prompt share a prefix here too. ""
+    for a payload nested past Python's recursion limit (no replica reads one)."""
+    try:
+        return _prompt_text(payload)
+    except RecursionError:
+        return ""
+
+
+def _prompt_text(payload: dict[str, Any]) -> str:
     parts: list[str] = []
     for name in ("instructions", "system"):
         parts.append(_text(payload.get(name)))

@@ -29,12 +29,12 @@ read as a special token.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from nimble import jsontext
 from nimble.errors import ConfigError, UnreadableVerdict
 from nimble.types import ChatMessage, GenerateRequest, SamplingParams
 
@@ -223,7 +223,7 @@ def _nemoguard_parse(fmt: GuardFormat, output: str, role: Role) -> Verdict:
     if start < 0 or end < start:
         raise _unreadable(fmt, "no JSON object in the answer")
     try:
-        answer: Any = json.loads(output[start : end + 1])
+        answer: Any = jsontext.loads(output[start : end + 1])
     except ValueError:
         raise _unreadable(fmt, "the answer is not valid JSON") from None
     key = "User Safety" if role == "User" else "Response Safety"

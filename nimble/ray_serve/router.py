@@ -25,12 +25,12 @@ What Ray gives the router, and what this adapter uses of it:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
+from nimble import jsontext
 from nimble.gateway.policy import Decision, Replica, RoutingPolicy, make_policy
 from nimble.gateway.request import prompt_text as gateway_prompt_text
 
@@ -46,7 +46,7 @@ def prompt_text(body: bytes | str | Mapping[str, Any] | None) -> str:
         return ""
     if isinstance(body, bytes | str):
         try:
-            body = json.loads(body)
+            body = jsontext.loads(body)
         except (ValueError, UnicodeDecodeError):
             return ""
     if not isinstance(body, Mapping):

@@ -295,3 +295,36 @@ async def test_a_lone_surrogate_is_a_400_naming_the_field(
         "/v1/chat/completions", content=pair, headers={"content-type": "application/json"}
     )
     assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings", "/v1/responses"])
+@pytest.mark.parametrize("depth", [300, 5000])
+async def test_json_nested_too_deep_is_a_400(
+    client: httpx.AsyncClient, path: str, depth: int
+) -> None:
+    """Past what pydantic's JSON reader nests (and, at 5,000, Python's `json`): a 400 that
+    says so; 5,000 was a 500 (the lone-surrogate check's `json.loads` overflowed)."""
+    nested = "[" * depth + "]" * depth
+    content = f'{{"model": "{FAKE_MODEL}", "input": {nested}, "messages": {nested}}}'
+    answer = await client.post(path, content=content, headers={"content-type": "application/json"})
+    error = assert_openai_error(answer, 400, None)
+    assert "nests too deeply" in error["message"]
+
+
+async def test_json_text_nested_too_deep_inside_a_field(client: httpx.AsyncClient) -> None:
+    """JSON written inside a string field, past Python's recursion limit: a guided_json
+    schema is a 400 naming it, a past call's arguments are shown to the model as written
+    (both were 500s)."""
+    nested = "[" * 5000 + "]" * 5000
+    answer = await client.post("/v1/chat/completions", json=chat_body(guided_json=nested))
+    error = assert_openai_error(answer, 400, "guided_json")
+    assert "nest too deeply" in error["message"]
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": nested}}
+    turns = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "done"},
+    ]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    answer = await client.post("/v1/chat/completions", json=chat_body(messages=turns, tools=tools))
+    assert answer.status_code == 200, answer.text

@@ -3,11 +3,11 @@ inside `nvext`), turned into one decoding constraint."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nimble import jsontext
 from nimble.api.schemas.common import NvExtSampling, Strict
 from nimble.errors import InvalidRequest
 from nimble.structured.checks import check_choices, check_json_schema, check_regex
@@ -110,7 +110,7 @@ def _schema(value: dict[str, Any] | str, param: str) -> dict[str, Any]:
     if isinstance(value, dict):
         return value
     try:
-        parsed = json.loads(value)
+        parsed = jsontext.loads(value)
     except ValueError as exc:
         raise InvalidRequest(f"{param}: not valid JSON: {exc}", param=param) from exc
     if not isinstance(parsed, dict):

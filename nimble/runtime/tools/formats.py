@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from nimble import jsontext
 from nimble.structured.json_schema import close_objects, tool_json
 from nimble.types import ChatMessage, ToolCall, ToolFunction
 
@@ -86,7 +87,7 @@ class ToolFormat:
 
 def _call_json(call: ToolCall, args_key: str) -> str:
     try:
-        arguments = json.loads(call.arguments or "{}")
+        arguments = jsontext.loads(call.arguments or "{}")
     except ValueError:
         arguments = call.arguments
     return json.dumps({"name": call.name, args_key: arguments}, ensure_ascii=False)
@@ -94,7 +95,7 @@ def _call_json(call: ToolCall, args_key: str) -> str:
 
 def _pythonic(call: ToolCall) -> str:
     try:
-        arguments = json.loads(call.arguments or "{}")
+        arguments = jsontext.loads(call.arguments or "{}")
     except ValueError:
         arguments = {}
     if not isinstance(arguments, dict):

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from nimble import jsontext
+
 NAME_KEYS = ("name",)
 ARGUMENT_KEYS = ("arguments", "parameters")
 
@@ -133,7 +135,7 @@ class JsonCallScanner:
         call = self.calls[-1]
         call.done = True
         try:
-            parsed: Any = json.loads(raw)
+            parsed: Any = jsontext.loads(raw)
         except ValueError:
             return
         if not isinstance(parsed, dict):
@@ -150,7 +152,7 @@ class JsonCallScanner:
 
 def _decode(literal: str) -> str:
     try:
-        value = json.loads(literal)
+        value = jsontext.loads(literal)
     except ValueError:
         return literal.strip('"')
     return value if isinstance(value, str) else str(value)

@@ -115,6 +115,22 @@ def test_a_body_the_gateway_cannot_read_goes_on_as_it_is(body: bytes) -> None:
     assert target.model is None and target.body == body
 
 
+@pytest.mark.parametrize(("depth", "model"), [(900, "m"), (1000, "m"), (5000, None)])
+def test_a_body_nested_too_deep_still_routes(depth: int, model: str | None) -> None:
+    """Nested past Python's recursion limit (the prompt's reading overflowed: a 500) or past
+    orjson's 1,024 levels too (then `json` overflowed): the request still goes on, by its
+    model where orjson read it, and the replica refuses it (pydantic reads ~250 levels)."""
+    nested = "[" * depth + "]" * depth
+    raw = f'{{"model": "m", "stream": true, "messages": [{{"content": {nested}}}]}}'.encode()
+    target = read_target("/v1/chat/completions", raw)
+    assert (target.model, target.prompt) == (model, "")
+    if model is None:
+        assert target.body == raw
+    else:
+        assert target.drop_usage_event
+        assert target.body == b'{"stream_options":{"include_usage":true},' + raw[1:]
+
+
 def test_responses_name_the_replica_that_holds_them() -> None:
     body = {"model": "m", "input": "x", "previous_response_id": "resp_abc"}
     assert read_target("/v1/responses", json.dumps(body).encode()).previous_response == "resp_abc"
