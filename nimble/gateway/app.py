@@ -22,6 +22,7 @@ from nimble.api.endpoints import ENDPOINT_PATHS
 from nimble.api.errors import install_error_handlers
 from nimble.api.middleware import RecordSink
 from nimble.api.stack import install_middleware
+from nimble.api.streaming import until_disconnect
 from nimble.config.gateway import GatewaySettings
 from nimble.config.settings import ALL_ENDPOINTS
 from nimble.errors import ModelNotFound
@@ -133,7 +134,9 @@ def create_gateway_app(
         key = request.scope.get("state", {}).get("api_key")
         if key is not None and target.model is not None:
             key.require_model(target.model)
-        return await proxy.forward(request, target)
+        # watched until the answer begins (a whole answer's first byte is its end); from
+        # there the Relay watches: either way a client that leaves stops the replica's work
+        return await until_disconnect(request, proxy.forward(request, target))
 
     # plain Starlette routes: no FastAPI dependency solving or validation on the path every
     # proxied request takes (the replica validates); first in the router, which tries routes

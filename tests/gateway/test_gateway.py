@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -306,6 +307,7 @@ SLOW_STREAM = {
     "model": "solo",
     "messages": [{"role": "user", "content": "x"}],
     "max_tokens": 400,
+    "ignore_eos": True,  # all 400 (the fake model's own answers end after 8 to 15 tokens)
     "stream": True,
 }
 
@@ -337,18 +339,26 @@ def test_a_stream_whose_replica_dies_ends_with_an_error_event(
     assert events[-1] != "[DONE]"
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
 def test_a_client_that_goes_away_cancels_the_replicas_work(
-    nimble_process: type[NimbleProcess],
+    nimble_process: type[NimbleProcess], stream: bool
 ) -> None:
+    """Before the replica's first byte too: a whole (non-streamed) answer has none until it
+    is done, and the gateway did not watch the client until then (the replica went on
+    generating for nobody: found by fuzzing through the gateway)."""
     replica, gateway = slow_solo(nimble_process)
-    body = SLOW_STREAM
+    payload = json.dumps({**SLOW_STREAM, "stream": stream}).encode()
     running = "nimble_num_requests_running"
-    with httpx.stream(
-        "POST", gateway.base_url + "/v1/chat/completions", json=body, timeout=20
-    ) as answer:
-        lines = answer.iter_lines()  # kept: a closed iterator would close the stream
-        next(line for line in lines if line.startswith("data: "))  # up to the first event
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=20) as client:
+        client.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
         poll(lambda: metric(replica, running, model_name="solo") == 1, timeout=5)
+        if stream:
+            assert client.recv(65536).startswith(b"HTTP/1.1 200")  # the stream began
     # 400 tokens would take 20 s: the replica stops within a few of them
     poll(lambda: metric(replica, running, model_name="solo") == 0, timeout=5)
 
