@@ -169,7 +169,9 @@ def _own_routes(app: FastAPI, pool: UpstreamPool, metrics: Metrics) -> None:
     created = int(time.time())
 
     def model_object(model: str) -> dict[str, Any]:
-        return {"id": model, "object": "model", "created": created, "owned_by": "nimble"}
+        """The replica's own entry (with `parent`, `ranking`), or the plain one."""
+        plain = {"id": model, "object": "model", "created": created, "owned_by": "nimble"}
+        return pool.card(model) or plain
 
     _probe_routes(app, pool, metrics)
 

@@ -22,6 +22,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -64,6 +65,7 @@ class Upstream:
     source: str  # the --upstream URL or the DNS name it came from
     ready: bool = False
     models: frozenset[str] = frozenset()
+    cards: dict[str, dict[str, Any]] = field(default_factory=dict)  # its /v1/models entries
     load: dict[str, ModelLoad] = field(default_factory=dict)
     in_flight: int = 0
     models_read_at: float = 0.0
@@ -159,6 +161,14 @@ class UpstreamPool:
         """Every model a ready upstream serves, in a stable order."""
         return sorted({m for u in self.ready() for m in u.models})
 
+    def card(self, model: str) -> dict[str, Any] | None:
+        """`model`'s /v1/models entry as a ready replica gives it (an adapter's `parent`, a
+        ranking model's `ranking`), from the first in URL order."""
+        for upstream in sorted(self.ready(), key=lambda u: u.url):
+            if model in upstream.cards:
+                return upstream.cards[model]
+        return None
+
     def eject(self, url: str, reason: str) -> None:
         """A request found `url` down: out of the rotation until a probe finds it ready."""
         upstream = self.upstreams.get(url)
@@ -216,7 +226,8 @@ class UpstreamPool:
     async def _read_models(self, upstream: Upstream) -> None:
         answer = await self._client.get(upstream.url + "/v1/models")
         answer.raise_for_status()
-        upstream.models = frozenset(str(m["id"]) for m in answer.json()["data"])
+        upstream.cards = {str(m["id"]): m for m in answer.json()["data"]}
+        upstream.models = frozenset(upstream.cards)
         upstream.models_read_at = self._clock()
 
     async def _read_load(self, upstream: Upstream) -> None:

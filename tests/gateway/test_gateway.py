@@ -82,6 +82,11 @@ def test_one_endpoint_for_every_model_of_every_replica(pair: tuple[NimbleProcess
     client = gateway.client()
     assert [m.id for m in client.models.list()] == ["alpha", "beta", "shared"]
     assert client.models.retrieve("beta").id == "beta"
+    # each entry is a replica's own (`ranking` included), not a thinner one of the gateway's
+    entries = [m for r in (one, two) for m in httpx.get(r.base_url + "/v1/models").json()["data"]]
+    assert any("ranking" in entry for entry in entries)
+    for listed in httpx.get(gateway.base_url + "/v1/models").json()["data"]:
+        assert listed in entries
     for model, replica in (("alpha", one), ("beta", two)):
         before = metric(
             gateway, "nimble_gateway_upstream_requests_total", upstream=replica.base_url
@@ -425,7 +430,8 @@ def test_an_adapter_loaded_on_the_replicas_is_routable_at_once(
         nimble_process(["--model", "fake:shared", "--runtime-adapters"]).wait_ready()
         for _ in range(2)
     ]
-    with gateway_of(nimble_process, *replicas).client() as client:
+    gateway = gateway_of(nimble_process, *replicas)
+    with gateway.client() as client:
         assert [m.id for m in client.models.list()] == ["shared"]
         adapter = tmp_path / "pirate.gguf"
         adapter.write_bytes(b"lora")
@@ -442,7 +448,11 @@ def test_an_adapter_loaded_on_the_replicas_is_routable_at_once(
         assert answer.model == "pirate"
         assert (answer.choices[0].message.content or "").startswith("[pirate]")
         assert [m.id for m in client.models.list()] == ["pirate", "shared"]
-        assert client.models.retrieve("pirate").id == "pirate"
+        # the replicas' own entries: an adapter names its base, as vLLM's `parent`
+        listed = httpx.get(gateway.base_url + "/v1/models").json()["data"]
+        assert [m.get("parent") for m in listed] == ["shared", None]
+        retrieved = httpx.get(gateway.base_url + "/v1/models/pirate").json()
+        assert (retrieved["id"], retrieved["parent"]) == ("pirate", "shared")
         with pytest.raises(openai.NotFoundError):  # still a 404 after the reading
             client.chat.completions.create(
                 model="parrot", messages=[{"role": "user", "content": "hi"}], max_tokens=3
