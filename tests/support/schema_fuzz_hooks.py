@@ -18,6 +18,7 @@ _GENERATING = {
     "/v1/chat/completions": "max_tokens",
     "/v1/completions": "max_tokens",
     "/v1/responses": "max_output_tokens",
+    "/v1/messages": "max_tokens",
 }
 _TOKEN_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _LISTS = ("prompt", "input", "documents", "passages", "texts", "messages")
@@ -38,7 +39,9 @@ def map_body(context: Any, body: Any) -> Any:
     if "model" in body or path != "/v1/moderations":  # moderations: no model is the default
         body["model"] = EMBED_MODEL if path in _ENCODER_PATHS else CHAT_MODEL
     for key in _TOKEN_CAPS:
-        if _int(body.get(key)) and body[key] > MAX_TOKENS:
+        if key in body and body[key] is None:
+            del body[key]  # null is no limit: a generation up to the window, minutes here
+        elif _int(body.get(key)) and body[key] > MAX_TOKENS:
             body[key] = MAX_TOKENS
     if path in _GENERATING and not any(key in body for key in _TOKEN_CAPS):
         body[_GENERATING[path]] = MAX_TOKENS
