@@ -148,7 +148,7 @@ def _lone_surrogate(raw: bytes) -> dict[str, Any] | None:
     try:
         data = json.loads(raw)
         found = _surrogate_at(data, ())
-    except (ValueError, RecursionError):  # not JSON, or nested past what pydantic reads
+    except (ValueError, RecursionError):  # not JSON, or nested past the recursion limit
         return None
     if found is None:
         return None
