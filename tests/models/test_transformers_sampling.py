@@ -157,3 +157,20 @@ async def test_special_tokens_shown_only_when_not_skipped(tokenizer: Any) -> Non
 
     assert text() == " hello"
     assert text(skip_special_tokens=False) == "<|im_start|> hello"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"temperature": 1e-40}, {"temperature": 5e-324}, {"repetition_penalty": 1e-300}],
+    ids=["temperature-1e-40", "temperature-5e-324", "repetition-penalty-1e-300"],
+)
+async def test_values_that_overflow_float32_pick_the_likeliest_token(
+    engine: TransformersEngine, params: dict[str, float]
+) -> None:
+    """Their scores are infinite in float32 and the softmax NaN: these were 500s (found by
+    fuzzing). The limit of a temperature going to 0 is the greedy pick."""
+    greedy = text_of(await collect(engine, completion(FRANCE, max_tokens=4, temperature=0)))
+    chunks = await collect(engine, completion(FRANCE, max_tokens=4, seed=7, **params))
+    assert finishes(chunks) == {0: "length"}
+    if "temperature" in params:
+        assert text_of(chunks) == greedy

@@ -97,14 +97,18 @@ class Sampler:
     # sampling
 
     def _choose(self, logits: torch.Tensor) -> int:
-        scores = self._penalised(self._banned(self._biased(logits)))
+        unscaled = self._penalised(self._banned(self._biased(logits)))
         if self._temperature == 0.0:
-            return int(torch.argmax(scores).item())
-        scores = scores / self._temperature
+            return int(torch.argmax(unscaled).item())
+        scores = unscaled / self._temperature
         if 0 < self._top_k < scores.shape[-1]:
             kth = torch.topk(scores, self._top_k).values[-1]
             scores = scores.masked_fill(scores < kth, -math.inf)
         probs = torch.softmax(scores, dim=-1)
+        if not bool(torch.isfinite(probs).all()):
+            # float32 overflowed: a temperature of 1e-40 or a repetition_penalty of 1e-300
+            # (the scores infinite, the softmax NaN); their limit is the likeliest token
+            return int(torch.argmax(torch.nan_to_num(unscaled, nan=-math.inf)).item())
         if self._min_p > 0.0:  # tokens less likely than min_p times the likeliest are out
             probs = probs.masked_fill(probs < self._min_p * probs.max(), 0.0)
             probs = probs / probs.sum()
