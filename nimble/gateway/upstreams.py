@@ -20,7 +20,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, KeysView
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,12 +64,16 @@ class Upstream:
     url: str
     source: str  # the --upstream URL or the DNS name it came from
     ready: bool = False
-    models: frozenset[str] = frozenset()
     cards: dict[str, dict[str, Any]] = field(default_factory=dict)  # its /v1/models entries
     load: dict[str, ModelLoad] = field(default_factory=dict)
     in_flight: int = 0
     models_read_at: float = 0.0
     reason: str = "not probed yet"
+
+    @property
+    def models(self) -> KeysView[str]:
+        """The ids of the models it serves."""
+        return self.cards.keys()
 
     def reading(self, model: str) -> Replica:
         """What the routing policy sees of this replica for a request to `model`."""
@@ -227,7 +231,6 @@ class UpstreamPool:
         answer = await self._client.get(upstream.url + "/v1/models")
         answer.raise_for_status()
         upstream.cards = {str(m["id"]): m for m in answer.json()["data"]}
-        upstream.models = frozenset(upstream.cards)
         upstream.models_read_at = self._clock()
 
     async def _read_load(self, upstream: Upstream) -> None:
